@@ -1,0 +1,380 @@
+"""Reading BOP datasets (the I/O boundary where BOP's millimetres become metres).
+
+A BOP dataset folder holds ``models/`` (meshes in millimetres and ``models_info.json``), one folder per split
+(``test/``, ``train_pbr/``…) with one folder per scene: ``rgb/`` (or ``gray/``), optional ``depth/``,
+``mask_visib/``, ``scene_camera.json``, ``scene_gt.json`` and ``scene_gt_info.json``; optional ``camera.json`` and
+``test_targets_bop19.json`` at the top. Everything is read lazily and cached per scene; :attr:`BopDataset.missing`
+says which optional parts are absent (e.g. the LM-O sample under ``shared/data`` has no depth, masks or
+visibility file), and nothing fails until a missing part is actually asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meshpose.io.images import image_size, read_depth, read_mask, read_rgb
+from meshpose.types import Camera, ObjectModel, Observation, Pose
+
+__all__ = ["BopDataset", "BopFormatError", "GtInstance", "Target"]
+
+log = logging.getLogger(__name__)
+
+_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif")
+
+
+class BopFormatError(ValueError):
+    """A BOP dataset that is missing a required part or has a malformed file; the message names it."""
+
+
+@dataclass(frozen=True, eq=False)
+class GtInstance:
+    """One annotated object instance of an image.
+
+    Args:
+        obj_id: object id.
+        gt_id: index of the instance in the image's ``scene_gt.json`` list (BOP ``gt_id``).
+        pose: single ``cam_from_obj`` pose in metres.
+        visib_fract: visible fraction from ``scene_gt_info.json``, or ``None`` when that file is absent.
+        bbox_visib: ``(x, y, w, h)`` of the visible part in pixels (BOP convention), or ``None``.
+    """
+
+    obj_id: int
+    gt_id: int
+    pose: Pose
+    visib_fract: float | None = None
+    bbox_visib: tuple[int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """An evaluation target: ``inst_count`` instances of ``obj_id`` to find in image ``(scene_id, im_id)``."""
+
+    scene_id: int
+    im_id: int
+    obj_id: int
+    inst_count: int
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BopFormatError(f"malformed JSON in {path}: {exc}") from exc
+
+
+class BopDataset:
+    """A BOP dataset split, read lazily.
+
+    Args:
+        root: the dataset folder (contains ``models/`` and the split folder).
+        split: split folder name, e.g. ``"test"`` or ``"train_pbr"``.
+        models_dir: folder of the meshes inside ``root`` (``"models"``; ``"models_eval"`` also works).
+
+    Raises:
+        BopFormatError: ``root``, the models folder or the split folder is missing.
+
+    Example:
+        >>> ds = BopDataset("path/to/lmo")                         # doctest: +SKIP
+        >>> obs = ds.observation(2, 3); gts = ds.gt(2, 3)           # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | Path, split: str = "test", *, models_dir: str = "models") -> None:
+        self.root = Path(root)
+        self.split = split
+        if not self.root.is_dir():
+            raise BopFormatError(f"BOP dataset folder not found: {self.root}")
+        self.models_path = self.root / models_dir
+        if not self.models_path.is_dir():
+            raise BopFormatError(f"BOP dataset {self.root} has no {models_dir}/ folder")
+        self.split_path = self.root / split
+        if not self.split_path.is_dir():
+            have = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name != models_dir)
+            raise BopFormatError(f"BOP dataset {self.root} has no split '{split}' (folders: {', '.join(have)})")
+        self._scene_cache: dict[tuple[int, str], Any] = {}
+        self._objects: dict[int, ObjectModel] = {}
+
+    def __repr__(self) -> str:
+        return f"BopDataset({str(self.root)!r}, split={self.split!r})"
+
+    # --- models -------------------------------------------------------------------------------------------
+    @cached_property
+    def models_info(self) -> dict[int, dict[str, Any]]:
+        """``models_info.json`` (values in millimetres as BOP stores them), keyed by ``obj_id``."""
+        for p in (self.models_path / "models_info.json", self.root / "models_info.json"):
+            if p.is_file():
+                raw = _read_json(p)
+                return {int(k): v for k, v in raw.items()}
+        return {}
+
+    @cached_property
+    def object_ids(self) -> list[int]:
+        """Ids of the objects that have a mesh file."""
+        ids = set()
+        for p in self.models_path.glob("obj_*.*"):
+            if p.suffix.lower() in (".ply", ".obj", ".glb", ".gltf", ".off", ".stl"):
+                try:
+                    ids.add(int(p.stem.split("_")[1]))
+                except (IndexError, ValueError):
+                    continue
+        if not ids:
+            raise BopFormatError(f"no obj_XXXXXX mesh files in {self.models_path}")
+        return sorted(ids)
+
+    def model_path(self, obj_id: int) -> Path:
+        for ext in (".ply", ".obj", ".glb", ".gltf", ".off", ".stl"):
+            p = self.models_path / f"obj_{obj_id:06d}{ext}"
+            if p.is_file():
+                return p
+        raise BopFormatError(f"no mesh for object {obj_id} in {self.models_path}")
+
+    def object(self, obj_id: int) -> ObjectModel:
+        """The :class:`ObjectModel` of ``obj_id`` (metres; symmetries from ``models_info.json``), cached."""
+        if obj_id not in self._objects:
+            from meshpose.geometry.symmetry import expand_symmetries
+            from meshpose.mesh import load_object_model
+
+            info = self.models_info.get(obj_id)
+            symmetries = expand_symmetries(info) if info else None
+            if info is None:
+                log.warning("object %d has no models_info.json entry: treating it as asymmetric", obj_id)
+            self._objects[obj_id] = load_object_model(
+                self.model_path(obj_id), obj_id, units="mm", symmetries=symmetries, name=f"obj_{obj_id:06d}"
+            )
+        return self._objects[obj_id]
+
+    def objects(self, obj_ids: Sequence[int] | None = None) -> dict[int, ObjectModel]:
+        """Object models by id (all objects with a mesh when ``obj_ids`` is None)."""
+        return {i: self.object(i) for i in (self.object_ids if obj_ids is None else obj_ids)}
+
+    def diameter(self, obj_id: int) -> float:
+        """Object diameter in metres (from ``models_info.json`` when present, else from the mesh)."""
+        info = self.models_info.get(obj_id)
+        if info and "diameter" in info:
+            return float(info["diameter"]) * 1e-3
+        return self.object(obj_id).diameter
+
+    # --- scenes ---------------------------------------------------------------------------------------------
+    @cached_property
+    def scene_ids(self) -> list[int]:
+        ids = []
+        for p in self.split_path.iterdir():
+            if p.is_dir() and p.name.isdigit():
+                ids.append(int(p.name))
+        return sorted(ids)
+
+    def scene_path(self, scene_id: int) -> Path:
+        p = self.split_path / f"{scene_id:06d}"
+        if not p.is_dir():
+            raise BopFormatError(f"scene {scene_id} not found in {self.split_path}")
+        return p
+
+    def _scene_json(self, scene_id: int, name: str, *, required: bool) -> dict[int, Any] | None:
+        key = (scene_id, name)
+        if key not in self._scene_cache:
+            p = self.scene_path(scene_id) / name
+            if not p.is_file():
+                if required:
+                    raise BopFormatError(f"scene {scene_id} of {self.root} has no {name}")
+                self._scene_cache[key] = None
+            else:
+                self._scene_cache[key] = {int(k): v for k, v in _read_json(p).items()}
+        return self._scene_cache[key]  # type: ignore[no-any-return]
+
+    def image_ids(self, scene_id: int) -> list[int]:
+        """Image ids of a scene (from ``scene_camera.json``)."""
+        cams = self._scene_json(scene_id, "scene_camera.json", required=True)
+        assert cams is not None
+        return sorted(cams)
+
+    def image_keys(self, scene_ids: Sequence[int] | None = None, *, targets_only: bool = True) -> list[tuple[int, int]]:
+        """``(scene_id, im_id)`` of the images to process.
+
+        With ``targets_only`` and a ``test_targets_bop19.json`` present, only the images it lists; else all images.
+        """
+        scenes = self.scene_ids if scene_ids is None else list(scene_ids)
+        if targets_only and self.targets_file is not None:
+            keys = sorted({(t.scene_id, t.im_id) for t in self.targets() if t.scene_id in scenes})
+            return keys
+        return [(s, i) for s in scenes for i in self.image_ids(s)]
+
+    @cached_property
+    def targets_file(self) -> Path | None:
+        for name in ("test_targets_bop19.json", "test_targets_bop24.json"):
+            p = self.root / name
+            if p.is_file():
+                return p
+        return None
+
+    def targets(self) -> list[Target]:
+        """Evaluation targets: from ``test_targets_bop19.json`` when present, else every GT object of every image."""
+        if self.targets_file is not None:
+            raw = _read_json(self.targets_file)
+            out = []
+            for i, t in enumerate(raw):
+                try:
+                    out.append(Target(int(t["scene_id"]), int(t["im_id"]), int(t["obj_id"]), int(t["inst_count"])))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise BopFormatError(f"{self.targets_file}: entry {i} is malformed ({exc})") from exc
+            return out
+        out = []
+        for s in self.scene_ids:
+            gts = self._scene_json(s, "scene_gt.json", required=False)
+            if gts is None:
+                continue
+            for im_id in sorted(gts):
+                counts: dict[int, int] = {}
+                for g in gts[im_id]:
+                    counts[int(g["obj_id"])] = counts.get(int(g["obj_id"]), 0) + 1
+                out.extend(Target(s, im_id, o, c) for o, c in sorted(counts.items()))
+        return out
+
+    # --- per image --------------------------------------------------------------------------------------------
+    def _image_file(self, scene_id: int, im_id: int, folders: Sequence[str]) -> Path | None:
+        sp = self.scene_path(scene_id)
+        for folder in folders:
+            for ext in _IMAGE_EXTS:
+                p = sp / folder / f"{im_id:06d}{ext}"
+                if p.is_file():
+                    return p
+        return None
+
+    def rgb_path(self, scene_id: int, im_id: int) -> Path:
+        p = self._image_file(scene_id, im_id, ("rgb", "gray"))
+        if p is None:
+            raise BopFormatError(f"no rgb/gray image for scene {scene_id} image {im_id} in {self.split_path}")
+        return p
+
+    def depth_path(self, scene_id: int, im_id: int) -> Path | None:
+        return self._image_file(scene_id, im_id, ("depth",))
+
+    @cached_property
+    def _camera_json(self) -> dict[str, Any] | None:
+        for name in ("camera.json", f"camera_{self.split}.json"):
+            p = self.root / name
+            if p.is_file():
+                return dict(_read_json(p))
+        return None
+
+    def _scene_camera_entry(self, scene_id: int, im_id: int) -> dict[str, Any]:
+        cams = self._scene_json(scene_id, "scene_camera.json", required=True)
+        assert cams is not None
+        if im_id not in cams:
+            raise BopFormatError(f"scene {scene_id} has no scene_camera.json entry for image {im_id}")
+        return dict(cams[im_id])
+
+    def camera(self, scene_id: int, im_id: int) -> Camera:
+        """The camera of an image: ``cam_K`` from ``scene_camera.json``, size from ``camera.json`` or the image."""
+        entry = self._scene_camera_entry(scene_id, im_id)
+        if "cam_K" in entry:
+            K = np.asarray(entry["cam_K"], dtype=np.float64).reshape(3, 3)
+        elif self._camera_json is not None:
+            c = self._camera_json
+            K = np.array([[c["fx"], 0.0, c["cx"]], [0.0, c["fy"], c["cy"]], [0.0, 0.0, 1.0]])
+        else:
+            raise BopFormatError(f"no intrinsics for scene {scene_id} image {im_id} (no cam_K, no camera.json)")
+        if self._camera_json is not None and "width" in self._camera_json:
+            w, h = int(self._camera_json["width"]), int(self._camera_json["height"])
+        else:
+            w, h = image_size(self.rgb_path(scene_id, im_id))
+        try:
+            return Camera(K, w, h)
+        except ValueError as exc:
+            raise BopFormatError(f"bad intrinsics for scene {scene_id} image {im_id}: {exc}") from exc
+
+    def depth_scale_mm(self, scene_id: int, im_id: int) -> float:
+        entry = self._scene_camera_entry(scene_id, im_id)
+        if "depth_scale" in entry:
+            return float(entry["depth_scale"])
+        if self._camera_json is not None and "depth_scale" in self._camera_json:
+            return float(self._camera_json["depth_scale"])
+        return 1.0
+
+    def observation(self, scene_id: int, im_id: int, *, with_depth: bool = True) -> Observation:
+        """The image as an :class:`Observation` (depth in metres when the dataset has it and ``with_depth``)."""
+        camera = self.camera(scene_id, im_id)
+        rgb = read_rgb(self.rgb_path(scene_id, im_id))
+        depth = None
+        if with_depth:
+            dp = self.depth_path(scene_id, im_id)
+            if dp is not None:
+                depth = read_depth(dp, self.depth_scale_mm(scene_id, im_id))
+        return Observation(rgb=rgb, camera=camera, depth=depth)
+
+    def gt(self, scene_id: int, im_id: int) -> list[GtInstance]:
+        """Ground-truth instances of an image (poses in metres); visibility when ``scene_gt_info.json`` exists."""
+        gts = self._scene_json(scene_id, "scene_gt.json", required=True)
+        assert gts is not None
+        if im_id not in gts:
+            return []
+        infos = self._scene_json(scene_id, "scene_gt_info.json", required=False)
+        info_list = infos.get(im_id) if infos is not None else None
+        out = []
+        for gt_id, g in enumerate(gts[im_id]):
+            try:
+                R = np.asarray(g["cam_R_m2c"], dtype=np.float64).reshape(3, 3)
+                t = np.asarray(g["cam_t_m2c"], dtype=np.float64).reshape(3) * 1e-3
+                obj_id = int(g["obj_id"])
+            except (KeyError, ValueError, TypeError) as exc:
+                raise BopFormatError(f"scene {scene_id} image {im_id}: scene_gt entry {gt_id} malformed ({exc})") from exc
+            visib, bbox = None, None
+            if info_list is not None and gt_id < len(info_list):
+                visib = float(info_list[gt_id].get("visib_fract", 0.0))
+                bb = info_list[gt_id].get("bbox_visib")
+                bbox = tuple(int(v) for v in bb) if bb is not None else None  # type: ignore[assignment]
+            out.append(GtInstance(obj_id, gt_id, Pose(R, t), visib, bbox))
+        return out
+
+    def mask_visib(self, scene_id: int, im_id: int, gt_id: int) -> np.ndarray | None:
+        """The visible mask of GT instance ``gt_id`` as ``(H, W)`` bool, or ``None`` if the dataset has none."""
+        p = self.scene_path(scene_id) / "mask_visib" / f"{im_id:06d}_{gt_id:06d}.png"
+        return read_mask(p) if p.is_file() else None
+
+    def iter_images(self, keys: Sequence[tuple[int, int]] | None = None) -> Iterator[tuple[int, int]]:
+        """Iterate over image keys (all target images by default)."""
+        yield from (self.image_keys() if keys is None else keys)
+
+    # --- what is there --------------------------------------------------------------------------------------
+    @cached_property
+    def missing(self) -> list[str]:
+        """Optional parts the dataset lacks (checked on its first scene), e.g. ``["depth", "mask_visib"]``."""
+        out = []
+        if not self.models_info:
+            out.append("models_info.json")
+        if self._camera_json is None:
+            out.append("camera.json")
+        if self.targets_file is None:
+            out.append("test_targets_bop19.json")
+        if self.scene_ids:
+            sp = self.scene_path(self.scene_ids[0])
+            for folder in ("depth", "mask_visib"):
+                if not (sp / folder).is_dir():
+                    out.append(folder)
+            for name in ("scene_gt.json", "scene_gt_info.json"):
+                if not (sp / name).is_file():
+                    out.append(name)
+        return out
+
+    @property
+    def has_depth(self) -> bool:
+        return "depth" not in self.missing
+
+    def describe(self) -> str:
+        """One paragraph on what the dataset holds and lacks."""
+        n_img = sum(len(self.image_ids(s)) for s in self.scene_ids)
+        miss = ", ".join(self.missing) if self.missing else "nothing"
+        return (
+            f"{self.root} [{self.split}]: {len(self.scene_ids)} scene(s), {n_img} image(s), "
+            f"{len(self.object_ids)} object(s); missing: {miss}"
+        )
+
