@@ -155,7 +155,7 @@ class Camera:
 
     def K_tensor(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
         """``K`` as a ``(3, 3)`` tensor."""
-        return torch.as_tensor(self.K, dtype=dtype, device=device)
+        return torch.tensor(self.K, dtype=dtype, device=device)
 
     def __repr__(self) -> str:
         return (
@@ -169,8 +169,21 @@ class Camera:
 # graph; geometry re-exports them. SO(3) goes through roma; roma has no SE(3) exponential, so the left Jacobian
 # V(ω) and its inverse are written out below, with Taylor expansions near ω = 0.
 # ----------------------------------------------------------------------------------------------------------
-def _skew(w: torch.Tensor) -> torch.Tensor:
-    """``(..., 3) -> (..., 3, 3)`` cross-product matrix ``[w]×``."""
+def skew(w: torch.Tensor) -> torch.Tensor:
+    """Cross-product matrices: ``skew(w) @ x == torch.linalg.cross(w, x)``.
+
+    Args:
+        w: ``(..., 3)`` vectors.
+
+    Returns:
+        ``(..., 3, 3)`` skew-symmetric matrices ``[w]×``.
+
+    Example:
+        >>> skew(torch.tensor([1.0, 2.0, 3.0])) @ torch.tensor([0.0, 0.0, 1.0])
+        tensor([ 2., -1.,  0.])
+    """
+    if w.shape[-1:] != (3,):
+        raise ValueError(f"w must have shape (..., 3), got {tuple(w.shape)}")
     zero = torch.zeros_like(w[..., 0])
     wx, wy, wz = w.unbind(-1)
     return torch.stack(
@@ -199,7 +212,7 @@ def se3_exp(xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     v, w = xi[..., :3], xi[..., 3:]
     R = roma.rotvec_to_rotmat(w)
-    W = _skew(w)
+    W = skew(w)
     a, b = _left_jacobian_coeffs((w * w).sum(-1))
     eye = torch.eye(3, dtype=xi.dtype, device=xi.device).expand(W.shape)
     V = eye + a[..., None, None] * W + b[..., None, None] * (W @ W)
@@ -212,7 +225,7 @@ def se3_log(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     import roma
 
     w = roma.rotmat_to_rotvec(R)
-    W = _skew(w)
+    W = skew(w)
     theta2 = (w * w).sum(-1)
     small = theta2 < 1e-6
     t2 = torch.where(small, torch.ones_like(theta2), theta2)
