@@ -284,7 +284,10 @@ class Pose:
     # --- construction -----------------------------------------------------------------------------------
     @classmethod
     def identity(
-        cls, batch_shape: Sequence[int] = (), dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+        cls,
+        batch_shape: Sequence[int] = (),
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
     ) -> Pose:
         """Identity transforms of the given batch shape."""
         R = torch.eye(3, dtype=dtype, device=device).expand(*batch_shape, 3, 3).clone()

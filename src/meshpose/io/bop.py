@@ -326,7 +326,9 @@ class BopDataset:
                 t = np.asarray(g["cam_t_m2c"], dtype=np.float64).reshape(3) * 1e-3
                 obj_id = int(g["obj_id"])
             except (KeyError, ValueError, TypeError) as exc:
-                raise BopFormatError(f"scene {scene_id} image {im_id}: scene_gt entry {gt_id} malformed ({exc})") from exc
+                raise BopFormatError(
+                    f"scene {scene_id} image {im_id}: scene_gt entry {gt_id} malformed ({exc})"
+                ) from exc
             visib, bbox = None, None
             if info_list is not None and gt_id < len(info_list):
                 visib = float(info_list[gt_id].get("visib_fract", 0.0))
@@ -377,4 +379,3 @@ class BopDataset:
             f"{self.root} [{self.split}]: {len(self.scene_ids)} scene(s), {n_img} image(s), "
             f"{len(self.object_ids)} object(s); missing: {miss}"
         )
-
