@@ -445,7 +445,7 @@ def _first_index(mask: np.ndarray) -> Any:
 # ----------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class ObjectModel:
-    """A rigid object: its mesh and what metrics and losses need. Build it with ``meshpose.mesh.load_object``.
+    """A rigid object: its mesh and what metrics and losses need. Build it with ``meshpose.mesh.load_object_model`` or ``make_object_model``.
 
     Args:
         obj_id: integer id (BOP ``obj_id``).

@@ -121,7 +121,8 @@ def parse_results_line(line: str, *, where: str = "results") -> ResultRow:
     R = _floats(fields[4], 9, "R", where).reshape(3, 3)
     t = _floats(fields[5], 3, "t", where) * 1e-3
     err = np.abs(R @ R.T - np.eye(3)).max()
-    if err > 1e-3 or abs(np.linalg.det(R) - 1.0) > 1e-3:
+    # Real annotations (LM-O's among them) carry rotations orthonormal to only ~2e-3; accept those as given.
+    if err > 1e-2 or abs(np.linalg.det(R) - 1.0) > 1e-2:
         raise ResultsFormatError(f"{where}: R is not a rotation matrix (|RRᵀ - I| = {err:.2e})")
     return ResultRow(scene_id, im_id, obj_id, score, R, t, time_s)
 
