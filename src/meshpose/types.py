@@ -247,7 +247,7 @@ def _as_tensor(x: ArrayLike | torch.Tensor, dtype: torch.dtype | None) -> torch.
     return torch.as_tensor(np.asarray(x), dtype=dtype or torch.float64)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class Pose:
     """A batch of rigid transforms ``cam_from_obj``: ``x_cam = R @ x_obj + t`` (metres).
 
@@ -271,9 +271,9 @@ class Pose:
     R: torch.Tensor
     t: torch.Tensor
 
-    def __post_init__(self) -> None:
-        R = _as_tensor(self.R, None)
-        t = _as_tensor(self.t, R.dtype)
+    def __init__(self, R: torch.Tensor | ArrayLike, t: torch.Tensor | ArrayLike) -> None:
+        R = _as_tensor(R, None)
+        t = _as_tensor(t, R.dtype)
         if R.shape[-2:] != (3, 3):
             raise ValueError(f"Pose R must have shape (..., 3, 3), got {tuple(R.shape)}")
         if t.shape[-1:] != (3,) or t.shape[:-1] != R.shape[:-2]:
@@ -445,7 +445,9 @@ def _first_index(mask: np.ndarray) -> Any:
 # ----------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class ObjectModel:
-    """A rigid object: its mesh and what metrics and losses need. Build it with ``meshpose.mesh.load_object_model`` or ``make_object_model``.
+    """A rigid object: its mesh and what metrics and losses need.
+
+    Build it with ``meshpose.mesh.load_object_model`` (from a file) or ``make_object_model`` (from a mesh).
 
     Args:
         obj_id: integer id (BOP ``obj_id``).

@@ -189,7 +189,7 @@ class BopDataset:
                 self._scene_cache[key] = None
             else:
                 self._scene_cache[key] = {int(k): v for k, v in _read_json(p).items()}
-        return self._scene_cache[key]  # type: ignore[no-any-return]
+        return self._scene_cache[key]
 
     def image_ids(self, scene_id: int) -> list[int]:
         """Image ids of a scene (from ``scene_camera.json``)."""
@@ -329,11 +329,13 @@ class BopDataset:
                 raise BopFormatError(
                     f"scene {scene_id} image {im_id}: scene_gt entry {gt_id} malformed ({exc})"
                 ) from exc
-            visib, bbox = None, None
+            visib: float | None = None
+            bbox: tuple[int, int, int, int] | None = None
             if info_list is not None and gt_id < len(info_list):
                 visib = float(info_list[gt_id].get("visib_fract", 0.0))
                 bb = info_list[gt_id].get("bbox_visib")
-                bbox = tuple(int(v) for v in bb) if bb is not None else None  # type: ignore[assignment]
+                if bb is not None and len(bb) == 4:
+                    bbox = (int(bb[0]), int(bb[1]), int(bb[2]), int(bb[3]))
             out.append(GtInstance(obj_id, gt_id, Pose(R, t), visib, bbox))
         return out
 

@@ -71,7 +71,7 @@ def write_models(
     for obj in objects:
         mesh = obj.mesh.copy()
         if getattr(mesh.visual, "kind", None) == "texture":
-            mesh.visual = mesh.visual.to_color()
+            mesh.visual = mesh.visual.to_color()  # type: ignore[union-attr]
         mesh.apply_scale(1e3)
         mesh.export(models / f"obj_{obj.obj_id:06d}.ply")
         info[str(obj.obj_id)] = models_info_entry(obj, continuous=(continuous or {}).get(obj.obj_id, ()))

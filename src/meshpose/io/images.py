@@ -89,8 +89,10 @@ def write_rgb(path: str | Path, rgb: np.ndarray, *, quality: int = 95) -> None:
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"write_rgb needs (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"quality": quality} if Path(path).suffix.lower() in (".jpg", ".jpeg") else {}
-    Image.fromarray(rgb).save(path, **kwargs)
+    if Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        Image.fromarray(rgb).save(path, quality=quality)
+    else:
+        Image.fromarray(rgb).save(path)
 
 
 def write_depth(path: str | Path, depth_m: np.ndarray, depth_scale_mm: float = 1.0) -> None:

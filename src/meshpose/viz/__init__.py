@@ -1,1 +1,1 @@
-"""viz"""
+"""Visualisation: pose overlays, report pages and plots."""

@@ -1,0 +1,217 @@
+"""The ``meshpose`` command line. Each command is thin: it builds a config, calls the library and writes files.
+
+Logging and progress bars are configured here and only here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+app = typer.Typer(
+    name="meshpose",
+    help="6D pose estimation and refinement of novel rigid objects by render-and-compare.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger("meshpose")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, show_time=False, rich_tracebacks=False)],
+        force=True,
+    )
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print a one-line error (no traceback) and return the exit to raise."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")]
+
+
+@app.callback()
+def _main() -> None:
+    """meshpose: find and refine the 6D pose of objects from their mesh and the camera intrinsics."""
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder for poses.json and overlay.png.")] = Path("out/demo"),
+    method: Annotated[str, typer.Option(help="Refiner preset to run (default: the best available).")] = "",
+    seed: Annotated[int, typer.Option(help="Seed of the example scene and the perturbation.")] = 0,
+    verbose: Verbose = False,
+) -> None:
+    """Run the main job on the embedded example: render a cluttered scene, perturb the pose, refine, report."""
+    _setup_logging(verbose)
+    from meshpose.demo import run_demo
+
+    try:
+        summary = run_demo(out, method=method or None, seed=seed)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(json.dumps(summary["errors"], indent=1))
+    typer.echo(f"wrote {summary['poses_path']} and {summary['overlay_path']}")
+
+
+@app.command()
+def perturb(
+    dataset: Annotated[Path, typer.Argument(help="BOP dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Output BOP results CSV of initial poses.")],
+    rot_deg: Annotated[float, typer.Option(help="Rotation error in degrees (exact).")] = 15.0,
+    trans_frac: Annotated[float, typer.Option(help="Translation error as a fraction of the diameter (exact).")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
+    verbose: Verbose = False,
+) -> None:
+    """Write initial poses made from ground truth: exact rotation angle about a random axis, exact shift."""
+    _setup_logging(verbose)
+    from meshpose.eval.perturb import perturb_dataset
+    from meshpose.io.bop import BopDataset
+    from meshpose.io.results import write_results
+
+    try:
+        ds = BopDataset(dataset, split)
+        rows = perturb_dataset(ds, rot_deg=rot_deg, trans_frac=trans_frac, seed=seed)
+        write_results(out, rows)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"wrote {len(rows)} initial poses to {out}")
+
+
+def _progress(description: str) -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[item]}"),
+        transient=False,
+    )
+
+
+@app.command()
+def refine(
+    dataset: Annotated[Path, typer.Argument(help="BOP dataset folder.")],
+    inits: Annotated[Path, typer.Option(help="BOP results CSV of initial poses.")],
+    out: Annotated[Path, typer.Option(help="Output BOP results CSV (resumed if it exists).")],
+    method: Annotated[str, typer.Option(help="Refiner preset.")] = "flow-pnp",
+    split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
+    iterations: Annotated[int | None, typer.Option(help="Outer iterations (default: the method's).")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Stop after this many images.")] = None,
+    no_depth: Annotated[bool, typer.Option("--no-depth", help="Do not give depth to RGB methods.")] = False,
+    restart: Annotated[bool, typer.Option(help="Overwrite the results file instead of resuming.")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Refine initial poses over a BOP dataset; writes each finished image at once and resumes a stopped run."""
+    _setup_logging(verbose)
+    from meshpose.io.bop import BopDataset
+    from meshpose.io.results import read_results
+    from meshpose.refine.base import make_refiner
+    from meshpose.refine.run import refine_dataset
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        ds = BopDataset(dataset, split)
+        rows = read_results(inits)
+        refiner = make_refiner(method)
+        if refiner.modality == "rgbd" and not ds.has_depth:
+            raise ValueError(f"method '{method}' needs depth, but {dataset} has no depth images")
+        with _progress(f"refine [{method}]") as bar:
+            task = bar.add_task("refine", total=None, item="")
+
+            def on_image(done: int, total: int, key: tuple[int, int]) -> None:
+                bar.update(task, completed=done, total=total, item=f"scene {key[0]} image {key[1]}")
+
+            summary = refine_dataset(
+                ds,
+                rows,
+                refiner,
+                out,
+                iterations=iterations,
+                resume=not restart,
+                use_depth=not no_depth,
+                max_images=max_images,
+                progress=on_image,
+            )
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(
+        f"refined {summary.images_done} image(s) in {summary.seconds:.1f} s "
+        f"({summary.images_skipped} already done, {summary.images_failed} failed, "
+        f"{summary.instance_failures} instance failure(s)); results: {summary.results_path}"
+    )
+    if summary.images_failed or summary.instance_failures:
+        typer.echo(f"failure reasons: {summary.failures_path}")
+
+
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[Path, typer.Argument(help="BOP dataset folder.")],
+    results: Annotated[Path, typer.Option(help="BOP results CSV to score.")],
+    out: Annotated[Path, typer.Option(help="Output REPORT.json.")],
+    metrics: Annotated[str, typer.Option(help="Comma-separated: add,adds,mssd,mspd,vsd.")] = "add,adds,mssd,mspd,vsd",
+    split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
+    min_visib: Annotated[
+        float, typer.Option(help="Ignore ground-truth instances less visible than this (BOP: 0.1).")
+    ] = 0.1,
+    only_result_images: Annotated[
+        bool, typer.Option(help="Score only the images that appear in the results file.")
+    ] = False,
+    plots: Annotated[Path | None, typer.Option(help="Also draw recall curves into this folder.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Score a BOP results file: ADD(-S), ADD-S AUC, MSSD/MSPD/VSD recalls and BOP AR, per object and overall."""
+    _setup_logging(verbose)
+    from meshpose.eval.report import EvalConfig, evaluate_file
+
+    names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip())
+    try:
+        config = EvalConfig(metrics=names, min_visib=min_visib, only_result_images=only_result_images)
+        report = evaluate_file(dataset, results, config, split=split)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    if plots is not None:
+        from meshpose.viz.plots import plot_report
+
+        plot_report(report, plots)
+    typer.echo(json.dumps(report["overall"], indent=1))
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    """Entry point of the ``meshpose`` script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.secho("interrupted: finished results are on disk; re-run to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The refiner seam: one protocol every pose-refinement method implements, and the registry of named presets.
+
+Every method — learned or optimisation-based — takes an :class:`Observation`, the objects, and one initial
+``cam_from_obj`` pose per object instance, and returns a :class:`RefineResult`. Presets are looked up by the name
+the CLI's ``--method`` takes; their modules are imported only when first asked for (so ``icp`` pulls in Open3D only
+when used).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import roma
+import torch
+
+from meshpose.types import ObjectModel, Observation, Pose, RefineInfo, RefineResult
+
+__all__ = [
+    "PRESETS",
+    "Refiner",
+    "RefinerError",
+    "StageTimer",
+    "available_methods",
+    "check_refine_inputs",
+    "make_refiner",
+    "make_result",
+]
+
+Modality = Literal["rgb", "rgbd"]
+
+
+class RefinerError(ValueError):
+    """Inputs a refiner cannot work with (e.g. an RGB-D method given no depth); the message says which."""
+
+
+@runtime_checkable
+class Refiner(Protocol):
+    """A pose-refinement method.
+
+    Attributes:
+        name: the preset name.
+        modality: what it needs: ``"rgb"`` or ``"rgbd"`` (an ``rgbd`` refiner refuses an observation without
+            depth).
+    """
+
+    name: str
+    modality: Modality
+
+    def refine(
+        self,
+        obs: Observation,
+        objects: Sequence[ObjectModel],
+        init: Pose,
+        *,
+        iterations: int | None = None,
+        callback: Callable[[int, Pose], None] | None = None,
+    ) -> RefineResult:
+        """Refine the poses of the ``N`` object instances seen in ``obs``.
+
+        Args:
+            obs: the image (and depth, for ``rgbd`` methods).
+            objects: the ``N`` instances' object models (the same model may appear several times).
+            init: ``(N,)`` initial ``cam_from_obj`` poses.
+            iterations: outer iterations (``None``: the method's default).
+            callback: called as ``callback(iteration, poses)`` after each outer iteration.
+
+        Returns:
+            The refined poses with scores, per-iteration history and diagnostics.
+        """
+        ...
+
+
+#: Preset name → (module, class). The class is constructed as ``cls(config)`` with its own ``Config`` dataclass.
+PRESETS: dict[str, tuple[str, str]] = {
+    "flow-pnp": ("meshpose.refine.flow_pnp", "FlowPnPRefiner"),
+    "contour": ("meshpose.refine.contour", "ContourRefiner"),
+    "icp": ("meshpose.refine.icp", "ICPRefiner"),
+}
+
+
+def available_methods() -> list[str]:
+    """Names of the refiner presets whose modules are present."""
+    out = []
+    for name, (module, _) in PRESETS.items():
+        if importlib.util.find_spec(module) is not None:
+            out.append(name)
+    return out
+
+
+def make_refiner(name: str, config: Any = None, **overrides: Any) -> Refiner:
+    """Build a refiner preset by name.
+
+    Args:
+        name: a key of :data:`PRESETS` (``meshpose refine --method``).
+        config: the method's ``Config`` dataclass instance (default: its defaults).
+        overrides: fields of the config to replace, e.g. ``make_refiner("flow-pnp", iterations=6)``.
+
+    Raises:
+        ValueError: unknown preset, or an override that is not a field of the method's config.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown refiner '{name}'; choose from {', '.join(sorted(PRESETS))}")
+    module_name, cls_name = PRESETS[name]
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    cfg = config if config is not None else cls.Config()
+    if overrides:
+        if not is_dataclass(cfg):
+            raise ValueError(f"refiner '{name}' has no dataclass config to override")
+        known = {f.name for f in fields(cfg)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise ValueError(f"refiner '{name}' has no option(s) {bad}; options: {', '.join(sorted(known))}")
+        cfg = replace(cfg, **overrides)  # type: ignore[type-var]
+    refiner: Refiner = cls(cfg)
+    return refiner
+
+
+def check_refine_inputs(
+    obs: Observation, objects: Sequence[ObjectModel], init: Pose, modality: Modality, method: str
+) -> Pose:
+    """Validate the common inputs of ``Refiner.refine``; return ``init`` as an ``(N,)`` float64 batch.
+
+    Raises:
+        RefinerError: no objects, a pose count that does not match, NaNs, a non-rotation, a pose behind the
+            camera, or an ``rgbd`` method without depth.
+    """
+    if len(objects) == 0:
+        raise RefinerError(f"{method}: no objects to refine")
+    poses = init.reshape(-1) if len(init.batch_shape) <= 1 else init
+    if len(poses.batch_shape) != 1 or len(poses) != len(objects):
+        raise RefinerError(f"{method}: got {len(objects)} objects but init poses of shape {tuple(init.batch_shape)}")
+    try:
+        # Real annotations and other tools' results hold rotations orthonormal to ~1e-3 only: accept up to 1e-2
+        # and project them onto SO(3); reject anything worse as not a rotation.
+        poses.check("initial pose", in_front=True, atol=1e-2)
+    except ValueError as exc:
+        raise RefinerError(f"{method}: {exc}") from exc
+    R = poses.R.to(torch.float64)
+    off = (R @ R.transpose(-1, -2) - torch.eye(3, dtype=torch.float64)).abs().amax(dim=(-1, -2)) > 1e-9
+    if bool(off.any()):
+        R = torch.where(off[:, None, None], roma.special_procrustes(R), R)
+    poses = Pose(R, poses.t.to(torch.float64))
+    if modality == "rgbd" and obs.depth is None:
+        raise RefinerError(f"{method} needs depth, but the observation has none")
+    if obs.mask is not None and len(obs.mask) != len(objects):
+        raise RefinerError(f"{method}: observation has {len(obs.mask)} masks for {len(objects)} objects")
+    return poses
+
+
+@dataclass
+class StageTimer:
+    """Accumulates wall time per named stage: ``with timer("render"): ...``."""
+
+    totals: dict[str, float]
+
+    def __init__(self) -> None:
+        self.totals = {}
+        self._t0 = time.perf_counter()
+
+    def __call__(self, stage: str) -> _Stage:
+        return _Stage(self, stage)
+
+    def result(self) -> dict[str, float]:
+        out = dict(self.totals)
+        out["total"] = time.perf_counter() - self._t0
+        return out
+
+
+class _Stage:
+    def __init__(self, timer: StageTimer, stage: str) -> None:
+        self.timer, self.stage = timer, stage
+
+    def __enter__(self) -> None:
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.totals[self.stage] = self.timer.totals.get(self.stage, 0.0) + time.perf_counter() - self.t
+
+
+def make_result(
+    history: list[Pose],
+    score: np.ndarray,
+    *,
+    timer: StageTimer,
+    converged: np.ndarray,
+    failure: list[str | None],
+    extra: dict[str, Any] | None = None,
+) -> RefineResult:
+    """Assemble a :class:`RefineResult` whose pose is the last entry of ``history``."""
+    return RefineResult(
+        pose=history[-1],
+        score=np.asarray(score, dtype=np.float64),
+        history=history,
+        info=RefineInfo(
+            timings=timer.result(),
+            converged=np.asarray(converged, dtype=bool),
+            failure=list(failure),
+            iterations=len(history) - 1,
+            extra=extra or {},
+        ),
+    )

@@ -1,0 +1,343 @@
+"""``flow-pnp``: classical dense optical flow between rendering and image, turned into a pose by PnP-RANSAC.
+
+One outer iteration, for each object instance:
+
+1. crop the observation around the current pose (square, centred on the projected object origin) and render every
+   instance into the crop camera (colour + object coordinates + instance map);
+2. estimate dense flow from the rendering to the observed crop with OpenCV's DIS, both ways; keep the pixels of
+   this instance whose forward-backward flows agree;
+3. each kept pixel ``p`` with rendered object point ``X(p)`` gives a 2D-3D match ``(p + flow(p), X(p))``; PnP-RANSAC
+   (poselib) over them gives the new pose; with depth, the same matches lifted to 3D-3D (observed depth at
+   ``p + flow(p)``) give a robust rigid fit that fixes the distance the image alone measures poorly;
+4. the update is accepted only if it is plausible (bounded step, enough inliers).
+
+Stages run coarse to fine (a wide low-resolution crop, then a tight high-resolution one). Every pose the loop
+visits is scored by how well its silhouette outline lies on image edges (:func:`edge_alignment_score`, measured in
+one fixed crop per instance) and the best-scoring pose is returned, so a refinement that wanders off does not end
+worse than it started. The flow is a classical one: it follows texture and silhouette edges and is at its best on
+textured objects; across a large appearance gap between the rendering and a real photo it degrades (see the
+benchmark notes), which is what the learned ``genflow`` preset is for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+
+from meshpose.geometry.align import ransac_rigid
+from meshpose.geometry.lie import rotation_angle
+from meshpose.geometry.pnp import pnp_ransac
+from meshpose.geometry.projection import unproject
+from meshpose.refine.base import StageTimer, check_refine_inputs, make_result
+from meshpose.refine.views import CropView, edge_alignment_score, gray, make_crop_view, observed_gradients
+from meshpose.render.base import Lighting, Renderer
+from meshpose.types import ObjectModel, Observation, Pose, RefineResult
+
+__all__ = ["FlowPnPConfig", "FlowPnPRefiner", "FlowStage"]
+
+_DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+@dataclass(frozen=True)
+class FlowStage:
+    """One resolution level of the cascade.
+
+    Args:
+        size: crop side in pixels.
+        padding: crop box size over the object's projected extent (larger = more context for large errors).
+        iterations: outer iterations at this level.
+    """
+
+    size: int = 256
+    padding: float = 1.3
+    iterations: int = 2
+
+
+@dataclass(frozen=True)
+class FlowPnPConfig:
+    """Options of the ``flow-pnp`` refiner.
+
+    Args:
+        stages: the coarse-to-fine cascade.
+        flow_preset: OpenCV DIS preset (``ultrafast``, ``fast``, ``medium``).
+        match_stride: sample every ``match_stride``-th pixel of the instance's rendered region, in each direction.
+        fb_threshold: forward-backward flow disagreement allowed, in pixels of a 256-pixel crop (scaled).
+        ransac_threshold: PnP-RANSAC inlier threshold, in pixels of a 256-pixel crop (scaled).
+        min_inliers: fewer PnP inliers than this rejects the update.
+        max_step_deg: an update that turns the object by more than this is rejected as implausible.
+        max_step_frac: an update that moves it by more than this fraction of the diameter is rejected.
+        use_depth: with depth, replace the PnP pose by a robust 3D-3D rigid fit of the lifted matches.
+        depth_threshold_frac: 3D inlier distance of that fit, fraction of the diameter.
+        composite: render over the observed crop (background pixels then agree exactly), rather than over black.
+        lighting: shading of the rendering that is compared with the image.
+        select_by_edges: return the visited pose whose outline best fits the image edges when it beats the last
+            pose's fit by more than ``select_margin`` (else the last one).
+        select_margin: edge-score margin (the score is in [0, 1]) a better-fitting earlier pose needs.
+        converge_deg: an update smaller than this (and ``converge_frac``) ends the instance's refinement.
+        converge_frac: translation part of the convergence test, fraction of the diameter.
+    """
+
+    stages: tuple[FlowStage, ...] = (FlowStage(128, 1.6, 2), FlowStage(256, 1.3, 2))
+    flow_preset: Literal["ultrafast", "fast", "medium"] = "medium"
+    match_stride: int = 2
+    fb_threshold: float = 2.0
+    ransac_threshold: float = 2.5
+    min_inliers: int = 20
+    max_step_deg: float = 30.0
+    max_step_frac: float = 0.5
+    use_depth: bool = True
+    depth_threshold_frac: float = 0.02
+    composite: bool = True
+    lighting: Lighting = field(default_factory=lambda: Lighting(ambient=0.6, diffuse=0.5))
+    select_by_edges: bool = True
+    select_margin: float = 0.05
+    converge_deg: float = 0.05
+    converge_frac: float = 0.0005
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("flow-pnp needs at least one stage")
+        if self.flow_preset not in _DIS_PRESETS:
+            raise ValueError(f"flow_preset must be one of {sorted(_DIS_PRESETS)}, got {self.flow_preset!r}")
+        if any(s.size < 32 or s.padding < 1.0 or s.iterations < 0 for s in self.stages):
+            raise ValueError("each stage needs size ≥ 32, padding ≥ 1 and iterations ≥ 0")
+
+
+@dataclass
+class _Matches:
+    points2d: np.ndarray  # (M, 2) crop pixels in the observed crop
+    points3d: np.ndarray  # (M, 3) object-frame points
+    pixels: np.ndarray  # (M, 2) int rendered pixel (x, y)
+
+
+class FlowPnPRefiner:
+    """The ``flow-pnp`` preset (RGB, uses depth when present). See the module docstring."""
+
+    name = "flow-pnp"
+    modality: Literal["rgb", "rgbd"] = "rgb"
+    Config = FlowPnPConfig
+
+    def __init__(self, config: FlowPnPConfig | None = None, renderer: Renderer | None = None) -> None:
+        self.config = config or FlowPnPConfig()
+        self._renderer = renderer
+        self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[self.config.flow_preset])  # type: ignore[attr-defined]
+
+    @property
+    def renderer(self) -> Renderer:
+        if self._renderer is None:
+            from meshpose.render.gl import get_default_renderer
+
+            self._renderer = get_default_renderer()
+        return self._renderer
+
+    def _schedule(self, iterations: int | None) -> list[FlowStage]:
+        stages = list(self.config.stages)
+        if iterations is None:
+            return [s for s in stages for _ in range(s.iterations)]
+        if iterations <= 0:
+            return []
+        if iterations < len(stages):
+            return stages[-iterations:]
+        counts = [1] * len(stages)
+        counts[-1] += iterations - len(stages)
+        return [s for s, c in zip(stages, counts, strict=True) for _ in range(c)]
+
+    def refine(
+        self,
+        obs: Observation,
+        objects: Sequence[ObjectModel],
+        init: Pose,
+        *,
+        iterations: int | None = None,
+        callback: Callable[[int, Pose], None] | None = None,
+    ) -> RefineResult:
+        """Refine ``(N,)`` poses; see :class:`meshpose.refine.base.Refiner`."""
+        cfg = self.config
+        poses0 = check_refine_inputs(obs, objects, init, self.modality, self.name)
+        timer = StageTimer()
+        n = len(objects)
+        current = [poses0[i] for i in range(n)]
+        history = [poses0]
+        failure: list[str | None] = [None] * n
+        converged = np.zeros(n, bool)
+        inlier_ratio = np.zeros(n)
+        use_depth = cfg.use_depth and obs.depth is not None
+
+        # One fixed crop per instance (around its initial pose) in which every visited pose is scored.
+        judge: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n
+        best_score = np.full(n, -1.0)
+        last_score = np.full(n, -1.0)
+        best_pose = list(current)
+        if cfg.select_by_edges:
+            with timer("score"):
+                for i in range(n):
+                    try:
+                        v = make_crop_view(
+                            obs,
+                            objects,
+                            poses0,
+                            i,
+                            size=128,
+                            padding=1.6,
+                            renderer=self.renderer,
+                            lighting=cfg.lighting,
+                        )
+                    except ValueError as exc:
+                        failure[i] = f"cannot crop around the initial pose: {exc}"
+                        continue
+                    grad0 = observed_gradients(v.rgb)
+                    judge[i] = (v.box, grad0)
+                    best_score[i] = last_score[i] = edge_alignment_score(grad0, v.own)
+
+        for it, stage in enumerate(self._schedule(iterations), start=1):
+            for i in range(n):
+                reason = failure[i]
+                if converged[i] or (reason is not None and reason.startswith("cannot crop")):
+                    continue
+                poses = Pose.stack(current)
+                try:
+                    with timer("render"):
+                        view = make_crop_view(
+                            obs,
+                            objects,
+                            poses,
+                            i,
+                            size=stage.size,
+                            padding=stage.padding,
+                            renderer=self.renderer,
+                            lighting=cfg.lighting,
+                        )
+                except ValueError as exc:
+                    failure[i] = f"cannot crop around the pose: {exc}"
+                    continue
+                with timer("flow"):
+                    matches = self._matches(view, stage.size)
+                if len(matches.points2d) < cfg.min_inliers:
+                    failure[i] = f"too few consistent flow matches ({len(matches.points2d)})"
+                    continue
+                scale = stage.size / 256.0
+                with timer("pnp"):
+                    res = pnp_ransac(
+                        matches.points2d,
+                        matches.points3d,
+                        view.camera,
+                        max_reprojection_error_px=cfg.ransac_threshold * scale,
+                        min_inliers=cfg.min_inliers,
+                    )
+                if not res.success or res.pose is None:
+                    failure[i] = f"PnP failed: {res.reason}"
+                    continue
+                candidate = res.pose
+                if use_depth:
+                    with timer("rigid"):
+                        candidate = self._depth_fit(view, matches, res.inliers, candidate, objects[i].diameter)
+                step_deg = math.degrees(float(rotation_angle(current[i].R, candidate.R)))
+                step_m = float((candidate.t - current[i].t).norm())
+                if step_deg > cfg.max_step_deg or step_m > cfg.max_step_frac * objects[i].diameter:
+                    failure[i] = f"implausible update rejected ({step_deg:.1f}°, {step_m * 1e3:.1f} mm)"
+                    continue
+                if float(candidate.t[2]) <= 0:
+                    failure[i] = "update put the object behind the camera"
+                    continue
+                failure[i] = None
+                current[i] = candidate
+                inlier_ratio[i] = res.num_inliers / len(matches.points2d)
+                if step_deg < cfg.converge_deg and step_m < cfg.converge_frac * objects[i].diameter:
+                    converged[i] = True
+                judged = judge[i]
+                if judged is not None:
+                    with timer("score"):
+                        box, grad = judged
+                        v = make_crop_view(
+                            obs,
+                            objects,
+                            Pose.stack(current),
+                            i,
+                            size=128,
+                            padding=1.6,
+                            renderer=self.renderer,
+                            lighting=cfg.lighting,
+                            box=box,
+                        )
+                        s = last_score[i] = edge_alignment_score(grad, v.own)
+                    if s > best_score[i]:
+                        best_score[i], best_pose[i] = s, candidate
+            step_poses = Pose.stack(current)
+            history.append(step_poses)
+            if callback is not None:
+                callback(it, step_poses)
+            if converged.all():
+                break
+
+        if cfg.select_by_edges:
+            revert = [judge[i] is not None and best_score[i] > last_score[i] + cfg.select_margin for i in range(n)]
+            final = Pose.stack([best_pose[i] if revert[i] else current[i] for i in range(n)])
+            best_score = np.where(revert, best_score, last_score)
+            if not torch.equal(final.R, history[-1].R) or not torch.equal(final.t, history[-1].t):
+                history.append(final)
+            score = np.clip(best_score, 0.0, 1.0) * np.where(inlier_ratio > 0, 0.5 + 0.5 * inlier_ratio, 0.5)
+        else:
+            score = inlier_ratio
+        return make_result(
+            history,
+            score,
+            timer=timer,
+            converged=converged,
+            failure=failure,
+            extra={"inlier_ratio": inlier_ratio, "edge_score": best_score},
+        )
+
+    def _matches(self, view: CropView, size: int) -> _Matches:
+        """Forward-backward-consistent flow matches from the instance's rendered pixels to the observed crop."""
+        cfg = self.config
+        own = view.own
+        rend = (view.render.rgb[0] * 255.0).astype(np.uint8)
+        if cfg.composite:
+            rend = np.where(view.render.mask[0][..., None], rend, view.rgb)
+        g_r, g_o = gray(rend), gray(view.rgb)
+        fwd = self._dis.calc(g_r, g_o, None)
+        bwd = self._dis.calc(g_o, g_r, None)
+        # Keep interior pixels (their object coordinates are not blends across the silhouette).
+        core = cv2.erode(own.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        ys, xs = np.nonzero(core)
+        keep = (ys % cfg.match_stride == 0) & (xs % cfg.match_stride == 0)
+        ys, xs = ys[keep], xs[keep]
+        f = fwd[ys, xs]
+        q = np.stack([xs + f[:, 0], ys + f[:, 1]], 1)
+        qi = np.round(q).astype(int)
+        inside = (qi[:, 0] >= 0) & (qi[:, 0] < size) & (qi[:, 1] >= 0) & (qi[:, 1] < size)
+        qi = np.clip(qi, 0, size - 1)
+        fb = np.linalg.norm(f + bwd[qi[:, 1], qi[:, 0]], axis=1)
+        ok = inside & (fb < cfg.fb_threshold * size / 256.0) & view.valid[qi[:, 1], qi[:, 0]]
+        if view.mask is not None:
+            ok &= view.mask[qi[:, 1], qi[:, 0]]
+        pts3 = view.render.xyz[0][ys[ok], xs[ok]].astype(np.float64)
+        return _Matches(q[ok].astype(np.float64), pts3, np.stack([xs[ok], ys[ok]], 1))
+
+    def _depth_fit(self, view: CropView, m: _Matches, inliers: np.ndarray, pose: Pose, diameter: float) -> Pose:
+        """Robust rigid fit of the PnP inliers lifted to 3D with the observed depth; ``pose`` if it cannot."""
+        assert view.depth is not None
+        qi = np.clip(np.round(m.points2d[inliers]).astype(int), 0, view.size - 1)
+        z = view.depth[qi[:, 1], qi[:, 0]].astype(np.float64)
+        ok = z > 0
+        if ok.sum() < max(10, self.config.min_inliers // 2):
+            return pose
+        K = torch.tensor(view.camera.K)
+        obs_pts = unproject(torch.tensor(m.points2d[inliers][ok]), torch.tensor(z[ok]), K).numpy()
+        fit, _ = ransac_rigid(
+            m.points3d[inliers][ok],
+            obs_pts,
+            threshold_m=self.config.depth_threshold_frac * diameter,
+            min_inliers=max(10, self.config.min_inliers // 2),
+        )
+        return fit if fit is not None else pose
