@@ -82,3 +82,15 @@ def test_errors_are_one_clear_line(tiny_bop: Path, tmp_path: Path, args: list[st
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_demo_writes_poses_and_overlay(tmp_path: Path) -> None:
+    out = _ok(["demo", "--out", str(tmp_path / "demo")])
+    assert "overlay.png" in out
+    summary = json.loads((tmp_path / "demo" / "poses.json").read_text())
+    before, after = summary["errors"]["init"], summary["errors"]["refined"]
+    assert before["rotation_deg"] == pytest.approx(15.0, abs=1e-6)
+    assert after["add_over_diameter"] < 0.05 < before["add_over_diameter"]
+    from meshpose.io.images import read_rgb
+
+    assert read_rgb(tmp_path / "demo" / "overlay.png").shape == (480, 1284, 3)
