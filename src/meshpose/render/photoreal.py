@@ -3,13 +3,17 @@
 :class:`PhotorealRenderer` implements the :class:`~meshpose.render.base.Renderer` protocol. Each scene is drawn in
 two Mitsuba passes over the same geometry:
 
-1. **colour** — the ``path`` integrator (soft shadows from an area light, inter-reflections, rough dielectric or
-   metallic materials through the ``principled`` BSDF), ``spp`` samples per pixel with a Gaussian reconstruction
-   filter, converted from linear radiance to sRGB;
+1. **colour** — the ``path`` integrator (soft shadows from a spherical area light, an environment, inter-
+   reflections; rough dielectric or metallic ``principled`` materials), ``spp`` samples per pixel with a
+   Gaussian reconstruction filter, and the ``albedo`` AOV of the same scene (``albedo_spp`` samples). With
+   ``denoise`` the radiance is divided by the albedo (so textures stay sharp), the quotient — smooth light —
+   is blurred within each object's region only (normalised Gaussian convolution, ``denoise_sigma`` pixels)
+   and multiplied back: a few samples per pixel then look clean. The result is converted to sRGB;
 2. **geometry** — the ``aov`` integrator at one sample through each pixel *centre* (stratified sampler without
    jitter, box filter): the ``position`` AOV gives the camera-frame hit point (so ``depth`` is its ``z``), the
    ``sh_normal`` AOV the normal, and the ``albedo`` AOV of a throw-away diffuse material whose reflectance encodes
    the object index gives ``instance`` — exactly, since nothing is averaged at one centred sample.
+   (``geometry="gl"`` takes these from :class:`~meshpose.render.gl.GLRenderer` instead: the same values, faster.)
 
 Sampling at the pixel centre is the convention of :class:`~meshpose.render.gl.GLRenderer` too, so ``depth``,
 ``mask`` and ``xyz`` of the two renderers agree up to ray-versus-raster round-off on silhouettes.
@@ -40,7 +44,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -50,6 +54,7 @@ from meshpose.types import Camera, ObjectModel, Pose
 __all__ = [
     "Material",
     "PhotorealRenderer",
+    "denoise_radiance",
     "mitsuba_available",
     "opencv_sensor_params",
     "select_variant",
@@ -131,12 +136,12 @@ def _probe_llvm(timeout_s: float) -> bool:
 
 @dataclass(frozen=True)
 class Material:
-    """Surface parameters of the ``principled`` BSDF (the albedo comes from the mesh's colours or texture).
+    """Parameters of Mitsuba's ``principled`` BSDF (the base colour comes from the mesh's colours or texture).
 
     Args:
-        roughness: microfacet roughness in [0, 1] (0 mirror-like, 1 matte).
+        roughness: in [0, 1] (0 mirror-like, 1 matte).
         metallic: in [0, 1].
-        specular: dielectric specular amount in [0, 1] (0.5 ≈ plastic, IOR 1.5).
+        specular: dielectric specular amount in [0, 1] (0.5 ≈ IOR 1.5).
 
     A mesh may carry one in ``mesh.metadata["material"]`` (a :class:`Material` or a mapping with these keys).
     """
@@ -193,6 +198,40 @@ def _linear_to_srgb(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.0031308, 12.92 * c, 1.055 * np.power(c, 1.0 / 2.4) - 0.055)
 
 
+def denoise_radiance(radiance: np.ndarray, albedo: np.ndarray, instance: np.ndarray, sigma: float) -> np.ndarray:
+    """Smooth Monte Carlo noise out of a path-traced image without blurring texture or silhouettes.
+
+    The radiance is divided by the albedo (first-hit diffuse reflectance, filtered like the radiance), which
+    leaves the incident light — smooth except at shadow edges; that quotient is blurred with a normalised
+    Gaussian *within each instance region* (so nothing leaks across silhouettes) and multiplied back.
+
+    Args:
+        radiance: ``(H, W, 3)`` linear radiance.
+        albedo: ``(H, W, 3)`` albedo AOV.
+        instance: ``(H, W)`` int region ids (0 = background, left as is).
+        sigma: Gaussian radius in pixels.
+
+    Returns:
+        ``(H, W, 3)`` float32 denoised radiance.
+    """
+    import cv2
+
+    lin = np.asarray(radiance, dtype=np.float32)
+    alb = np.asarray(albedo, dtype=np.float32)
+    safe = np.maximum(alb, 0.02)  # metals and black paint: demodulate by a floor, consistently
+    light = lin / safe
+    out = lin.copy()
+    for region in np.unique(instance):
+        if region == 0:
+            continue
+        m = (instance == region).astype(np.float32)
+        weight = cv2.GaussianBlur(m, (0, 0), sigma)
+        smooth = cv2.GaussianBlur(light * m[..., None], (0, 0), sigma)
+        sel = m > 0
+        out[sel] = (smooth[sel] / np.maximum(weight[sel, None], 1e-6)) * safe[sel]
+    return out
+
+
 @dataclass
 class _CachedSurface:
     fingerprint: tuple[Any, ...]
@@ -208,7 +247,11 @@ class PhotorealRenderer:
     Args:
         variant: Mitsuba variant, or ``"auto"`` (see :func:`select_variant`).
         spp: samples per pixel of the colour pass.
-        max_depth: longest path (``path`` integrator): 2 = direct light only; the default 5 adds inter-reflections.
+        max_depth: longest path (``path`` integrator): 2 = direct light only; 3 and more add inter-reflections.
+        denoise: albedo-demodulated, region-aware smoothing of the colour pass (see the module docstring).
+        denoise_sigma: its Gaussian radius in pixels.
+        albedo_spp: samples per pixel of the albedo AOV pass that guides the denoiser.
+        geometry: ``"mitsuba"`` (the AOV pass) or ``"gl"`` (depth, masks, xyz, normals from the GL renderer).
         lighting: default :class:`~meshpose.render.base.Lighting` when :meth:`render` gets none. ``ambient``
             becomes a uniform environment of that radiance (or ``environment`` scaled by it), ``direction`` a
             spherical area light (soft shadows) whose irradiance is ``π · diffuse``, so a white Lambertian surface
@@ -229,8 +272,12 @@ class PhotorealRenderer:
     """
 
     variant: str = "auto"
-    spp: int = 32
-    max_depth: int = 5
+    spp: int = 16
+    max_depth: int = 4
+    denoise: bool = True
+    denoise_sigma: float = 1.5
+    albedo_spp: int = 2
+    geometry: Literal["mitsuba", "gl"] = "mitsuba"
     lighting: Lighting = field(default_factory=Lighting)
     light_radius: float = 0.12
     material: Material = field(default_factory=Material)
@@ -246,6 +293,10 @@ class PhotorealRenderer:
             raise ValueError(f"max_depth must be ≥ 1, got {self.max_depth}")
         if not (0.0 < self.light_radius < 1.0):
             raise ValueError(f"light_radius must be in (0, 1) radians, got {self.light_radius}")
+        if self.geometry not in ("mitsuba", "gl"):
+            raise ValueError(f"geometry must be 'mitsuba' or 'gl', got {self.geometry!r}")
+        if self.denoise_sigma <= 0:
+            raise ValueError(f"denoise_sigma must be positive, got {self.denoise_sigma}")
 
     # --- Mitsuba setup ----------------------------------------------------------------------------------
     @property
@@ -343,7 +394,7 @@ class PhotorealRenderer:
             {
                 "type": "principled",
                 "base_color": base,
-                "roughness": float(np.clip(mat.roughness, 0.01, 1.0)),
+                "roughness": float(np.clip(mat.roughness, 0.05, 1.0)),
                 "metallic": float(np.clip(mat.metallic, 0.0, 1.0)),
                 "specular": float(np.clip(mat.specular, 0.0, 1.0)),
             }
@@ -397,19 +448,24 @@ class PhotorealRenderer:
         normal = np.zeros((n_scenes, height, width, 3), np.float32)
         instance = np.zeros((n_scenes, height, width), np.int32)
         t_setup = t_color = t_geom = 0.0
+        n_spp = int(spp or self.spp)
+        if self.geometry == "gl":
+            from meshpose.render.gl import get_default_renderer
+
+            t0 = time.perf_counter()
+            geo = get_default_renderer().render(objects, poses, cams, lighting=light)
+            depth[:], xyz[:], normal[:], instance[:] = geo.depth, geo.xyz, geo.normal, geo.instance
+            t_geom += time.perf_counter() - t0
         for b in range(n_scenes):
             t0 = time.perf_counter()
-            sensor = self._sensor(mi, cams[b], spp=int(spp or self.spp), centred=False)
             shapes = {}
             for n, (obj, surf) in enumerate(zip(objects, surfaces, strict=True)):
-                if not self._in_front(surf, R_all[b, n], t_all[b, n]):
-                    continue
-                bsdf = self._material_bsdf(mi, obj, surf)
-                shapes[f"obj_{n:04d}"] = (n, surf, bsdf)
+                if self._in_front(surf, R_all[b, n], t_all[b, n]):
+                    shapes[f"obj_{n:04d}"] = (n, surf, self._material_bsdf(mi, obj, surf))
             scene_dict: dict[str, Any] = {
                 "type": "scene",
                 "integrator": {"type": "path", "max_depth": int(self.max_depth), "hide_emitters": True},
-                "sensor": sensor,
+                "sensor": self._sensor(mi, cams[b], spp=n_spp, centred=False),
                 "ambient": env,
             }
             if light.diffuse > 0:
@@ -419,35 +475,50 @@ class PhotorealRenderer:
             scene = mi.load_dict(scene_dict)
             t1 = time.perf_counter()
             seed_b = int(self.seed if seed is None else seed) + b
-            img = np.array(mi.render(scene, seed=seed_b, spp=int(spp or self.spp)), dtype=np.float32)
-            rgb[b] = _linear_to_srgb(img[..., :3] * np.asarray(light.color, np.float32)).astype(np.float32)
+            radiance = np.array(mi.render(scene, seed=seed_b, spp=n_spp), dtype=np.float32)[..., :3]
+            albedo = None
+            if self.denoise:
+                # The albedo of the same scene, sampled and filtered like the radiance (the aov integrator on
+                # its own; nesting the path tracer inside it would make it several times slower).
+                albedo_integrator = mi.load_dict({"type": "aov", "aovs": "al:albedo"})
+                albedo = np.array(
+                    mi.render(scene, integrator=albedo_integrator, seed=seed_b + 1, spp=int(self.albedo_spp)),
+                    dtype=np.float32,
+                )[..., :3]
             t2 = time.perf_counter()
 
-            geo_dict: dict[str, Any] = {
-                "type": "scene",
-                "integrator": {"type": "aov", "aovs": "pp:position,nn:sh_normal,id:albedo"},
-                "sensor": self._sensor(mi, cams[b], spp=1, centred=True),
-            }
-            for key, (n, surf, _) in shapes.items():
-                code = mi.load_dict({"type": "diffuse", "reflectance": {"type": "rgb", "value": [(n + 1) / 1024.0, 0.0, 0.0]}})
-                geo_dict[key] = self._mesh(mi, key, surf, R_all[b, n], t_all[b, n], code)
-            aov = np.array(mi.render(mi.load_dict(geo_dict), seed=0, spp=1), dtype=np.float64)
-            pos, nrm, code_r = aov[..., 0:3], aov[..., 3:6], aov[..., 6]
-            inst = np.rint(code_r * 1024.0).astype(np.int32)
-            inst[(inst < 0) | (inst > len(objects))] = 0
-            hit = inst > 0
-            rgb[b][~hit] = 0.0
-            depth[b] = np.where(hit, pos[..., 2], 0.0)
-            nlen = np.linalg.norm(nrm, axis=-1, keepdims=True)
-            n_unit = np.divide(nrm, nlen, out=np.zeros_like(nrm), where=nlen > 0)
-            towards = np.einsum("hwc,hwc->hw", n_unit, pos) > 0  # facing away from the camera: flip
-            n_unit[towards] *= -1.0
-            normal[b] = np.where(hit[..., None], n_unit, 0.0)
-            for n in np.unique(inst[hit]):
-                sel = inst == n
-                R, t = R_all[b, n - 1], t_all[b, n - 1]
-                xyz[b][sel] = (pos[sel] - t) @ R  # obj_from_cam: R^T (p - t)
-            instance[b] = inst
+            if self.geometry == "mitsuba":
+                geo_dict: dict[str, Any] = {
+                    "type": "scene",
+                    "integrator": {"type": "aov", "aovs": "pp:position,nn:sh_normal,id:albedo"},
+                    "sensor": self._sensor(mi, cams[b], spp=1, centred=True),
+                }
+                for key, (n, surf, _) in shapes.items():
+                    code = {"type": "rgb", "value": [(n + 1) / 1024.0, 0.0, 0.0]}
+                    geo_dict[key] = self._mesh(
+                        mi, key, surf, R_all[b, n], t_all[b, n], mi.load_dict({"type": "diffuse", "reflectance": code})
+                    )
+                aov = np.array(mi.render(mi.load_dict(geo_dict), seed=0, spp=1), dtype=np.float64)
+                pos, nrm, code_r = aov[..., 0:3], aov[..., 3:6], aov[..., 6]
+                inst = np.rint(code_r * 1024.0).astype(np.int32)
+                inst[(inst < 0) | (inst > len(objects))] = 0
+                hit = inst > 0
+                depth[b] = np.where(hit, pos[..., 2], 0.0)
+                nlen = np.linalg.norm(nrm, axis=-1, keepdims=True)
+                n_unit = np.divide(nrm, nlen, out=np.zeros_like(nrm), where=nlen > 0)
+                away = np.einsum("hwc,hwc->hw", n_unit, pos) > 0  # turned away from the camera: flip
+                n_unit[away] *= -1.0
+                normal[b] = np.where(hit[..., None], n_unit, 0.0)
+                for n in np.unique(inst[hit]):
+                    sel = inst == n
+                    R, t = R_all[b, n - 1], t_all[b, n - 1]
+                    xyz[b][sel] = (pos[sel] - t) @ R  # obj_from_cam: Rᵀ (p - t)
+                instance[b] = inst
+            if albedo is not None:
+                radiance = denoise_radiance(radiance, albedo, instance[b], self.denoise_sigma)
+            color = _linear_to_srgb(radiance * np.asarray(light.color, np.float32)).astype(np.float32)
+            color[instance[b] == 0] = 0.0
+            rgb[b] = color
             t_setup += t1 - t0
             t_color += t2 - t1
             t_geom += time.perf_counter() - t2
