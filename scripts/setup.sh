@@ -15,6 +15,8 @@ if command -v dpkg-query >/dev/null 2>&1; then
   for p in libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libusb-1.0-0 libgomp1; do
     have_pkg "$p" || need+=("$p")
   done
+  # Mitsuba's fast llvm_ad_rgb variant (photoreal synthetic images) needs LLVM 19; optional, where apt has it.
+  if ! have_pkg libllvm19 && apt-cache show libllvm19 >/dev/null 2>&1; then need+=(libllvm19); fi
   if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
