@@ -94,3 +94,20 @@ def test_demo_writes_poses_and_overlay(tmp_path: Path) -> None:
     from meshpose.io.images import read_rgb
 
     assert read_rgb(tmp_path / "demo" / "overlay.png").shape == (480, 1284, 3)
+
+
+def test_synth_then_perturb_and_eval(tmp_path: Path) -> None:
+    from bop_validator import assert_valid
+
+    ds = tmp_path / "syn"
+    out = _ok(
+        ["synth", "--objects", "novel:3", "--out", str(ds), "--scenes", "1", "--images-per-scene", "2",
+         "--split", "test", "--width", "160", "--height", "120", "--seed", "4"]
+    )  # fmt: skip
+    assert "wrote 2 image(s)" in out
+    assert_valid(ds, "test")
+    inits = tmp_path / "inits.csv"
+    _ok(["perturb", str(ds), "--rot-deg", "5", "--trans-frac", "0.05", "--out", str(inits)])
+    _ok(["eval", str(ds), "--results", str(inits), "--out", str(tmp_path / "r.json"), "--metrics", "mssd,mspd"])
+    res = runner.invoke(app, ["synth", "--objects", "novel:3", "--out", str(ds), "--placement", "foo"])
+    assert res.exit_code == 2 and "placement must be" in res.output
