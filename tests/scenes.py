@@ -131,3 +131,27 @@ def single_object_cases(
         init = perturb(gt, rot_deg, trans_frac, obj.diameter, seed * 1000 + i)
         out.append((obj, gt, init, seed * 1000 + i))
     return out
+
+
+def overlapping_pair_case(
+    seed: int = 0, *, camera: Camera | None = None, rot_deg: float = 15.0, trans_frac: float = 0.1
+) -> tuple[tuple[ObjectModel, ObjectModel], Pose, Pose, int]:
+    """Two objects of :func:`objects`, the second in front of and partly hiding the first.
+
+    Returns ``((far, near), gt (2,), init (2,), scene_seed)``: the example object at about 0.6 m and the
+    textured box at about 0.45 m, shifted sideways so that it covers part of the example object; both initial
+    poses are perturbed by exactly ``rot_deg`` and ``trans_frac`` × diameter.
+    """
+    camera = camera or make_camera()
+    rng = np.random.default_rng(seed + 500)
+    far, near = objects()[0], objects()[1]
+    gt_far = look_at_pose(0.6, rng, (-12.0, 0.0), camera)
+    gt_near = look_at_pose(0.45, rng, (30.0, 8.0), camera)
+    gt = Pose.stack([gt_far, gt_near])
+    init = Pose.stack(
+        [
+            perturb(gt_far, rot_deg, trans_frac, far.diameter, seed * 1000 + 500),
+            perturb(gt_near, rot_deg, trans_frac, near.diameter, seed * 1000 + 501),
+        ]
+    )
+    return (far, near), gt, init, seed + 500

@@ -598,7 +598,8 @@ class RefineResult:
     """The outcome of ``Refiner.refine``.
 
     Args:
-        pose: ``(N,)`` refined ``cam_from_obj`` poses, one per object instance, in the order of the input.
+        pose: ``(N,)`` refined ``cam_from_obj`` poses, one per object instance, in the order of the input. A
+            method that keeps the best pose it visited returns that one, which may differ from ``history[-1]``.
         score: ``(N,)`` float64 quality score per instance, higher is better (method-specific scale; 0 for a
             failure).
         history: the ``(N,)`` poses after each outer iteration, ``history[0]`` being the initial poses.

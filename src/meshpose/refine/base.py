@@ -191,10 +191,11 @@ def make_result(
     converged: np.ndarray,
     failure: list[str | None],
     extra: dict[str, Any] | None = None,
+    pose: Pose | None = None,
 ) -> RefineResult:
-    """Assemble a :class:`RefineResult` whose pose is the last entry of ``history``."""
+    """Assemble a :class:`RefineResult`; its pose is ``pose`` (e.g. the best visited) or ``history[-1]``."""
     return RefineResult(
-        pose=history[-1],
+        pose=history[-1] if pose is None else pose,
         score=np.asarray(score, dtype=np.float64),
         history=history,
         info=RefineInfo(

@@ -283,10 +283,9 @@ class FlowPnPRefiner:
             revert = [judge[i] is not None and best_score[i] > last_score[i] + cfg.select_margin for i in range(n)]
             final = Pose.stack([best_pose[i] if revert[i] else current[i] for i in range(n)])
             best_score = np.where(revert, best_score, last_score)
-            if not torch.equal(final.R, history[-1].R) or not torch.equal(final.t, history[-1].t):
-                history.append(final)
             score = np.clip(best_score, 0.0, 1.0) * np.where(inlier_ratio > 0, 0.5 + 0.5 * inlier_ratio, 0.5)
         else:
+            final = history[-1]
             score = inlier_ratio
         return make_result(
             history,
@@ -295,6 +294,7 @@ class FlowPnPRefiner:
             converged=converged,
             failure=failure,
             extra={"inlier_ratio": inlier_ratio, "edge_score": best_score},
+            pose=final,
         )
 
     def _matches(self, view: CropView, size: int) -> _Matches:
