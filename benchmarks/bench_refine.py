@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--levels", default="15:0.1,30:0.2", help="comma-separated ROT_DEG:TRANS_FRAC levels")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-images", type=int, default=None, help="use only the first N target images")
+    ap.add_argument("--first-image", type=int, default=0, help="skip the first K target images")
+    ap.add_argument("--config", default="{}", help="JSON dict of refiner config overrides, applied to every method")
     ap.add_argument("--iterations", type=int, default=None, help="outer iterations (default: each method's)")
     ap.add_argument("--no-depth", action="store_true", help="do not give depth to RGB methods")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -104,9 +106,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     ds = BopDataset(args.dataset, args.split)
-    keys = ds.image_keys()
+    keys = ds.image_keys()[args.first_image :]
     if args.max_images is not None:
         keys = keys[: args.max_images]
+    overrides = json.loads(args.config)
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -120,6 +123,8 @@ def main() -> None:
         "images": len(keys),
         "seed": args.seed,
         "threads": torch.get_num_threads(),
+        "first_image": args.first_image,
+        "config_overrides": overrides,
         "levels": {},
     }
     basin_rot: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"rot": [], "success": [], "count": []})
@@ -135,7 +140,7 @@ def main() -> None:
             t0 = time.perf_counter()
             run_info: dict[str, Any] = {}
             if method is not None:
-                refiner = make_refiner(method)
+                refiner = make_refiner(method, **overrides)
                 if refiner.modality == "rgbd" and not ds.has_depth:
                     level[name] = {"skipped": "needs depth"}
                     continue
