@@ -249,9 +249,7 @@ def test_mssd_mspd_against_reference():
     for i in range(5):
         assert got_mssd[i] == pytest.approx(ref_mssd(Re[i], te[i], Rg[i], tg[i], pts, syms), rel=1e-12)
         assert got_mspd[i] == pytest.approx(ref_mspd(Re[i], te[i], Rg[i], tg[i], K_VGA, pts, syms), rel=1e-10)
-        assert got_mspd_k[i] == pytest.approx(
-            ref_mspd(Re[i], te[i], Rg[i], tg[i], Ks[i], pts, syms), rel=1e-10
-        )
+        assert got_mspd_k[i] == pytest.approx(ref_mspd(Re[i], te[i], Rg[i], tg[i], Ks[i], pts, syms), rel=1e-10)
     # MSSD with the identity alone bounds ADD from above (max ≥ mean)
     assert np.all(M.mssd(Re, te, Rg, tg, pts) >= M.add(Re, te, Rg, tg, pts) - 1e-15)
     # K with extra batch dimensions broadcasts the poses
@@ -421,9 +419,7 @@ def ref_vocap(errors: list[float], max_d: float = 0.1) -> float:
     mpre = [0.0, *prec, prec[-1]]
     for i in range(1, len(mpre)):
         mpre[i] = max(mpre[i], mpre[i - 1])
-    return (
-        sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1]) / max_d
-    )
+    return sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1]) / max_d
 
 
 def test_adds_auc_hand_values():

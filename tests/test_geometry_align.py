@@ -77,9 +77,7 @@ def test_ransac_rigid_failures():
     rng = np.random.default_rng(1)
     pose, inl = ransac_rigid(rng.normal(size=(2, 3)), rng.normal(size=(2, 3)), threshold_m=0.01)
     assert pose is None and inl.shape == (2,) and not inl.any()
-    pose, inl = ransac_rigid(
-        rng.normal(size=(30, 3)), rng.normal(size=(30, 3)), threshold_m=1e-3, min_inliers=10
-    )
+    pose, inl = ransac_rigid(rng.normal(size=(30, 3)), rng.normal(size=(30, 3)), threshold_m=1e-3, min_inliers=10)
     assert pose is None and inl.sum() < 10
     with pytest.raises(ValueError, match="threshold_m"):
         ransac_rigid(np.zeros((5, 3)), np.zeros((5, 3)), threshold_m=0.0)

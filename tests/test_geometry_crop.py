@@ -55,9 +55,7 @@ def test_crop_camera_consistent_with_affine(seed, x0, y0, bw, bh, width, height)
     # The crop box's corners map onto the crop image's outer pixel edges.
     cs, _ = crop_cameras(cam, np.array([box]), width, height)
     assert np.allclose(cs[0].K, crop.K)
-    corners = _affine_apply(
-        cam.crop_affine(box, width, height), np.array([[box[0], box[1]], [box[2], box[3]]])
-    )
+    corners = _affine_apply(cam.crop_affine(box, width, height), np.array([[box[0], box[1]], [box[2], box[3]]]))
     assert np.allclose(corners, [[-0.5, -0.5], [width - 0.5, height - 0.5]], atol=1e-9 * scale)
 
 

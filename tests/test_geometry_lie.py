@@ -80,9 +80,7 @@ def test_exp_matches_matrix_exponential():
 
 
 # ----------------------------------------------------------------------------------------------- algebra
-poses = st.tuples(st.tuples(finite, finite, finite), vec3, st.floats(0.0, math.pi)).map(
-    lambda a: Pose.exp(_twist(*a))
-)
+poses = st.tuples(st.tuples(finite, finite, finite), vec3, st.floats(0.0, math.pi)).map(lambda a: Pose.exp(_twist(*a)))
 
 
 @SETTINGS
@@ -128,9 +126,7 @@ def test_rotation_angle_batched_and_numpy():
 
 def test_rotation_about_axis_basics():
     R = rotation_about_axis(torch.tensor([0.0, 0.0, 1.0], dtype=F64), math.pi / 2)
-    assert torch.allclose(
-        R @ torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0, 0.0], dtype=F64)
-    )
+    assert torch.allclose(R @ torch.tensor([1.0, 0.0, 0.0], dtype=F64), torch.tensor([0.0, 1.0, 0.0], dtype=F64))
     Rb = rotation_about_axis(torch.randn(4, 3, dtype=F64), torch.tensor([0.1, 0.2, 0.3, 3.0], dtype=F64))
     assert torch.allclose(Rb @ Rb.transpose(-1, -2), torch.eye(3, dtype=F64).expand(4, 3, 3), atol=1e-12)
     with pytest.raises(ValueError, match="axis"):
@@ -195,9 +191,7 @@ def test_gradcheck_se3_exp():
 def test_gradcheck_se3_log_away_from_pi():
     g = torch.Generator().manual_seed(1)
     xi = torch.randn(3, 6, generator=g, dtype=F64)
-    xi[:, 3:] = (
-        xi[:, 3:] / xi[:, 3:].norm(dim=-1, keepdim=True) * torch.tensor([[0.3], [1.5], [2.5]], dtype=F64)
-    )
+    xi[:, 3:] = xi[:, 3:] / xi[:, 3:].norm(dim=-1, keepdim=True) * torch.tensor([[0.3], [1.5], [2.5]], dtype=F64)
     R, t = se3_exp(xi)
 
     # Parametrise R on the manifold (R exp([ε]×)) so finite differences stay on SO(3).

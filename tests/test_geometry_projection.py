@@ -47,9 +47,7 @@ def test_project_known_values_and_batched_K():
     # numpy input is accepted and yields float64
     assert project(np.array([[0.0, 0.0, 2.0]]), np.asarray(_K())).dtype == F64
     # min_depth keeps points at or behind the camera finite
-    assert torch.isfinite(
-        project(torch.tensor([[0.1, 0.1, 0.0]]), _K(dtype=torch.float32), min_depth=1e-3)
-    ).all()
+    assert torch.isfinite(project(torch.tensor([[0.1, 0.1, 0.0]]), _K(dtype=torch.float32), min_depth=1e-3)).all()
     with pytest.raises(ValueError, match="points_cam"):
         project(torch.zeros(4, 2), _K())
     with pytest.raises(ValueError, match="K"):

@@ -118,13 +118,9 @@ def test_symmetry_validation():
     with pytest.raises(ValueError, match="16"):
         expand_symmetries({"diameter": 1.0, "symmetries_discrete": [[1, 0, 0]]})
     with pytest.raises(ValueError, match="rotation"):
-        expand_symmetries(
-            {"diameter": 1.0, "symmetries_discrete": [[2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]]}
-        )
+        expand_symmetries({"diameter": 1.0, "symmetries_discrete": [[2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]]})
     with pytest.raises(ValueError, match="zero axis"):
-        expand_symmetries(
-            {"diameter": 1.0, "symmetries_continuous": [{"axis": [0, 0, 0], "offset": [0, 0, 0]}]}
-        )
+        expand_symmetries({"diameter": 1.0, "symmetries_continuous": [{"axis": [0, 0, 0], "offset": [0, 0, 0]}]})
     with pytest.raises(ValueError, match="max_sym_disc_step"):
         expand_symmetries({"diameter": 1.0}, max_sym_disc_step=0.0)
     with pytest.raises(ValueError, match="diameter_m"):

@@ -113,8 +113,7 @@ def _poses(
         batch = np.broadcast_shapes(Re.shape[:-2], te_.shape[:-1], Rg.shape[:-2], tg.shape[:-1])
     except ValueError as exc:
         raise ValueError(
-            f"pose batch shapes do not broadcast: R_est {Re.shape}, t_est {te_.shape}, "
-            f"R_gt {Rg.shape}, t_gt {tg.shape}"
+            f"pose batch shapes do not broadcast: R_est {Re.shape}, t_est {te_.shape}, R_gt {Rg.shape}, t_gt {tg.shape}"
         ) from exc
     n = int(np.prod(batch, dtype=np.int64))
     return (
@@ -175,9 +174,7 @@ def _sym_gt_poses(Rg: np.ndarray, tg: np.ndarray, sym: np.ndarray) -> tuple[np.n
 # ----------------------------------------------------------------------------------------------------------
 # Pose errors
 # ----------------------------------------------------------------------------------------------------------
-def add(
-    R_est: ArrayLike, t_est: ArrayLike, R_gt: ArrayLike, t_gt: ArrayLike, points: ArrayLike
-) -> np.ndarray:
+def add(R_est: ArrayLike, t_est: ArrayLike, R_gt: ArrayLike, t_gt: ArrayLike, points: ArrayLike) -> np.ndarray:
     """ADD: mean distance between the model points moved by the estimated and by the true pose.
 
     ``ADD = mean_i || (R_est p_i + t_est) - (R_gt p_i + t_gt) ||`` (Hinterstoisser et al., ACCV 2012;
@@ -560,9 +557,7 @@ def vsd(
     d_gt = _depth_image(depth_gt, "depth_gt")
     d_test = _depth_image(depth_test, "depth_test")
     if not (d_est.shape == d_gt.shape == d_test.shape):
-        raise ValueError(
-            f"depth images differ in shape: est {d_est.shape}, gt {d_gt.shape}, test {d_test.shape}"
-        )
+        raise ValueError(f"depth images differ in shape: est {d_est.shape}, gt {d_gt.shape}, test {d_test.shape}")
     taus_arr = np.asarray(taus, dtype=np.float64).reshape(-1)
     if np.any(~(taus_arr > 0)):
         raise ValueError(f"taus must be positive, got {taus_arr.tolist()}")
@@ -622,9 +617,7 @@ def sphere_projections_overlap(t_est: ArrayLike, t_gt: ArrayLike, radius: float 
 # ----------------------------------------------------------------------------------------------------------
 # Thresholds, recall and AUC
 # ----------------------------------------------------------------------------------------------------------
-def mssd_thresholds(
-    diameter: float, fractions: Sequence[float] | ArrayLike = BOP_MSSD_THRESHOLDS
-) -> np.ndarray:
+def mssd_thresholds(diameter: float, fractions: Sequence[float] | ArrayLike = BOP_MSSD_THRESHOLDS) -> np.ndarray:
     """MSSD thresholds in metres for an object: ``fractions * diameter``.
 
     Args:
@@ -637,9 +630,7 @@ def mssd_thresholds(
     return np.asarray(fractions, dtype=np.float64).reshape(-1) * float(diameter)
 
 
-def mspd_thresholds(
-    image_width: int, pixels_at_640: Sequence[float] | ArrayLike = BOP_MSPD_THRESHOLDS
-) -> np.ndarray:
+def mspd_thresholds(image_width: int, pixels_at_640: Sequence[float] | ArrayLike = BOP_MSPD_THRESHOLDS) -> np.ndarray:
     """MSPD thresholds in pixels for an image width: ``pixels_at_640 * image_width / 640``.
 
     Args:

@@ -60,11 +60,7 @@ def kabsch(
         raise ValueError("src or dst contains NaN or inf")
     w = None
     if weights is not None:
-        w = (
-            weights
-            if isinstance(weights, torch.Tensor)
-            else torch.as_tensor(np.asarray(weights, dtype=np.float64))
-        )
+        w = weights if isinstance(weights, torch.Tensor) else torch.as_tensor(np.asarray(weights, dtype=np.float64))
         w = w.to(dtype=s.dtype, device=s.device)
         if w.shape != s.shape[:-1]:
             raise ValueError(f"weights must have shape {tuple(s.shape[:-1])}, got {tuple(w.shape)}")
@@ -121,9 +117,7 @@ def ransac_rigid(
     s = _points(src, "src").detach().cpu().to(torch.float64)
     d = _points(dst, "dst").detach().cpu().to(torch.float64)
     if s.ndim != 2 or s.shape != d.shape:
-        raise ValueError(
-            f"src and dst must both have shape (N, 3), got {tuple(s.shape)} and {tuple(d.shape)}"
-        )
+        raise ValueError(f"src and dst must both have shape (N, 3), got {tuple(s.shape)} and {tuple(d.shape)}")
     if not bool(torch.isfinite(s).all()) or not bool(torch.isfinite(d).all()):
         raise ValueError("src or dst contains NaN or inf")
     thr = float(threshold_m)
@@ -134,11 +128,7 @@ def ransac_rigid(
     n = s.shape[0]
     w_all = torch.ones(n, dtype=torch.float64)
     if weights is not None:
-        w_in = (
-            weights
-            if isinstance(weights, torch.Tensor)
-            else torch.as_tensor(np.asarray(weights, dtype=np.float64))
-        )
+        w_in = weights if isinstance(weights, torch.Tensor) else torch.as_tensor(np.asarray(weights, dtype=np.float64))
         w_all = w_in.detach().cpu().to(torch.float64).reshape(-1)
         if w_all.shape != (n,) or not bool(torch.isfinite(w_all).all()) or bool((w_all < 0).any()):
             raise ValueError(f"weights must be {n} finite non-negative numbers")

@@ -34,15 +34,11 @@ __all__ = [
 Interpolation = Literal["linear", "nearest"]
 
 
-def _project_np(
-    camera: Camera, pose: Pose, points_obj: ArrayLike | torch.Tensor
-) -> tuple[np.ndarray, np.ndarray]:
+def _project_np(camera: Camera, pose: Pose, points_obj: ArrayLike | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Project ``(N, 3)`` object points with a single pose; returns ``(uv (N, 2), z (N,))`` float64 numpy."""
     if len(pose.batch_shape) != 0:
         raise ValueError(f"pose must be a single (unbatched) Pose, got batch shape {tuple(pose.batch_shape)}")
-    pts = (
-        points_obj.detach().cpu().numpy() if isinstance(points_obj, torch.Tensor) else np.asarray(points_obj)
-    )
+    pts = points_obj.detach().cpu().numpy() if isinstance(points_obj, torch.Tensor) else np.asarray(points_obj)
     pts = np.asarray(pts, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
         raise ValueError(f"points_obj must have shape (N, 3) with N ≥ 1, got {pts.shape}")
@@ -216,8 +212,7 @@ def crop_image(
     img = np.asarray(image)
     if img.ndim not in (2, 3) or img.shape[:2] != (camera.height, camera.width):
         raise ValueError(
-            f"image must have shape ({camera.height}, {camera.width}[, C]) to match the camera, "
-            f"got {img.shape}"
+            f"image must have shape ({camera.height}, {camera.width}[, C]) to match the camera, got {img.shape}"
         )
     if interpolation not in ("linear", "nearest"):
         raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
@@ -322,11 +317,7 @@ def crop_images(
             f"images must be a floating (B, C, H, W) tensor, got "
             f"{type(images).__name__} {tuple(getattr(images, 'shape', ()))}"
         )
-    A = (
-        affines
-        if isinstance(affines, torch.Tensor)
-        else torch.as_tensor(np.asarray(affines, dtype=np.float64))
-    )
+    A = affines if isinstance(affines, torch.Tensor) else torch.as_tensor(np.asarray(affines, dtype=np.float64))
     A = A.to(dtype=images.dtype, device=images.device)
     if A.shape == (2, 3):
         A = A.expand(images.shape[0], 2, 3)

@@ -408,9 +408,7 @@ def gauss_newton_pnp(
             wi = wi * torch.clamp(huber_px / rn, max=1.0)
         # ∂π/∂P = (K[:2] - uv e_zᵀ) / z: (B, N, 2, 3); ∂P/∂δ = [I | -[P]×]: (B, N, 3, 6).
         J_proj = (Kt[:, None, :2, :] - uv[..., None] * e_z) / zc[..., None, None]
-        J_pose = torch.cat(
-            [torch.eye(3, dtype=dtype, device=device).expand(*P.shape[:-1], 3, 3), -skew(P)], -1
-        )
+        J_pose = torch.cat([torch.eye(3, dtype=dtype, device=device).expand(*P.shape[:-1], 3, 3), -skew(P)], -1)
         J = J_proj @ J_pose  # (B, N, 2, 6)
         H = torch.einsum("bnki,bn,bnkj->bij", J, wi, J)
         g = torch.einsum("bnki,bn,bnk->bi", J, wi, r)

@@ -105,9 +105,7 @@ def project_object_points(
     return project(pose.apply(p), K, min_depth=min_depth)
 
 
-def unproject(
-    uv: torch.Tensor | ArrayLike, z: torch.Tensor | ArrayLike, K: torch.Tensor | ArrayLike
-) -> torch.Tensor:
+def unproject(uv: torch.Tensor | ArrayLike, z: torch.Tensor | ArrayLike, K: torch.Tensor | ArrayLike) -> torch.Tensor:
     """Back-project pixels with known depth to camera-frame points (inverse of :func:`project`).
 
     Args:

@@ -72,9 +72,7 @@ def _parse_continuous(item: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
         try:
             axis, offset = item
         except (TypeError, ValueError) as e:
-            raise ValueError(
-                f"continuous symmetry {i} must be (axis, offset) or a mapping with 'axis'"
-            ) from e
+            raise ValueError(f"continuous symmetry {i} must be (axis, offset) or a mapping with 'axis'") from e
     a = np.asarray(axis, dtype=np.float64).reshape(-1)
     o = np.asarray(offset, dtype=np.float64).reshape(-1)
     if a.shape != (3,) or o.shape != (3,) or not (np.all(np.isfinite(a)) and np.all(np.isfinite(o))):
@@ -189,6 +187,4 @@ def expand_symmetries(info: Mapping[str, Any], *, max_sym_disc_step: float = 0.0
             raise ValueError(f"symmetries_continuous[{i}] must be a mapping with 'axis' and 'offset'")
         offset = np.asarray(c.get("offset", (0.0, 0.0, 0.0)), dtype=np.float64) * _MM_TO_M
         continuous.append((c["axis"], offset))
-    return symmetry_transforms_from_lists(
-        discrete, continuous, diameter_m, max_sym_disc_step=max_sym_disc_step
-    )
+    return symmetry_transforms_from_lists(discrete, continuous, diameter_m, max_sym_disc_step=max_sym_disc_step)
