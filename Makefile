@@ -4,7 +4,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.meshpose-installed
 OUT    ?= out/demo
 
-.PHONY: setup demo test test-all lint format bench-render clean
+LMO    ?= ../shared/data/lmo
+SYN    ?= data/syn_photoreal
+
+.PHONY: setup demo test test-all lint format bench-render bench-synth bench-lmo synth-testset bench-syn clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	scripts/setup.sh
@@ -32,6 +35,23 @@ format: $(STAMP)
 
 bench-render: $(STAMP)
 	$(PY) benchmarks/bench_render.py --out benchmarks/results/render.json
+
+bench-synth: $(STAMP)
+	$(PY) benchmarks/bench_synth.py --out benchmarks/results/synth.json
+
+# Refiners on the real LM-O sample (RGB only), at the two initial-error levels of the refinement issue.
+bench-lmo: $(STAMP)
+	$(PY) benchmarks/bench_refine.py --dataset $(LMO) --methods contour,flow-pnp --levels 15:0.1,30:0.2 \
+		--threads 2 --out-dir out/bench/lmo
+
+# A photoreal RGB-D test set of 30 held-out generated objects (deterministic), then the basin-of-attraction grid.
+synth-testset: $(STAMP)
+	$(VENV)/bin/meshpose synth --objects novel:5000-5029 --out $(SYN) --scenes 20 --images-per-scene 2 \
+		--renderer photoreal --split test --seed 1
+
+bench-syn: $(STAMP)
+	$(PY) benchmarks/bench_refine.py --dataset $(SYN) --methods flow-pnp,contour,icp \
+		--levels 5:0.05,15:0.1,30:0.2,45:0.3,60:0.4 --threads 2 --out-dir out/bench/syn
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
