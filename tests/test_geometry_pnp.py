@@ -129,15 +129,16 @@ def _gn_problem(B: int, N: int, seed: int, dtype=F64):
     return X.to(dtype), uv.to(dtype), K.to(dtype), gt, init.to(dtype)
 
 
-def test_gauss_newton_pnp_converges_from_5deg_1cm():
+@pytest.mark.parametrize("pivot", ["camera", "object"])
+def test_gauss_newton_pnp_converges_from_5deg_1cm(pivot):
     X, uv, K, gt, init = _gn_problem(4, 40, 0)
     w = torch.ones(4, 40, dtype=F64)
-    est = gauss_newton_pnp(uv, X, w, K, init, iterations=10)
+    est = gauss_newton_pnp(uv, X, w, K, init, iterations=10, pivot=pivot)
     et = (est.t - gt.t).norm(dim=-1)
     er = rotation_angle(est.R, gt.R)
     assert float(et.max()) <= 1e-6 and float(er.max()) <= 1e-6
     # plain Gauss-Newton (no damping) converges too
-    est0 = gauss_newton_pnp(uv, X, w, K, init, iterations=10, damping=0.0)
+    est0 = gauss_newton_pnp(uv, X, w, K, init, iterations=10, damping=0.0, pivot=pivot)
     assert float((est0.t - gt.t).norm(dim=-1).max()) <= 1e-6
     # R stays a rotation
     eye = torch.eye(3, dtype=F64).expand(4, 3, 3)
@@ -179,6 +180,26 @@ def test_gauss_newton_pnp_depth_residual():
     assert bool(torch.all(shifted.t[:, 2] > gt.t[:, 2] + 1e-4))
 
 
+def test_object_pivot_converges_faster_for_a_far_object():
+    """Far from the camera, rotation about the camera centre couples with translation; the object pivot does not."""
+    g = torch.Generator().manual_seed(5)
+    X = (torch.rand(1, 50, 3, generator=g, dtype=F64) - 0.5) * 0.1
+    gt = Pose(torch.eye(3, dtype=F64)[None], torch.tensor([[0.05, -0.03, 2.0]], dtype=F64))
+    K = torch.tensor(CAM.K).expand(1, 3, 3)
+    P = gt.apply(X)
+    uv = (P @ K.transpose(-1, -2))[..., :2] / P[..., 2:]
+    init = perturb_pose(gt, math.radians(20.0), 0.02, g)
+    w = torch.ones(1, 50, dtype=F64)
+    errs = {}
+    for pivot in ("camera", "object"):
+        est = gauss_newton_pnp(uv, X, w, K, init, iterations=3, damping=1e-2, pivot=pivot)
+        errs[pivot] = float(rotation_angle(est.R, gt.R)[0])
+    assert errs["object"] < math.radians(0.05)
+    assert errs["object"] < 0.5 * errs["camera"]
+    with pytest.raises(ValueError, match="pivot"):
+        gauss_newton_pnp(uv, X, w, K, init, pivot="world")  # type: ignore[arg-type]
+
+
 def test_gauss_newton_pnp_validates():
     X, uv, K, gt, init = _gn_problem(2, 8, 3)
     w = torch.ones(2, 8, dtype=F64)
@@ -202,8 +223,10 @@ def test_gradcheck_gauss_newton_pnp():
     w = (torch.rand(1, 6, generator=g, dtype=F64) + 0.5).requires_grad_()
     xi0 = (gt.log() + 0.02 * torch.randn(1, 6, generator=g, dtype=F64)).requires_grad_()
 
-    def f(points2d: torch.Tensor, weights: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        est = gauss_newton_pnp(points2d, X, weights, K, Pose.exp(xi), iterations=2, huber_px=3.0)
-        return torch.cat([est.R.reshape(-1), est.t.reshape(-1)])
+    for pivot in ("camera", "object"):
 
-    assert torch.autograd.gradcheck(f, (uv.clone().requires_grad_(), w, xi0))
+        def f(points2d: torch.Tensor, weights: torch.Tensor, xi: torch.Tensor, pivot: str = pivot) -> torch.Tensor:
+            est = gauss_newton_pnp(points2d, X, weights, K, Pose.exp(xi), iterations=2, huber_px=3.0, pivot=pivot)
+            return torch.cat([est.R.reshape(-1), est.t.reshape(-1)])
+
+        assert torch.autograd.gradcheck(f, (uv.clone().requires_grad_(), w, xi0))

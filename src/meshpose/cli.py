@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -258,6 +258,57 @@ def synth(
         f"wrote {result.images_written} image(s) in {result.scenes_written} scene(s) "
         f"({result.images_skipped} already there) to {out} at {result.images_per_second:.2f} images/s"
     )
+
+
+@app.command()
+def train(
+    method: Annotated[str, typer.Argument(help="Learned preset to train (genflow).")],
+    data: Annotated[str, typer.Option(help="Training objects: novel:N (generated) or a mesh folder / BOP dataset.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, config.json, train_log.jsonl.")],
+    steps: Annotated[int | None, typer.Option(help="Total optimiser steps of the run (LR schedule length).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps in this call (a chunk).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its last checkpoint.")] = False,
+    batch_size: Annotated[int | None, typer.Option(help="Items per step (per process under torchrun).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data processes (0: in the training process).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads of the training process.")] = None,
+    val_every: Annotated[int | None, typer.Option(help="Validate every N steps (0: never).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the objects and the data stream.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Train a learned refiner on synthetic scenes drawn on the fly; resumable, logs losses and validation."""
+    _setup_logging(verbose)
+    if method != "genflow":
+        raise _fail(f"no trainer for '{method}' (trainable: genflow)")
+    from dataclasses import replace
+
+    from meshpose.train.genflow import GenFlowTrainConfig, train_genflow
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in dict(
+            steps=steps, batch_size=batch_size, workers=workers, threads=threads, val_every=val_every, seed=seed
+        ).items()
+        if v is not None
+    }
+    try:
+        cfg = replace(GenFlowTrainConfig(data=data), **overrides)
+
+        def show(step: int, stats: dict[str, float]) -> None:
+            log.info(
+                "step %d loss %.4f flow %.4f pose %.4f ok %.2f→%.2f %.2f samples/s",
+                step,
+                stats["loss"],
+                stats["flow"],
+                stats["pose"],
+                stats["ok_init"],
+                stats["ok_last"],
+                stats["samples_per_s"],
+            )
+
+        result = train_genflow(cfg, out, resume=resume, max_steps=max_steps, progress=show)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"stopped at step {result['step']}; last validation {result['val']}; run folder {out}")
 
 
 def main() -> None:

@@ -81,6 +81,7 @@ PRESETS: dict[str, tuple[str, str]] = {
     "flow-pnp": ("meshpose.refine.flow_pnp", "FlowPnPRefiner"),
     "contour": ("meshpose.refine.contour", "ContourRefiner"),
     "icp": ("meshpose.refine.icp", "ICPRefiner"),
+    "genflow": ("meshpose.refine.genflow", "GenFlowRefiner"),
 }
 
 

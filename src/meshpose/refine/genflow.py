@@ -1,0 +1,402 @@
+"""``genflow``: the learned recurrent-flow refiner with shape-constrained updates (GenFlow family), RGB and RGB-D.
+
+One outer iteration, for all object instances of the call at once:
+
+1. cut a square crop of the observation around each instance's current pose (centred on the projected object
+   origin) and render that instance alone into the crop camera (colour, depth, object coordinates, mask) — one
+   batched GL call;
+2. run :class:`~meshpose.nets.genflow.GenFlowNet`: shared feature encoder + context encoder at 1/8 resolution,
+   all-pairs correlation pyramid, then a GRU whose every step predicts a flow update and confidence weights,
+   solves a weighted differentiable PnP on the flow matches (plus a depth residual when the observation has depth)
+   and restarts from the flow *induced by that pose*;
+3. take the pose of the last recurrent step, unless the update is implausibly large.
+
+Outer iterations run as a cascade of stages: a wide crop first (large errors), then a tight crop (the object
+covers more pixels: a finer resolution on it). The weights ship with the package (``meshpose/weights/genflow``)
+and were trained by ``meshpose train genflow`` on generated objects only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from meshpose.geometry.crop import crop_box_around_object, crop_image
+from meshpose.geometry.lie import rotation_angle
+from meshpose.nets.genflow import GenFlowNet, GenFlowNetConfig, GenFlowOutput, make_input
+from meshpose.refine.base import StageTimer, check_refine_inputs, make_result
+from meshpose.render.base import Lighting, Renderer, RenderOutput
+from meshpose.types import Camera, ObjectModel, Observation, Pose, RefineResult
+
+__all__ = [
+    "CropBatch",
+    "GenFlowConfig",
+    "GenFlowRefiner",
+    "GenFlowStage",
+    "RenderedCrops",
+    "default_weights_path",
+    "load_genflow_model",
+    "make_crop_batch",
+    "render_alone",
+    "run_network",
+]
+
+
+@dataclass(frozen=True)
+class GenFlowStage:
+    """One level of the cascade.
+
+    Args:
+        size: crop side in pixels (a multiple of 8).
+        padding: crop box size over the object's projected extent.
+        iterations: outer iterations (render → network → pose) at this level.
+        inner: recurrent iterations of the network per outer iteration.
+    """
+
+    size: int = 128
+    padding: float = 1.6
+    iterations: int = 1
+    inner: int = 4
+
+
+@dataclass(frozen=True)
+class GenFlowConfig:
+    """Options of the ``genflow`` refiner.
+
+    Args:
+        stages: the coarse-to-fine cascade.
+        weights: a ``model.pt`` to load (``None``: the weights shipped in the package).
+        use_depth: use the observed depth when there is some (encoder input + PnP depth residual).
+        lighting: shading of the renderings the network compares with the image.
+        max_step_deg: an outer update turning the object more than this is rejected.
+        max_step_frac: an outer update moving it more than this fraction of the diameter is rejected.
+        min_in_image: an instance whose rendered silhouette lies less than this fraction inside the image is not
+            updated (a failure: there is nothing to compare with).
+        threads: torch CPU threads while refining (``None``: leave torch's setting).
+        device: torch device of the network.
+    """
+
+    stages: tuple[GenFlowStage, ...] = (GenFlowStage(128, 1.6, 2, 4), GenFlowStage(128, 1.25, 2, 4))
+    weights: str | None = None
+    use_depth: bool = True
+    lighting: Lighting = field(default_factory=lambda: Lighting(ambient=0.6, diffuse=0.5))
+    max_step_deg: float = 60.0
+    max_step_frac: float = 0.6
+    min_in_image: float = 0.1
+    threads: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("genflow needs at least one stage")
+        for s in self.stages:
+            if s.size < 32 or s.size % 8 or s.padding < 1.0 or s.iterations < 0 or s.inner < 1:
+                raise ValueError(f"bad genflow stage {s}: need size ≥ 32 and a multiple of 8, padding ≥ 1, inner ≥ 1")
+
+
+def default_weights_path() -> Path:
+    """The ``model.pt`` shipped with the package."""
+    return Path(str(resources.files("meshpose") / "weights" / "genflow" / "model.pt"))
+
+
+def load_genflow_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> GenFlowNet:
+    """Load a :class:`GenFlowNet` from a ``model.pt`` (``{"net_config": …, "state_dict": …}``) or a training
+    checkpoint; ``None`` loads the shipped weights.
+
+    Raises:
+        FileNotFoundError: no such file (or no shipped weights).
+    """
+    p = Path(path) if path is not None else default_weights_path()
+    if not p.is_file():
+        raise FileNotFoundError(f"genflow weights not found at {p}; train them with `meshpose train genflow`")
+    blob = torch.load(p, map_location="cpu", weights_only=False)
+    net_cfg = blob.get("net_config")
+    if net_cfg is None and (p.parent / "config.json").is_file():
+        net_cfg = json.loads((p.parent / "config.json").read_text())["net"]
+    net = GenFlowNet(GenFlowNetConfig.from_dict(net_cfg or {}))
+    state = blob.get("state_dict", blob.get("model"))
+    net.load_state_dict({k.removeprefix("module."): v.float() for k, v in state.items()})
+    return net.to(device).eval()
+
+
+def render_alone(
+    renderer: Renderer,
+    objects: Sequence[ObjectModel],
+    poses: Pose,
+    cameras: Sequence[Camera],
+    lighting: Lighting | None,
+) -> RenderOutput:
+    """Render object ``b`` alone at ``poses[b]`` into ``cameras[b]``, for every ``b``, in one batched call."""
+    n = len(objects)
+    R = np.broadcast_to(np.eye(3), (n, n, 3, 3)).copy()
+    t = np.broadcast_to(np.array([0.0, 0.0, -1e4]), (n, n, 3)).copy()  # the others far behind the camera
+    Rp, tp = poses.numpy()
+    R[np.arange(n), np.arange(n)] = Rp
+    t[np.arange(n), np.arange(n)] = tp
+    return renderer.render(list(objects), Pose(R, t), list(cameras), lighting=lighting)
+
+
+@dataclass(frozen=True, eq=False)
+class CropBatch:
+    """Network-ready tensors of ``B`` crops (float32 unless said).
+
+    Args:
+        obs_rgb: ``(B, 3, S, S)`` observed colour in [0, 1].
+        obs_depth: ``(B, 1, S, S)`` observed depth, metres (0 = none).
+        ren_rgb: ``(B, 3, S, S)`` rendered colour.
+        ren_depth: ``(B, 1, S, S)`` rendered depth, metres.
+        ren_xyz: ``(B, 3, S, S)`` rendered object coordinates, metres.
+        ren_mask: ``(B, 1, S, S)`` bool rendered mask.
+        K: ``(B, 3, 3)`` crop intrinsics.
+        pose: ``(B,)`` the rendered poses (float64).
+        diameter: ``(B,)`` object diameters, metres.
+    """
+
+    obs_rgb: torch.Tensor
+    obs_depth: torch.Tensor
+    ren_rgb: torch.Tensor
+    ren_depth: torch.Tensor
+    ren_xyz: torch.Tensor
+    ren_mask: torch.Tensor
+    K: torch.Tensor
+    pose: Pose
+    diameter: torch.Tensor
+
+    def to(self, device: torch.device | str) -> CropBatch:
+        tensors = ("obs_rgb", "obs_depth", "ren_rgb", "ren_depth", "ren_xyz", "ren_mask", "K", "diameter")
+        return dataclasses.replace(
+            self, **{k: getattr(self, k).to(device) for k in tensors}, pose=self.pose.to(device=device)
+        )
+
+
+class RenderedCrops(Protocol):
+    """What :func:`make_crop_batch` reads of a rendering: a :class:`RenderOutput` or training items' arrays."""
+
+    @property
+    def rgb(self) -> np.ndarray: ...  # (B, S, S, 3) float32 in [0, 1]
+    @property
+    def depth(self) -> np.ndarray: ...  # (B, S, S) float32 metres
+    @property
+    def xyz(self) -> np.ndarray: ...  # (B, S, S, 3) float32 object coordinates, metres
+    @property
+    def mask(self) -> np.ndarray: ...  # (B, S, S) bool
+
+
+def make_crop_batch(
+    rgb: np.ndarray,
+    depth: np.ndarray | None,
+    render: RenderedCrops,
+    cameras: Sequence[Camera],
+    poses: Pose,
+    diameters: Sequence[float],
+) -> CropBatch:
+    """Assemble a :class:`CropBatch` from numpy crops.
+
+    Args:
+        rgb: ``(B, S, S, 3)`` uint8 observed crops.
+        depth: ``(B, S, S)`` float32 observed depth crops (metres, 0 = none), or ``None``.
+        render: the rendering of each crop (:func:`render_alone`).
+        cameras: the ``B`` crop cameras.
+        poses: ``(B,)`` rendered poses.
+        diameters: object diameters, metres.
+    """
+    b, s = rgb.shape[0], rgb.shape[1]
+
+    def chw(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+
+    obs_depth = (
+        torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[:, None]
+        if depth is not None
+        else torch.zeros(b, 1, s, s)
+    )
+    return CropBatch(
+        obs_rgb=chw(rgb).float() / 255.0,
+        obs_depth=obs_depth,
+        ren_rgb=chw(render.rgb).float(),
+        ren_depth=torch.from_numpy(np.ascontiguousarray(render.depth))[:, None].float(),
+        ren_xyz=chw(render.xyz).float(),
+        ren_mask=torch.from_numpy(np.ascontiguousarray(render.mask))[:, None],
+        K=torch.from_numpy(np.stack([c.K for c in cameras])).float(),
+        pose=poses.to(torch.float64),
+        diameter=torch.tensor(list(diameters), dtype=torch.float32),
+    )
+
+
+def run_network(
+    net: GenFlowNet | torch.nn.Module, batch: CropBatch, iterations: int, *, use_depth: bool = True
+) -> GenFlowOutput:
+    """Run ``net`` (a :class:`GenFlowNet`, possibly DDP-wrapped) on a :class:`CropBatch`; observed depth is zeroed
+    out when ``use_depth`` is false."""
+    z_ref = batch.pose.t[:, 2].to(torch.float32)
+    obs_depth = batch.obs_depth if use_depth else torch.zeros_like(batch.obs_depth)
+    has_depth = bool((obs_depth > 0).any())
+    observed = make_input(batch.obs_rgb, obs_depth, None, z_ref, batch.diameter)
+    rendered = make_input(batch.ren_rgb, batch.ren_depth, batch.ren_mask, z_ref, batch.diameter)
+    return net(
+        rendered,
+        observed,
+        batch.ren_xyz,
+        batch.ren_mask,
+        batch.K,
+        batch.pose.to(torch.float32),
+        iterations=iterations,
+        observed_depth=obs_depth if has_depth else None,
+    )
+
+
+class GenFlowRefiner:
+    """The ``genflow`` preset (RGB; uses depth when the observation has it). See the module docstring.
+
+    Args:
+        config: options.
+        renderer: renderer of the crops (default: the shared GL renderer).
+        model: a network to use instead of loading ``config.weights`` (e.g. during training).
+    """
+
+    name = "genflow"
+    modality: Literal["rgb", "rgbd"] = "rgb"
+    Config = GenFlowConfig
+
+    def __init__(
+        self, config: GenFlowConfig | None = None, renderer: Renderer | None = None, model: GenFlowNet | None = None
+    ) -> None:
+        self.config = config or GenFlowConfig()
+        self._renderer = renderer
+        self._model = model
+
+    @property
+    def renderer(self) -> Renderer:
+        if self._renderer is None:
+            from meshpose.render.gl import get_default_renderer
+
+            self._renderer = get_default_renderer()
+        return self._renderer
+
+    @property
+    def model(self) -> GenFlowNet:
+        if self._model is None:
+            self._model = load_genflow_model(self.config.weights, self.config.device)
+        return self._model
+
+    def _schedule(self, iterations: int | None) -> list[GenFlowStage]:
+        stages = list(self.config.stages)
+        if iterations is None:
+            return [s for s in stages for _ in range(s.iterations)]
+        if iterations <= 0:
+            return []
+        if iterations < len(stages):
+            return stages[-iterations:]
+        counts = [1] * len(stages)
+        counts[-1] += iterations - len(stages)
+        return [s for s, c in zip(stages, counts, strict=True) for _ in range(c)]
+
+    def refine(
+        self,
+        obs: Observation,
+        objects: Sequence[ObjectModel],
+        init: Pose,
+        *,
+        iterations: int | None = None,
+        callback: Callable[[int, Pose], None] | None = None,
+    ) -> RefineResult:
+        """Refine ``(N,)`` poses; see :class:`meshpose.refine.base.Refiner`."""
+        cfg = self.config
+        poses0 = check_refine_inputs(obs, objects, init, self.modality, self.name)
+        timer = StageTimer()
+        n = len(objects)
+        current = Pose(poses0.R.clone(), poses0.t.clone())
+        history = [poses0]
+        failure: list[str | None] = [None] * n
+        score = np.zeros(n)
+        use_depth = cfg.use_depth and obs.depth is not None
+        net = self.model
+        in_image = np.ones(obs.rgb.shape[:2], bool)
+        old_threads = torch.get_num_threads()
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        try:
+            for it, stage in enumerate(self._schedule(iterations), start=1):
+                active, boxes = [], []
+                for i in range(n):
+                    if failure[i] is not None and failure[i].startswith("cannot crop"):  # type: ignore[union-attr]
+                        continue
+                    try:
+                        boxes.append(
+                            crop_box_around_object(obs.camera, current[i], objects[i].points, padding=stage.padding)
+                        )
+                        active.append(i)
+                    except ValueError as exc:
+                        failure[i] = f"cannot crop around the pose: {exc}"
+                if active:
+                    with timer("crop"):
+                        s = stage.size
+                        cams, rgbs, depths, insides = [], [], [], []
+                        for box in boxes:
+                            rgb, cam = crop_image(obs.rgb, obs.camera, box, s, s)
+                            cams.append(cam)
+                            rgbs.append(rgb)
+                            insides.append(crop_image(in_image, obs.camera, box, s, s, interpolation="nearest")[0])
+                            if use_depth:
+                                assert obs.depth is not None
+                                depths.append(crop_image(obs.depth, obs.camera, box, s, s, interpolation="nearest")[0])
+                    sub = current[torch.tensor(active)]
+                    with timer("render"):
+                        rend = render_alone(self.renderer, [objects[i] for i in active], sub, cams, cfg.lighting)
+                    batch = make_crop_batch(
+                        np.stack(rgbs),
+                        np.stack(depths) if use_depth else None,
+                        rend,
+                        cams,
+                        sub,
+                        [objects[i].diameter for i in active],
+                    ).to(cfg.device)
+                    with timer("network"), torch.no_grad():
+                        out = run_network(net, batch, stage.inner, use_depth=use_depth)
+                    last = out.steps[-1]
+                    new = last.pose.to(torch.float64, "cpu")
+                    w = last.weights.flatten(1).cpu().numpy()
+                    valid = out.valid.cpu().numpy()
+                    R, t = current.R.clone(), current.t.clone()
+                    for k, i in enumerate(active):
+                        silhouette = rend.mask[k]
+                        seen = float((silhouette & insides[k]).sum()) / max(float(silhouette.sum()), 1.0)
+                        if seen < cfg.min_in_image:
+                            failure[i] = f"the object is not in the image at this pose ({100 * seen:.0f}% of it inside)"
+                            continue
+                        step_deg = math.degrees(float(rotation_angle(current.R[i], new.R[k])))
+                        step_m = float((new.t[k] - current.t[i]).norm())
+                        ok = bool(torch.isfinite(new.R[k]).all() and torch.isfinite(new.t[k]).all())
+                        if not ok or new.t[k, 2] <= 0:
+                            failure[i] = "the network's pose is invalid"
+                            continue
+                        if step_deg > cfg.max_step_deg or step_m > cfg.max_step_frac * objects[i].diameter:
+                            failure[i] = f"implausible update rejected ({step_deg:.1f}°, {step_m * 1e3:.1f} mm)"
+                            continue
+                        failure[i] = None
+                        R[i], t[i] = new.R[k], new.t[k]
+                        score[i] = float(w[k][valid[k]].mean()) if valid[k].any() else 0.0
+                    current = Pose(R, t)
+                history.append(current)
+                if callback is not None:
+                    callback(it, current)
+        finally:
+            if cfg.threads is not None:
+                torch.set_num_threads(old_threads)
+        return make_result(
+            history,
+            score,
+            timer=timer,
+            converged=np.zeros(n, bool),
+            failure=failure,
+            extra={"mean_confidence": score.copy()},
+        )
