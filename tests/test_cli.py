@@ -70,6 +70,15 @@ def test_refine_skips_a_corrupt_image_and_keeps_the_rest(tiny_bop: Path, tmp_pat
         (["refine", "{ds}", "--inits", "{bad}", "--out", "{tmp}/r.csv"], "bad.csv:2"),
         (["refine", "{ds}", "--inits", "{good}", "--method", "nope", "--out", "{tmp}/r.csv"], "unknown refiner"),
         (["eval", "{ds}", "--results", "{good}", "--metrics", "add,xyz", "--out", "{tmp}/r.json"], "unknown metric"),
+        (["refine", "{ds}", "--inits", "{good}", "--config", "{{oops", "--out", "{tmp}/r.csv"], "not valid JSON"),
+        (["refine", "{ds}", "--inits", "{good}", "--config", '{{"bogus": 1}}', "--out", "{tmp}/r.csv"], "bogus"),
+        (
+            ["refine", "{ds}", "--inits", "{good}", "--method", "genflow", "--config", '{{"weights": "{tmp}/no.pt"}}']
+            + ["--out", "{tmp}/r.csv"],
+            "genflow weights not found",
+        ),
+        (["train", "deeprm", "--data", "novel:10", "--out", "{tmp}/run"], "no trainer"),
+        (["train", "genflow", "--data", "novel:5010", "--out", "{tmp}/run"], "held out"),
     ],
 )
 def test_errors_are_one_clear_line(tiny_bop: Path, tmp_path: Path, args: list[str], message: str) -> None:
@@ -111,3 +120,40 @@ def test_synth_then_perturb_and_eval(tmp_path: Path) -> None:
     _ok(["eval", str(ds), "--results", str(inits), "--out", str(tmp_path / "r.json"), "--metrics", "mssd,mspd"])
     res = runner.invoke(app, ["synth", "--objects", "novel:3", "--out", str(ds), "--placement", "foo"])
     assert res.exit_code == 2 and "placement must be" in res.output
+
+
+def test_train_genflow_resume_then_refine_with_its_weights(tiny_bop: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    tiny = {
+        "crop_size": 64,
+        "iterations": 2,
+        "batch_size": 2,
+        "image_size": [320, 240],
+        "val_images": 1,
+        "object_pool": 3,
+        "pool_scenes": 1,
+        "views_per_scene": 1,
+        "log_every": 1,
+        "net": {"feature_dim": 16, "context_dim": 16, "hidden_dim": 16, "motion_dim": 16, "encoder_dims": [8, 12, 16]},
+    }
+    args = ["train", "genflow", "--data", "novel:6", "--out", str(run), "--workers", "0", "--config", json.dumps(tiny)]
+    out = _ok([*args, "--steps", "3", "--max-steps", "2", "--val-every", "2"])
+    assert "stopped at step 2" in out
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2]
+    assert any(r.get("event") == "val" and 0.0 <= r["add_recall"] <= 1.0 for r in log)
+    assert {"last.pt", "best.pt", "model.pt", "config.json"} <= {p.name for p in run.iterdir()}
+    # a second call without --resume refuses to overwrite; with it, it goes on to the end of the schedule
+    res = runner.invoke(app, [*args, "--steps", "3"])
+    assert res.exit_code == 2 and "--resume" in res.output
+    assert "stopped at step 3" in _ok([*args, "--steps", "3", "--resume", "--val-every", "0"])
+    inits = tmp_path / "inits.csv"
+    _ok(["perturb", str(tiny_bop), "--rot-deg", "5", "--trans-frac", "0.02", "--out", str(inits)])
+    res_csv = tmp_path / "res.csv"
+    weights = json.dumps({"weights": str(run / "model.pt"), "stages": [[64, 1.4, 1, 2]]})
+    out = _ok(
+        ["refine", str(tiny_bop), "--inits", str(inits), "--method", "genflow", "--config", weights]
+        + ["--out", str(res_csv)]
+    )
+    assert "refined 3 image(s)" in out
+    assert len(read_results(res_csv)) == 6

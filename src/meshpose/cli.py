@@ -121,6 +121,10 @@ def refine(
     no_depth: Annotated[bool, typer.Option("--no-depth", help="Do not give depth to RGB methods.")] = False,
     restart: Annotated[bool, typer.Option(help="Overwrite the results file instead of resuming.")] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(help='Refiner options as JSON, e.g. \'{"weights": "run/model.pt"}\' (fields of its Config).'),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Refine initial poses over a BOP dataset; writes each finished image at once and resumes a stopped run."""
@@ -137,7 +141,13 @@ def refine(
     try:
         ds = BopDataset(dataset, split)
         rows = read_results(inits)
-        refiner = make_refiner(method)
+        try:
+            overrides = json.loads(config) if config else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--config is not valid JSON: {exc}") from exc
+        if not isinstance(overrides, dict):
+            raise ValueError("--config must be a JSON object of refiner options")
+        refiner = make_refiner(method, **overrides)
         if refiner.modality == "rgbd" and not ds.has_depth:
             raise ValueError(f"method '{method}' needs depth, but {dataset} has no depth images")
         with _progress(f"refine [{method}]") as bar:
@@ -273,9 +283,18 @@ def train(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads of the training process.")] = None,
     val_every: Annotated[int | None, typer.Option(help="Validate every N steps (0: never).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the objects and the data stream.")] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(help='Training options as JSON, e.g. \'{"crop_size": 96, "net": {"hidden_dim": 32}}\'.'),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Train a learned refiner on synthetic scenes drawn on the fly; resumable, logs losses and validation."""
+    """Train a learned refiner on synthetic scenes drawn on the fly; resumable, logs losses and validation.
+
+    The run folder gets ``last.pt`` (resumed by ``--resume``), ``best.pt`` (best validation), ``model.pt`` (the
+    weights to refine with: ``meshpose refine --method genflow --config '{"weights": "RUN/model.pt"}'``),
+    ``config.json`` and ``train_log.jsonl``.
+    """
     _setup_logging(verbose)
     if method != "genflow":
         raise _fail(f"no trainer for '{method}' (trainable: genflow)")
@@ -291,7 +310,20 @@ def train(
         if v is not None
     }
     try:
-        cfg = replace(GenFlowTrainConfig(data=data), **overrides)
+        base = GenFlowTrainConfig(data=data).to_dict()
+        if config:
+            try:
+                extra = json.loads(config)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--config is not valid JSON: {exc}") from exc
+            if not isinstance(extra, dict):
+                raise ValueError("--config must be a JSON object of training options")
+            unknown = sorted(set(extra) - set(base)) + sorted(set(extra.get("net", {})) - set(base["net"]))
+            if unknown:
+                raise ValueError(f"unknown training option(s) {unknown}")
+            base.update({k: v for k, v in extra.items() if k != "net"})
+            base["net"].update(extra.get("net", {}))
+        cfg = replace(GenFlowTrainConfig.from_dict(base), **overrides)
 
         def show(step: int, stats: dict[str, float]) -> None:
             log.info(

@@ -13,16 +13,18 @@ import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import roma
 import torch
 
+from meshpose.render.base import Renderer
 from meshpose.types import ObjectModel, Observation, Pose, RefineInfo, RefineResult
 
 __all__ = [
     "PRESETS",
+    "LazyRenderer",
     "Refiner",
     "RefinerError",
     "StageTimer",
@@ -30,6 +32,7 @@ __all__ = [
     "check_refine_inputs",
     "make_refiner",
     "make_result",
+    "stage_schedule",
 ]
 
 Modality = Literal["rgb", "rgbd"]
@@ -152,6 +155,53 @@ def check_refine_inputs(
     if obs.mask is not None and len(obs.mask) != len(objects):
         raise RefinerError(f"{method}: observation has {len(obs.mask)} masks for {len(objects)} objects")
     return poses
+
+
+class LazyRenderer:
+    """Mixin of refiners: ``self.renderer`` is the renderer given at construction (``self._renderer``) or, from
+    the first use on, the process's shared GL renderer (so that building a refiner opens no GL context)."""
+
+    _renderer: Renderer | None = None
+
+    @property
+    def renderer(self) -> Renderer:
+        if self._renderer is None:
+            from meshpose.render.gl import get_default_renderer
+
+            self._renderer = get_default_renderer()
+        return self._renderer
+
+
+_Stage_T = TypeVar("_Stage_T")
+
+
+def stage_schedule(
+    stages: Sequence[_Stage_T], iterations: int | None, per_stage: Callable[[_Stage_T], int]
+) -> list[_Stage_T]:
+    """The stage of every outer iteration of a coarse-to-fine cascade.
+
+    Args:
+        stages: the cascade, coarse to fine.
+        iterations: ``None`` runs ``per_stage(s)`` iterations of each stage; ``n < len(stages)`` runs one iteration
+            of each of the last ``n`` (finest) stages; otherwise one of each and the rest on the finest.
+        per_stage: the default iteration count of a stage.
+
+    Example:
+        >>> stage_schedule(["coarse", "fine"], 4, len)
+        ['coarse', 'fine', 'fine', 'fine']
+        >>> stage_schedule(["coarse", "fine"], None, lambda s: 2)
+        ['coarse', 'coarse', 'fine', 'fine']
+    """
+    stages = list(stages)
+    if iterations is None:
+        return [s for s in stages for _ in range(per_stage(s))]
+    if iterations <= 0:
+        return []
+    if iterations < len(stages):
+        return stages[-iterations:]
+    counts = [1] * len(stages)
+    counts[-1] += iterations - len(stages)
+    return [s for s, c in zip(stages, counts, strict=True) for _ in range(c)]
 
 
 @dataclass

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from meshpose.geometry.crop import crop_box_around_object, crop_image, object_box
-from meshpose.refine.base import RefinerError, StageTimer, check_refine_inputs, make_result
+from meshpose.refine.base import LazyRenderer, RefinerError, StageTimer, check_refine_inputs, make_result
 from meshpose.refine.contour_terms import (
     ColorModel,
     contour_lines,
@@ -217,7 +217,7 @@ class _Eval:
     lines: int
 
 
-class ContourRefiner:
+class ContourRefiner(LazyRenderer):
     """The ``contour`` preset: region (contour) + colour render-and-compare, damped Gauss–Newton on se(3).
 
     Args:
@@ -265,14 +265,6 @@ class ContourRefiner:
             light = simplify_mesh(mesh, limit)
             self._light_meshes[mesh] = light
         return replace(obj, render_mesh=light)
-
-    @property
-    def renderer(self) -> Renderer:
-        if self._renderer is None:
-            from meshpose.render.gl import get_default_renderer
-
-            return get_default_renderer()
-        return self._renderer
 
     def schedule(self, iterations: int | None = None) -> list[tuple[int, int]]:
         """``(level, iterations)`` pairs, coarse to fine (levels without iterations left out).

@@ -34,7 +34,7 @@ from meshpose.geometry.align import ransac_rigid
 from meshpose.geometry.lie import rotation_angle
 from meshpose.geometry.pnp import pnp_ransac
 from meshpose.geometry.projection import unproject
-from meshpose.refine.base import StageTimer, check_refine_inputs, make_result
+from meshpose.refine.base import LazyRenderer, StageTimer, check_refine_inputs, make_result, stage_schedule
 from meshpose.refine.views import CropView, edge_alignment_score, gray, make_crop_view, observed_gradients
 from meshpose.render.base import Lighting, Renderer
 from meshpose.types import ObjectModel, Observation, Pose, RefineResult
@@ -120,7 +120,7 @@ class _Matches:
     pixels: np.ndarray  # (M, 2) int rendered pixel (x, y)
 
 
-class FlowPnPRefiner:
+class FlowPnPRefiner(LazyRenderer):
     """The ``flow-pnp`` preset (RGB, uses depth when present). See the module docstring."""
 
     name = "flow-pnp"
@@ -132,25 +132,8 @@ class FlowPnPRefiner:
         self._renderer = renderer
         self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[self.config.flow_preset])  # type: ignore[attr-defined]
 
-    @property
-    def renderer(self) -> Renderer:
-        if self._renderer is None:
-            from meshpose.render.gl import get_default_renderer
-
-            self._renderer = get_default_renderer()
-        return self._renderer
-
     def _schedule(self, iterations: int | None) -> list[FlowStage]:
-        stages = list(self.config.stages)
-        if iterations is None:
-            return [s for s in stages for _ in range(s.iterations)]
-        if iterations <= 0:
-            return []
-        if iterations < len(stages):
-            return stages[-iterations:]
-        counts = [1] * len(stages)
-        counts[-1] += iterations - len(stages)
-        return [s for s, c in zip(stages, counts, strict=True) for _ in range(c)]
+        return stage_schedule(self.config.stages, iterations, lambda s: s.iterations)
 
     def refine(
         self,

@@ -33,7 +33,7 @@ import torch
 from meshpose.geometry.crop import crop_box_around_object, crop_image
 from meshpose.geometry.lie import rotation_angle
 from meshpose.nets.genflow import GenFlowNet, GenFlowNetConfig, GenFlowOutput, make_input
-from meshpose.refine.base import StageTimer, check_refine_inputs, make_result
+from meshpose.refine.base import LazyRenderer, StageTimer, check_refine_inputs, make_result, stage_schedule
 from meshpose.render.base import Lighting, Renderer, RenderOutput
 from meshpose.types import Camera, ObjectModel, Observation, Pose, RefineResult
 
@@ -98,6 +98,12 @@ class GenFlowConfig:
     def __post_init__(self) -> None:
         if not self.stages:
             raise ValueError("genflow needs at least one stage")
+        # Stages given as JSON (``meshpose refine --config``): dicts of GenFlowStage fields or [size, padding, …].
+        stages = tuple(
+            s if isinstance(s, GenFlowStage) else GenFlowStage(**s) if isinstance(s, dict) else GenFlowStage(*s)
+            for s in self.stages
+        )
+        object.__setattr__(self, "stages", stages)
         for s in self.stages:
             if s.size < 32 or s.size % 8 or s.padding < 1.0 or s.iterations < 0 or s.inner < 1:
                 raise ValueError(f"bad genflow stage {s}: need size ≥ 32 and a multiple of 8, padding ≥ 1, inner ≥ 1")
@@ -254,13 +260,16 @@ def run_network(
     )
 
 
-class GenFlowRefiner:
+class GenFlowRefiner(LazyRenderer):
     """The ``genflow`` preset (RGB; uses depth when the observation has it). See the module docstring.
 
     Args:
         config: options.
         renderer: renderer of the crops (default: the shared GL renderer).
         model: a network to use instead of loading ``config.weights`` (e.g. during training).
+
+    Raises:
+        FileNotFoundError: no weights at ``config.weights`` (or none shipped) and no ``model``.
     """
 
     name = "genflow"
@@ -272,33 +281,11 @@ class GenFlowRefiner:
     ) -> None:
         self.config = config or GenFlowConfig()
         self._renderer = renderer
-        self._model = model
-
-    @property
-    def renderer(self) -> Renderer:
-        if self._renderer is None:
-            from meshpose.render.gl import get_default_renderer
-
-            self._renderer = get_default_renderer()
-        return self._renderer
-
-    @property
-    def model(self) -> GenFlowNet:
-        if self._model is None:
-            self._model = load_genflow_model(self.config.weights, self.config.device)
-        return self._model
+        # Loaded now, not at the first image, so that missing or broken weights stop a batch run at once.
+        self.model = model if model is not None else load_genflow_model(self.config.weights, self.config.device)
 
     def _schedule(self, iterations: int | None) -> list[GenFlowStage]:
-        stages = list(self.config.stages)
-        if iterations is None:
-            return [s for s in stages for _ in range(s.iterations)]
-        if iterations <= 0:
-            return []
-        if iterations < len(stages):
-            return stages[-iterations:]
-        counts = [1] * len(stages)
-        counts[-1] += iterations - len(stages)
-        return [s for s, c in zip(stages, counts, strict=True) for _ in range(c)]
+        return stage_schedule(self.config.stages, iterations, lambda s: s.iterations)
 
     def refine(
         self,

@@ -79,7 +79,7 @@ import numpy as np
 import torch
 
 from meshpose.geometry.projection import unproject
-from meshpose.refine.base import RefinerError, StageTimer, check_refine_inputs, make_result
+from meshpose.refine.base import LazyRenderer, RefinerError, StageTimer, check_refine_inputs, make_result
 from meshpose.types import Camera, ObjectModel, Observation, Pose, RefineResult
 
 __all__ = ["ICPConfig", "ICPRefiner"]
@@ -267,7 +267,7 @@ def _unproject(us: np.ndarray, vs: np.ndarray, z: np.ndarray, K: np.ndarray) -> 
     ).numpy()
 
 
-class ICPRefiner:
+class ICPRefiner(LazyRenderer):
     """Render-and-compare point-to-plane ICP on depth (preset ``icp``, modality ``rgbd``).
 
     Args:
@@ -288,14 +288,6 @@ class ICPRefiner:
     def __init__(self, config: ICPConfig | None = None, *, renderer: Any = None) -> None:
         self.config = config if config is not None else ICPConfig()
         self._renderer = renderer
-
-    @property
-    def renderer(self) -> Any:
-        if self._renderer is None:
-            from meshpose.render.gl import get_default_renderer
-
-            self._renderer = get_default_renderer()
-        return self._renderer
 
     # ------------------------------------------------------------------------------------------------------
     def refine(

@@ -17,7 +17,8 @@ Losses (everything the synthetic engine can label):
 Running: single process on a CPU (items drawn by ``workers`` spawned processes, each with its own GL context),
 or ``torchrun --nproc_per_node K -m meshpose.cli train genflow ...`` for DDP over processes/GPUs (rank 0 logs,
 validates and checkpoints). The run folder holds ``last.pt`` (resumed by ``--resume``), ``best.pt`` (best
-validation ADD(-S) recall), ``model.pt`` (weights only), ``config.json`` and ``train_log.jsonl``.
+validation ADD(-S) recall), ``model.pt`` (weights only, float32, of ``best.pt`` — or of ``last.pt`` when nothing
+was validated — written when a call ends), ``config.json`` and ``train_log.jsonl``.
 """
 
 from __future__ import annotations
@@ -546,14 +547,16 @@ def export_weights(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "
     """Write ``model.pt`` (weights only, float32), ``config.json`` and ``train_log.jsonl`` of a run to ``out_dir``."""
     run, out = Path(run_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    same = out.resolve() == run.resolve()
     ck = torch.load(run / checkpoint, map_location="cpu", weights_only=False)
     state = {k.removeprefix("module."): v.float() for k, v in ck["model"].items()}
     _save_atomic({"net_config": ck["config"]["net"], "state_dict": state, "step": ck["step"]}, out / "model.pt")
-    cfg = dict(ck["config"])
-    cfg["exported_from"] = {"checkpoint": checkpoint, "step": ck["step"], "val": ck.get("val")}
-    (out / "config.json").write_text(json.dumps(cfg, indent=1))
-    if (run / "train_log.jsonl").is_file():
-        (out / "train_log.jsonl").write_text((run / "train_log.jsonl").read_text())
+    if not same:  # a copy of the run's config and log travels with the weights
+        cfg = dict(ck["config"])
+        cfg["exported_from"] = {"checkpoint": checkpoint, "step": ck["step"], "val": ck.get("val")}
+        (out / "config.json").write_text(json.dumps(cfg, indent=1))
+        if (run / "train_log.jsonl").is_file():
+            (out / "train_log.jsonl").write_text((run / "train_log.jsonl").read_text())
     return out / "model.pt"
 
 
@@ -699,6 +702,8 @@ def train_genflow(
                     _save_atomic(_checkpoint(net, opt, step, cfg, best, last_val), run / "best.pt")
             if rank == 0 and (step % cfg.ckpt_every == 0 or step == stop):
                 _save_atomic(_checkpoint(net, opt, step, cfg, best, last_val), ckpt_path)
+        if rank == 0 and step > 0:
+            export_weights(run, run, "best.pt" if (run / "best.pt").is_file() else "last.pt")
     finally:
         if logf is not None:
             logf.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_basins", "plot_report"]
+__all__ = ["plot_basins", "plot_report", "plot_training_log"]
 
 
 def _pyplot() -> Any:
@@ -88,6 +88,64 @@ def plot_basins(
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_training_log(log_path: str | Path, out_path: str | Path, *, title: str = "") -> Path:
+    """The curves of a ``meshpose train`` log (``train_log.jsonl``): losses and validation ADD(-S) recall.
+
+    Left: the total, flow and pose losses per logged step (smoothed over 10 log lines). Right: the share of
+    training items within 0.1·d before and after the network, and the validation ADD(-S) recall of the
+    refiner with its initial poses' recall.
+
+    Args:
+        log_path: the JSON-lines log.
+        out_path: PNG to write.
+        title: figure title.
+    """
+    import json
+
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    train = [r for r in rows if "loss" in r and "step" in r]
+    val = [r for r in rows if r.get("event") == "val"]
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+
+    def smooth(y: np.ndarray, k: int = 10) -> np.ndarray:
+        if len(y) < k:
+            return y
+        c = np.cumsum(np.insert(y, 0, 0.0))
+        head = c[1:k] / np.arange(1, k)
+        return np.concatenate([head, (c[k:] - c[:-k]) / k])
+
+    steps = np.array([r["step"] for r in train], dtype=float)
+    for key in ("loss", "flow", "pose"):
+        if train and key in train[0]:
+            a.plot(steps, smooth(np.array([r[key] for r in train], dtype=float)), label=key)
+    a.set_yscale("log")
+    a.set_xlabel("step")
+    a.set_title("training losses", fontsize=10)
+    a.grid(alpha=0.3)
+    a.legend(fontsize=8)
+    if train and "ok_last" in train[0]:
+        b.plot(steps, smooth(np.array([r["ok_init"] for r in train], dtype=float)), color="0.6", label="train: init")
+        b.plot(steps, smooth(np.array([r["ok_last"] for r in train], dtype=float)), label="train: refined")
+    if val:
+        vs = [r["step"] for r in val]
+        b.plot(vs, [r["init_recall"] for r in val], "--o", color="0.4", label="val: init")
+        b.plot(vs, [r["add_recall"] for r in val], "-o", label="val: refined")
+    b.set_ylim(0, 1.02)
+    b.set_xlabel("step")
+    b.set_title("ADD(-S) < 0.1 d", fontsize=10)
+    b.grid(alpha=0.3)
+    b.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

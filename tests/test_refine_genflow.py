@@ -1,0 +1,110 @@
+"""The ``genflow`` preset: the shipped weights load and refine generated objects; the refiner's contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import scenes
+from meshpose.nets.genflow import GenFlowNet
+from meshpose.refine.base import RefinerError, make_refiner
+from meshpose.refine.genflow import (
+    GenFlowConfig,
+    GenFlowRefiner,
+    GenFlowStage,
+    default_weights_path,
+    load_genflow_model,
+)
+from meshpose.train.synth import resolve_objects
+from meshpose.types import Pose
+from test_nets_genflow import TINY
+
+#: Generated objects held out of training (training draws novel objects below 5000).
+HELD_OUT = "novel:5000-5006"
+
+
+def _cases(n: int, seed: int, rot_deg: float = 15.0, trans_frac: float = 0.1) -> list[tuple]:
+    cam = scenes.make_camera(320, 240)
+    objs = resolve_objects(HELD_OUT, 0)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        obj = objs[i % len(objs)]
+        gt = scenes.look_at_pose(float(rng.uniform(0.45, 0.65)) * obj.diameter / 0.15, rng, (0.0, 0.0), cam)
+        init = scenes.perturb(gt, rot_deg, trans_frac, obj.diameter, seed * 100 + i)
+        obs = scenes.render_observation([obj], gt.reshape(1), cam, seed=seed * 100 + i, with_depth=True)
+        out.append((obj, gt, init, obs))
+    return out
+
+
+def test_shipped_weights_load() -> None:
+    assert default_weights_path().is_file()
+    net = load_genflow_model()
+    assert isinstance(net, GenFlowNet) and not net.training
+    n_bytes = default_weights_path().stat().st_size
+    assert n_bytes < 50e6
+    with pytest.raises(FileNotFoundError, match="train them"):
+        load_genflow_model("/nonexistent/model.pt")
+
+
+@pytest.mark.parametrize("with_depth", [False, True])
+def test_shipped_weights_refine_held_out_generated_objects(with_depth: bool) -> None:
+    """From 15° / 10 % d, the refined ADD(-S) is smaller than the initial one on most held-out cases."""
+    ref = make_refiner("genflow", threads=2)
+    before, after = [], []
+    for obj, gt, init, obs in _cases(6, seed=1 + int(with_depth)):
+        if not with_depth:
+            obs = type(obs)(rgb=obs.rgb, camera=obs.camera)
+        res = ref.refine(obs, [obj], init.reshape(1))
+        before.append(scenes.add_error(obj, init, gt) / obj.diameter)
+        after.append(scenes.add_error(obj, res.pose[0], gt) / obj.diameter)
+    before_a, after_a = np.array(before), np.array(after)
+    assert np.mean(after_a < before_a) >= 5 / 6, (before, after)
+    assert np.median(after_a) < 0.5 * np.median(before_a), (before, after)
+
+
+def _untrained() -> GenFlowRefiner:
+    torch.manual_seed(0)
+    cfg = GenFlowConfig(stages=(GenFlowStage(64, 1.5, 1, 2), GenFlowStage(64, 1.2, 1, 2)))
+    return GenFlowRefiner(cfg, model=GenFlowNet(TINY).eval())
+
+
+def test_history_callback_timings_and_schedule() -> None:
+    obj, _gt, init, obs = _cases(1, seed=5)[0]
+    ref = _untrained()
+    seen: list[int] = []
+    res = ref.refine(obs, [obj], init.reshape(1), callback=lambda it, p: seen.append(it))
+    assert seen == [1, 2]
+    assert res.pose.batch_shape == (1,) and res.score.shape == (1,)
+    assert torch.equal(res.history[0].R, init.reshape(1).R)
+    assert res.info.iterations == len(res.history) - 1 == 2
+    assert {"crop", "render", "network", "total"} <= set(res.info.timings)
+    # iterations=N keeps the last stage for the extra iterations; 1 runs only the fine stage
+    assert [s.padding for s in ref._schedule(4)] == [1.5, 1.2, 1.2, 1.2]
+    assert [s.padding for s in ref._schedule(1)] == [1.2]
+    assert ref._schedule(0) == []
+
+
+def test_several_objects_in_one_call() -> None:
+    (far, near), gt, init, s = scenes.overlapping_pair_case(0, camera=scenes.make_camera(320, 240))
+    obs = scenes.render_observation([far, near], gt, scenes.make_camera(320, 240), seed=s)
+    res = _untrained().refine(obs, [far, near], init)
+    assert res.pose.batch_shape == (2,)
+    assert all(f is None or "rejected" in f for f in res.info.failure)
+
+
+def test_bad_inputs_are_refused_and_bad_poses_are_failures() -> None:
+    obj, _gt, init, obs = _cases(1, seed=7)[0]
+    ref = _untrained()
+    with pytest.raises(RefinerError, match="no objects"):
+        ref.refine(obs, [], init.reshape(1))
+    behind = Pose(init.R, torch.tensor([0.0, 0.0, -0.5], dtype=torch.float64))
+    with pytest.raises(RefinerError, match="behind the camera"):
+        ref.refine(obs, [obj], behind.reshape(1))
+    away = Pose(init.R, init.t + torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64))
+    res = ref.refine(obs, [obj], away.reshape(1))
+    assert res.info.failure[0] is not None and "not in the image" in res.info.failure[0]
+    assert torch.allclose(res.pose.t, away.reshape(1).t)
+    with pytest.raises(ValueError, match="stage"):
+        GenFlowConfig(stages=(GenFlowStage(60, 1.5, 1, 2),))
