@@ -7,7 +7,7 @@ OUT    ?= out/demo
 LMO    ?= ../shared/data/lmo
 SYN    ?= data/syn_photoreal
 
-.PHONY: setup demo test test-all lint format bench-render bench-synth bench-lmo synth-testset bench-syn clean
+.PHONY: setup demo test test-all lint format bench-render bench-synth bench-lmo synth-testset bench-syn bench-genflow clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	scripts/setup.sh
@@ -52,6 +52,18 @@ synth-testset: $(STAMP)
 bench-syn: $(STAMP)
 	$(PY) benchmarks/bench_refine.py --dataset $(SYN) --methods flow-pnp,contour,icp \
 		--levels 5:0.05,15:0.1,30:0.2,45:0.3,60:0.4 --threads 2 --out-dir out/bench/syn
+
+# genflow next to the training-free presets (their finished result files are reused): LM-O RGB, the synthetic set
+# RGB-D and RGB only; then its speed per outer iteration and its training curve.
+bench-genflow: $(STAMP)
+	$(PY) benchmarks/bench_refine.py --dataset $(LMO) --methods contour,flow-pnp,genflow --levels 15:0.1,30:0.2 \
+		--threads 2 --out-dir out/bench/lmo
+	$(PY) benchmarks/bench_refine.py --dataset $(SYN) --methods flow-pnp,contour,icp,genflow --levels 15:0.1,30:0.2 \
+		--threads 2 --out-dir out/bench/syn
+	$(PY) benchmarks/bench_refine.py --dataset $(SYN) --methods flow-pnp,contour,genflow --levels 15:0.1,30:0.2 \
+		--no-depth --threads 2 --out-dir out/bench/syn_rgb
+	$(PY) benchmarks/bench_genflow.py --threads 2 --out benchmarks/results/genflow_speed.json \
+		--curve benchmarks/results/genflow_training.png
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
