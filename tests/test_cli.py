@@ -73,8 +73,18 @@ def test_refine_skips_a_corrupt_image_and_keeps_the_rest(tiny_bop: Path, tmp_pat
         (["refine", "{ds}", "--inits", "{good}", "--config", "{{oops", "--out", "{tmp}/r.csv"], "not valid JSON"),
         (["refine", "{ds}", "--inits", "{good}", "--config", '{{"bogus": 1}}', "--out", "{tmp}/r.csv"], "bogus"),
         (
-            ["refine", "{ds}", "--inits", "{good}", "--method", "genflow", "--config", '{{"weights": "{tmp}/no.pt"}}']
-            + ["--out", "{tmp}/r.csv"],
+            [
+                "refine",
+                "{ds}",
+                "--inits",
+                "{good}",
+                "--method",
+                "genflow",
+                "--config",
+                '{{"weights": "{tmp}/no.pt"}}',
+                "--out",
+                "{tmp}/r.csv",
+            ],
             "genflow weights not found",
         ),
         (["train", "deeprm", "--data", "novel:10", "--out", "{tmp}/run"], "no trainer"),
@@ -152,8 +162,18 @@ def test_train_genflow_resume_then_refine_with_its_weights(tiny_bop: Path, tmp_p
     res_csv = tmp_path / "res.csv"
     weights = json.dumps({"weights": str(run / "model.pt"), "stages": [[64, 1.4, 1, 2]]})
     out = _ok(
-        ["refine", str(tiny_bop), "--inits", str(inits), "--method", "genflow", "--config", weights]
-        + ["--out", str(res_csv)]
+        [
+            "refine",
+            str(tiny_bop),
+            "--inits",
+            str(inits),
+            "--method",
+            "genflow",
+            "--config",
+            weights,
+            "--out",
+            str(res_csv),
+        ]
     )
     assert "refined 3 image(s)" in out
     assert len(read_results(res_csv)) == 6

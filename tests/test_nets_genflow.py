@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -146,6 +147,30 @@ def test_network_steps_follow_the_shape_constraint() -> None:
         net(rendered[..., :60, :60], observed[..., :60, :60], xyz[..., :60, :60], mask[..., :60, :60], K, pose)
 
 
+@pytest.mark.parametrize("pose_grad", ["confidence", "all"])
+def test_where_the_pose_gradient_goes(pose_grad: str) -> None:
+    """A loss on the PnP poses trains only the confidence head by default; end to end, it reaches the encoders."""
+    torch.manual_seed(0)
+    rgb, depth, xyz, pose, K, mask = _rendered_pair()
+    net = GenFlowNet(dataclasses.replace(TINY, pose_grad=pose_grad))
+    diam = torch.full((2,), 0.3)
+    rendered = make_input(rgb, depth, mask, pose.t[:, 2], diam)
+    observed = make_input(rgb.roll(2, -1), None, None, pose.t[:, 2], diam)
+    out = net(rendered, observed, xyz, mask, K, pose, iterations=2)
+    sum(s.pose.t.square().sum() + s.pose.R[:, 0].sum() for s in out.steps).backward()  # type: ignore[union-attr]
+    reached = {
+        n.split(".")[0] + "." + n.split(".")[1]
+        for n, p in net.named_parameters()
+        if p.grad is not None and bool(p.grad.abs().sum() > 0)
+    }
+    if pose_grad == "confidence":
+        assert reached == {"update.conf_head"}
+    else:
+        assert {"fnet.layers", "cnet.layers", "update.flow_head", "update.conf_head", "update.gru"} <= reached
+    with pytest.raises(ValueError, match="pose_grad"):
+        GenFlowNet(dataclasses.replace(TINY, pose_grad="flow"))
+
+
 def test_point_matching_loss_is_symmetry_aware() -> None:
     g = torch.Generator().manual_seed(2)
     pts = torch.randn(1, 100, 3, dtype=torch.float64, generator=g) * 0.05
@@ -208,7 +233,7 @@ def test_tiny_model_overfits_a_handful_of_samples(tiny_batch: tuple[GenFlowTrain
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert np.isfinite(losses).all()
     assert min(losses[-10:]) < 0.1 * losses[0], (losses[0], losses[-10:])
     # the refined pose is much better than the initial one on these samples

@@ -68,6 +68,12 @@ class GenFlowNetConfig:
         pnp_damping: Marquardt damping of those steps.
         depth_weight: weight of the depth residual (RGB-D) against the reprojection residual.
         max_update_cells: the flow update per iteration is bounded to this many cells (tanh).
+        pose_grad: where the gradient of a loss on the PnP poses goes: ``"all"`` (end to end: flow, confidence
+            and everything under them) or ``"confidence"`` (the default: only the confidence head, which reads a
+            detached hidden state, while the flow learns from its own loss alone). Trained from scratch with a
+            small budget, the end-to-end pose gradient — large and noisy through the PnP solve — swamps the flow
+            loss and holds the flow near "no motion" (measured: 800 steps on 288 items took the held-out flow
+            error from 9.8 px to 7.0 px with the flow loss alone, to 9.7 px with an end-to-end pose loss).
     """
 
     in_channels: int = 5
@@ -82,6 +88,7 @@ class GenFlowNetConfig:
     pnp_damping: float = 1e-3
     depth_weight: float = 1.0
     max_update_cells: float = 4.0
+    pose_grad: str = "confidence"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,6 +185,8 @@ class GenFlowNet(nn.Module):
     def __init__(self, config: GenFlowNetConfig | None = None) -> None:
         super().__init__()
         cfg = self.config = config or GenFlowNetConfig()
+        if cfg.pose_grad not in ("all", "confidence"):
+            raise ValueError(f"pose_grad must be 'all' or 'confidence', got {cfg.pose_grad!r}")
         self.fnet = FeatureEncoder(cfg.in_channels, cfg.feature_dim, cfg.encoder_dims, norm="instance")
         self.cnet = FeatureEncoder(
             2 * cfg.in_channels, cfg.hidden_dim + cfg.context_dim, cfg.encoder_dims, norm="group"
@@ -214,6 +223,7 @@ class GenFlowNet(nn.Module):
             The per-iteration flows, weights and poses, and the match sources.
         """
         cfg = self.config
+        end_to_end = cfg.pose_grad == "all"
         B, _, S, S2 = rendered.shape
         if S % STRIDE or S2 % STRIDE:
             raise ValueError(f"crop size must be a multiple of {STRIDE}, got {S}×{S2}")
@@ -242,11 +252,11 @@ class GenFlowNet(nn.Module):
         for _ in range(iterations):
             flow, current = flow.detach(), current.detach()
             feats = corr.lookup(src_cells + flow / STRIDE)
-            hidden, delta, conf = self.update(hidden, context, feats, flow / STRIDE)
+            hidden, delta, conf = self.update(hidden, context, feats, flow / STRIDE, detach_confidence=not end_to_end)
             delta = cfg.max_update_cells * torch.tanh(delta / cfg.max_update_cells)
             pred = flow + delta * STRIDE
             weights = conf * valid.view(B, 1, h, w).to(dtype)
-            target = source + pred.flatten(2).transpose(1, 2)
+            target = source + (pred if end_to_end else pred.detach()).flatten(2).transpose(1, 2)
             depth = None
             if observed_depth is not None:
                 depth = _sample_nearest(observed_depth, target.detach())[..., 0].to(pnp_dtype)

@@ -75,9 +75,19 @@ class UpdateBlock(nn.Module):
         )
 
     def forward(
-        self, h: torch.Tensor, context: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor
+        self,
+        h: torch.Tensor,
+        context: torch.Tensor,
+        corr: torch.Tensor,
+        flow: torch.Tensor,
+        *,
+        detach_confidence: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns the new hidden state, the flow update (cells) and the per-cell confidence in ``(0, 1)``."""
+        """Returns the new hidden state, the flow update (cells) and the per-cell confidence in ``(0, 1)``.
+
+        With ``detach_confidence`` the confidence head reads a detached hidden state: a loss on the confidence
+        trains that head only.
+        """
         x = torch.cat([context, self.motion(corr, flow)], 1)
         h = self.gru(h, x)
-        return h, self.flow_head(h), torch.sigmoid(self.conf_head(h))
+        return h, self.flow_head(h), torch.sigmoid(self.conf_head(h.detach() if detach_confidence else h))
