@@ -80,3 +80,19 @@ def test_bad_inputs_are_refused_and_bad_poses_are_failures() -> None:
     assert torch.allclose(res.pose.t, away.reshape(1).t)
     with pytest.raises(ValueError, match="stage"):
         GenFlowConfig(stages=(GenFlowStage(60, 1.5, 1, 2),))
+
+
+def test_select_by_edges_returns_the_best_fitting_visited_pose() -> None:
+    obj, gt, init, obs = _cases(1, seed=9)[0]
+    torch.manual_seed(1)
+    cfg = GenFlowConfig(stages=(GenFlowStage(64, 1.4, 3, 2),), select_by_edges=True, select_margin=0.0)
+    ref = GenFlowRefiner(cfg, model=GenFlowNet(TINY).eval())
+    start = gt.reshape(1)  # start at the truth: the best fit is known
+    res = ref.refine(obs, [obj], start)
+    visited = torch.stack([h.t[0] for h in res.history])
+    assert bool(((visited - res.pose.t[0]).norm(dim=-1) < 1e-12).any())  # one of the visited poses
+    edge = res.info.extra["edge_score"][0]
+    assert 0.0 <= edge <= 1.0
+    # the untrained network walks away from the truth; the truth fits the edges better and is returned
+    assert scenes.add_error(obj, res.history[-1][0], gt) > 0.01 * obj.diameter
+    assert scenes.add_error(obj, res.pose[0], gt) < 1e-6

@@ -34,6 +34,7 @@ from meshpose.geometry.crop import crop_box_around_object, crop_image
 from meshpose.geometry.lie import rotation_angle
 from meshpose.nets.genflow import GenFlowNet, GenFlowNetConfig, GenFlowOutput, make_input
 from meshpose.refine.base import LazyRenderer, StageTimer, check_refine_inputs, make_result, stage_schedule
+from meshpose.refine.views import edge_alignment_score, observed_gradients
 from meshpose.render.base import Lighting, Renderer, RenderOutput
 from meshpose.types import Camera, ObjectModel, Observation, Pose, RefineResult
 
@@ -81,6 +82,12 @@ class GenFlowConfig:
         max_step_frac: an outer update moving it more than this fraction of the diameter is rejected.
         min_in_image: an instance whose rendered silhouette lies less than this fraction inside the image is not
             updated (a failure: there is nothing to compare with).
+        select_by_edges: at the end, score every visited pose of an instance by how well its outline lies on the
+            image edges (:func:`~meshpose.refine.views.edge_alignment_score`, in one fixed crop around the initial
+            pose, all poses rendered in one call) and return the best one when it beats the last pose by more than
+            ``select_margin`` — a guard, shared with ``flow-pnp``, against a network that walks away from a good
+            initial pose.
+        select_margin: edge-score margin (the score is in [0, 1]) a better-fitting earlier pose needs.
         threads: torch CPU threads while refining (``None``: leave torch's setting).
         device: torch device of the network.
     """
@@ -92,6 +99,8 @@ class GenFlowConfig:
     max_step_deg: float = 60.0
     max_step_frac: float = 0.6
     min_in_image: float = 0.1
+    select_by_edges: bool = False
+    select_margin: float = 0.05
     threads: int | None = None
     device: str = "cpu"
 
@@ -379,11 +388,39 @@ class GenFlowRefiner(LazyRenderer):
         finally:
             if cfg.threads is not None:
                 torch.set_num_threads(old_threads)
+        final, edge = history[-1], np.full(n, np.nan)
+        if cfg.select_by_edges and len(history) > 1:
+            with timer("score"):
+                final, edge = self._select_by_edges(obs, objects, history, cfg.select_margin)
         return make_result(
             history,
             score,
             timer=timer,
             converged=np.zeros(n, bool),
             failure=failure,
-            extra={"mean_confidence": score.copy()},
+            extra={"mean_confidence": score.copy(), "edge_score": edge},
+            pose=final,
         )
+
+    def _select_by_edges(
+        self, obs: Observation, objects: Sequence[ObjectModel], history: list[Pose], margin: float
+    ) -> tuple[Pose, np.ndarray]:
+        """The visited pose of each instance whose outline fits the image edges best (see ``select_by_edges``)."""
+        n, size = len(objects), 128
+        R, t = history[-1].R.clone(), history[-1].t.clone()
+        chosen = np.full(n, np.nan)
+        for i in range(n):
+            try:
+                box = crop_box_around_object(obs.camera, history[0][i], objects[i].points, padding=1.6)
+            except ValueError:
+                continue
+            rgb, cam = crop_image(obs.rgb, obs.camera, box, size, size)
+            grad = observed_gradients(rgb)
+            visited = Pose.stack([h[i] for h in history])
+            masks = render_alone(self.renderer, [objects[i]] * len(history), visited, [cam] * len(history), None).mask
+            scores = np.array([edge_alignment_score(grad, m) for m in masks])
+            best = int(np.argmax(scores))
+            pick = best if scores[best] > scores[-1] + margin else len(history) - 1
+            R[i], t[i] = visited.R[pick], visited.t[pick]
+            chosen[i] = scores[pick]
+        return Pose(R, t), chosen
