@@ -13,6 +13,8 @@ from meshpose.refine.genflow import (
     GenFlowConfig,
     GenFlowRefiner,
     GenFlowStage,
+    default_weights_path,
+    load_genflow_model,
 )
 from meshpose.train.synth import resolve_objects
 from meshpose.types import Pose
@@ -34,6 +36,16 @@ def _cases(n: int, seed: int, rot_deg: float = 15.0, trans_frac: float = 0.1) ->
         obs = scenes.render_observation([obj], gt.reshape(1), cam, seed=seed * 100 + i, with_depth=True)
         out.append((obj, gt, init, obs))
     return out
+
+
+def test_shipped_weights_load() -> None:
+    assert default_weights_path().is_file()
+    net = load_genflow_model()
+    assert isinstance(net, GenFlowNet) and not net.training
+    n_bytes = default_weights_path().stat().st_size
+    assert n_bytes < 50e6
+    with pytest.raises(FileNotFoundError, match="train them"):
+        load_genflow_model("/nonexistent/model.pt")
 
 
 def _untrained() -> GenFlowRefiner:
@@ -83,7 +95,7 @@ def test_bad_inputs_are_refused_and_bad_poses_are_failures() -> None:
 
 
 def test_select_by_edges_returns_the_best_fitting_visited_pose() -> None:
-    obj, gt, init, obs = _cases(1, seed=9)[0]
+    obj, gt, _, obs = _cases(1, seed=9)[0]
     torch.manual_seed(1)
     cfg = GenFlowConfig(stages=(GenFlowStage(64, 1.4, 3, 2),), select_by_edges=True, select_margin=0.0)
     ref = GenFlowRefiner(cfg, model=GenFlowNet(TINY).eval())
