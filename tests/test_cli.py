@@ -153,10 +153,13 @@ def test_train_genflow_resume_then_refine_with_its_weights(tiny_bop: Path, tmp_p
     assert [r["step"] for r in log if "loss" in r] == [1, 2]
     assert any(r.get("event") == "val" and 0.0 <= r["add_recall"] <= 1.0 for r in log)
     assert {"last.pt", "best.pt", "model.pt", "config.json"} <= {p.name for p in run.iterdir()}
-    # a second call without --resume refuses to overwrite; with it, it goes on to the end of the schedule
+    # a second call without --resume refuses to overwrite; with it, it goes on to the end of the run's own
+    # schedule (a resume without --steps must not stretch the learning-rate schedule to the default length)
     res = runner.invoke(app, [*args, "--steps", "3"])
     assert res.exit_code == 2 and "--resume" in res.output
-    assert "stopped at step 3" in _ok([*args, "--steps", "3", "--resume", "--val-every", "0"])
+    assert "stopped at step 3" in _ok([*args, "--resume"])
+    assert json.loads((run / "config.json").read_text())["steps"] == 3
+    assert "stopped at step 4" in _ok([*args, "--resume", "--steps", "4"])
     inits = tmp_path / "inits.csv"
     _ok(["perturb", str(tiny_bop), "--rot-deg", "5", "--trans-frac", "0.02", "--out", str(inits)])
     res_csv = tmp_path / "res.csv"

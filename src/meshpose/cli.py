@@ -275,7 +275,7 @@ def train(
     method: Annotated[str, typer.Argument(help="Learned preset to train (genflow).")],
     data: Annotated[str, typer.Option(help="Training objects: novel:N (generated) or a mesh folder / BOP dataset.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, config.json, train_log.jsonl.")],
-    steps: Annotated[int | None, typer.Option(help="Total optimiser steps of the run (LR schedule length).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Total optimiser steps of the run (LR schedule length); with --resume, a new length (default: keep it).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps in this call (a chunk).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its last checkpoint.")] = False,
     batch_size: Annotated[int | None, typer.Option(help="Items per step (per process under torchrun).")] = None,
@@ -305,7 +305,7 @@ def train(
     overrides: dict[str, Any] = {
         k: v
         for k, v in dict(
-            steps=steps, batch_size=batch_size, workers=workers, threads=threads, val_every=val_every, seed=seed
+            batch_size=batch_size, workers=workers, threads=threads, val_every=val_every, seed=seed
         ).items()
         if v is not None
     }
@@ -337,7 +337,7 @@ def train(
                 stats["samples_per_s"],
             )
 
-        result = train_genflow(cfg, out, resume=resume, max_steps=max_steps, progress=show)
+        result = train_genflow(cfg, out, resume=resume, steps=steps, max_steps=max_steps, progress=show)
     except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"stopped at step {result['step']}; last validation {result['val']}; run folder {out}")

@@ -565,15 +565,20 @@ def train_genflow(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    steps: int | None = None,
     max_steps: int | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a ``genflow`` network; see the module docstring.
 
     Args:
-        cfg: the run's configuration (on resume, the saved one is used and ``steps`` may be raised).
+        cfg: the run's configuration (on resume, the saved one is used; only ``workers`` and ``threads`` are
+            taken from ``cfg``).
         run_dir: the run folder.
         resume: continue from ``run_dir/last.pt``.
+        steps: the run's total length, overriding ``cfg.steps`` (and, on resume, the saved length: the
+            learning-rate schedule then spans the new length). ``None`` keeps the run's own length, so that
+            resuming never changes the schedule by accident.
         max_steps: stop after this many steps in this call (resumable chunks).
         progress: called as ``progress(step, stats)`` at each log line.
 
@@ -597,7 +602,9 @@ def train_genflow(
             raise FileExistsError(f"{run} already holds a checkpoint: pass --resume to continue it or use a new folder")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         saved = GenFlowTrainConfig.from_dict(ck["config"])
-        cfg = dataclasses.replace(saved, steps=max(saved.steps, cfg.steps), workers=cfg.workers, threads=cfg.threads)
+        cfg = dataclasses.replace(saved, workers=cfg.workers, threads=cfg.threads)
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=steps)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
