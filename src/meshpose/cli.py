@@ -275,7 +275,10 @@ def train(
     method: Annotated[str, typer.Argument(help="Learned preset to train (genflow).")],
     data: Annotated[str, typer.Option(help="Training objects: novel:N (generated) or a mesh folder / BOP dataset.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, config.json, train_log.jsonl.")],
-    steps: Annotated[int | None, typer.Option(help="Total optimiser steps of the run (LR schedule length); with --resume, a new length (default: keep it).")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Total optimiser steps of the run (LR schedule length); on --resume, a new length."),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps in this call (a chunk).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its last checkpoint.")] = False,
     batch_size: Annotated[int | None, typer.Option(help="Items per step (per process under torchrun).")] = None,
