@@ -17,6 +17,7 @@ from meshpose.nets.update import UpdateBlock
 from meshpose.train.genflow import (
     GenFlowTrainConfig,
     PerturbRegime,
+    appearance_gap,
     collate_items,
     genflow_losses,
     make_items,
@@ -219,6 +220,36 @@ def test_training_items_are_consistent(tiny_batch: tuple[GenFlowTrainConfig, dic
         X = batch.ren_xyz[b].permute(1, 2, 0)[m].double()
         uv = project_points(batch.pose[b : b + 1], X[None], K[b : b + 1])[0]
         assert float((uv - torch.stack([uu, vv], -1).double()).norm(dim=-1).median()) < 0.5
+
+
+def test_render_gap_changes_only_the_rendered_foreground() -> None:
+    """The appearance change keeps the range and the background, changes the object's colours, and is off at 0."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:64, :64]
+    mask = (yy - 32) ** 2 + (xx - 30) ** 2 < 20**2
+    rgb = np.zeros((64, 64, 3), np.float32)
+    rgb[mask] = rng.uniform(0.1, 0.9, (int(mask.sum()), 3))
+    rgb[~mask] = 0.3
+    changed = [appearance_gap(rgb, mask, np.random.default_rng(s)) for s in range(8)]
+    for out in changed:
+        assert out.shape == rgb.shape and out.dtype == np.float32
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        np.testing.assert_array_equal(out[~mask], rgb[~mask])
+    diffs = [float(np.abs(out[mask] - rgb[mask]).mean()) for out in changed]
+    assert min(diffs) > 0.01 and max(diffs) < 0.4, diffs
+    # items of a config with render_gap=1 differ from those without it only in the rendered colours
+    sampler = SceneSampler(list(resolve_objects("novel:3", 0)), SceneConfig(width=320, height=240))
+    sample = sampler.sample(np.random.default_rng(1))
+    base = GenFlowTrainConfig(data="novel:3", crop_size=64, net=TINY)
+    plain = make_items(sample, np.random.default_rng(2), base)
+    gapped = make_items(sample, np.random.default_rng(2), dataclasses.replace(base, render_gap=1.0))
+    assert plain and len(plain) == len(gapped)
+    for a, b in zip(plain, gapped, strict=True):
+        np.testing.assert_array_equal(a["obs_rgb"], b["obs_rgb"])
+        np.testing.assert_array_equal(a["ren_xyz"], b["ren_xyz"])
+        assert float(np.abs(a["ren_rgb"] - b["ren_rgb"]).max()) > 0.01
+    with pytest.raises(ValueError, match="render_gap"):
+        GenFlowTrainConfig(render_gap=1.5)
 
 
 def test_tiny_model_overfits_a_handful_of_samples(tiny_batch: tuple[GenFlowTrainConfig, dict]) -> None:

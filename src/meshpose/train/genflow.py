@@ -107,6 +107,10 @@ class GenFlowTrainConfig:
         gamma: weight decay of earlier iterations in the sequence losses.
         pose_weight: weight of the point-matching loss against the flow loss.
         depth_probability: share of items that see the observed depth (the others are RGB-only).
+        render_gap: share of items whose *rendered* crop gets a random appearance change (colour gains, gamma,
+            saturation, a smooth multiplicative colour field, blur; foreground only), so that the network learns
+            to match a rendering whose colours differ from the photo's, as a scanned mesh's vertex colours do.
+            Runs saved before this option existed had none (0.0).
         regimes: perturbation regimes of the initial poses.
         min_visib: instances less visible than this are not used.
         max_items_per_image: at most this many instances of one image.
@@ -137,6 +141,7 @@ class GenFlowTrainConfig:
     gamma: float = 0.8
     pose_weight: float = 10.0
     depth_probability: float = 0.5
+    render_gap: float = 0.0
     regimes: tuple[PerturbRegime, ...] = (
         PerturbRegime(0.55, (3.0, 35.0), (0.0, 0.25), (1.45, 1.8)),
         PerturbRegime(0.45, (0.0, 12.0), (0.0, 0.08), (1.15, 1.4)),
@@ -161,6 +166,8 @@ class GenFlowTrainConfig:
             raise ValueError(f"crop_size must be a multiple of {STRIDE} and ≥ 32, got {self.crop_size}")
         if not self.regimes or abs(sum(r.probability for r in self.regimes) - 1.0) > 1e-6:
             raise ValueError("regime probabilities must sum to 1")
+        if not 0.0 <= self.render_gap <= 1.0 or not 0.0 <= self.depth_probability <= 1.0:
+            raise ValueError("render_gap and depth_probability are shares in [0, 1]")
         if self.batch_size < 1 or self.iterations < 1 or self.steps < 0:
             raise ValueError("need batch_size ≥ 1, iterations ≥ 1, steps ≥ 0")
         m = self.data.strip()
@@ -184,6 +191,7 @@ class GenFlowTrainConfig:
             or cls.regimes
         )
         d["image_size"] = tuple(d.get("image_size", (640, 480)))
+        d.setdefault("render_gap", 0.0)
         d["net"] = GenFlowNetConfig.from_dict(d.get("net", {}))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
@@ -199,6 +207,40 @@ def _random_light(rng: np.random.Generator) -> Lighting:
         direction=tuple(float(x) for x in d),  # type: ignore[arg-type]
         specular=float(rng.uniform(0.0, 0.2)),
     )
+
+
+def appearance_gap(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random appearance change of a rendered crop, inside its mask only.
+
+    Imitates how a mesh's colours differ from the photographed object (scanned vertex colours, another white
+    balance, missing texture detail): per-channel gains, gamma, saturation, a smooth multiplicative colour field
+    over the crop and a Gaussian blur that does not bleed the background in.
+
+    Args:
+        rgb: ``(H, W, 3)`` float32 colours in [0, 1].
+        mask: ``(H, W)`` bool, the rendered object.
+        rng: the random source.
+
+    Returns:
+        ``(H, W, 3)`` float32 in [0, 1]; pixels outside ``mask`` are unchanged.
+    """
+    import cv2
+
+    h, w = mask.shape
+    out = np.clip(rgb, 0.0, 1.0).astype(np.float32)
+    out = out ** np.float32(rng.uniform(0.7, 1.4))
+    grey = out.mean(axis=2, keepdims=True)
+    out = grey + np.float32(rng.uniform(0.5, 1.3)) * (out - grey)
+    out = out * rng.uniform(0.75, 1.25, 3).astype(np.float32)
+    field = rng.uniform(0.8, 1.2, (4, 4, 3)).astype(np.float32)
+    out = out * cv2.resize(field, (w, h), interpolation=cv2.INTER_CUBIC)
+    sigma = float(rng.uniform(0.0, 1.5))
+    m = mask.astype(np.float32)
+    if sigma > 0.3:
+        num = cv2.GaussianBlur(out * m[..., None], (0, 0), sigma)
+        den = cv2.GaussianBlur(m, (0, 0), sigma)[..., None]
+        out = num / np.maximum(den, 1e-3)
+    return np.where(mask[..., None], np.clip(out, 0.0, 1.0), rgb).astype(np.float32)
 
 
 def _sym_subset(sym: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -264,13 +306,16 @@ def make_items(
         pts = obj.points[rng.choice(len(obj.points), size=n_points, replace=len(obj.points) < n_points)]
         Rg, tg = sample.poses[i].numpy()
         Ri, ti = inits[k].numpy()
+        ren_rgb = np.array(rend.rgb[k], np.float32)
+        if cfg.render_gap > 0.0 and rng.random() < cfg.render_gap:
+            ren_rgb = appearance_gap(ren_rgb, np.asarray(rend.mask[k], bool), rng)
         items.append(
             {
                 "obs_rgb": rgb,
                 "obs_depth": depth.astype(np.float32),
                 "obs_instance": inst,
                 "obs_depth_clean": dclean.astype(np.float32),
-                "ren_rgb": np.array(rend.rgb[k], np.float32),
+                "ren_rgb": ren_rgb,
                 "ren_depth": np.array(rend.depth[k], np.float32),
                 "ren_xyz": np.array(rend.xyz[k], np.float32),
                 "ren_mask": np.array(rend.mask[k], bool),
