@@ -7,7 +7,7 @@ OUT    ?= out/demo
 LMO    ?= ../shared/data/lmo
 SYN    ?= data/syn_photoreal
 
-.PHONY: setup demo test test-all lint format bench-render bench-synth bench-lmo synth-testset bench-syn bench-genflow clean
+.PHONY: setup demo test test-all lint format bench-render bench-synth bench-lmo synth-testset bench-syn bench-genflow bench-syn-lmo-meshes clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	scripts/setup.sh
@@ -64,6 +64,16 @@ bench-genflow: $(STAMP)
 		--no-depth --threads 2 --out-dir out/bench/syn_rgb
 	$(PY) benchmarks/bench_genflow.py --threads 2 --out benchmarks/results/genflow_speed.json \
 		--curve benchmarks/results/genflow_training.png
+
+# Diagnostic: the LM-O meshes (their own vertex colours) in photoreal synthetic scenes, i.e. LM-O's objects
+# without the scan-vs-photo appearance gap; summaries in benchmarks/results/syn_lmo_meshes/.
+bench-syn-lmo-meshes: $(STAMP)
+	$(VENV)/bin/meshpose synth --objects $(LMO) --out data/syn_lmo_meshes --scenes 10 --images-per-scene 2 \
+		--renderer photoreal --split test --seed 1
+	$(PY) benchmarks/bench_refine.py --dataset data/syn_lmo_meshes --methods contour,flow-pnp,genflow \
+		--levels 15:0.1 --no-depth --threads 2 --out-dir out/bench/syn_lmo_rgb
+	$(PY) benchmarks/bench_refine.py --dataset data/syn_lmo_meshes --methods genflow,icp --levels 15:0.1 \
+		--threads 2 --out-dir out/bench/syn_lmo_rgbd
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
