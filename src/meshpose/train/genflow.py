@@ -36,6 +36,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.utils.data
@@ -191,7 +192,6 @@ class GenFlowTrainConfig:
             or cls.regimes
         )
         d["image_size"] = tuple(d.get("image_size", (640, 480)))
-        d.setdefault("render_gap", 0.0)
         d["net"] = GenFlowNetConfig.from_dict(d.get("net", {}))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
@@ -224,8 +224,6 @@ def appearance_gap(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     Returns:
         ``(H, W, 3)`` float32 in [0, 1]; pixels outside ``mask`` are unchanged.
     """
-    import cv2
-
     h, w = mask.shape
     out = np.clip(rgb, 0.0, 1.0).astype(np.float32)
     out = out ** np.float32(rng.uniform(0.7, 1.4))
