@@ -124,3 +124,26 @@ def test_shipped_weights_refine_held_out_generated_objects(with_depth: bool) -> 
     before_a, after_a = np.array(before), np.array(after)
     assert np.mean(after_a < before_a) >= 5 / 6, (before, after)
     assert np.median(after_a) < 0.5 * np.median(before_a), (before, after)
+
+
+def test_depth_prior_holds_the_depth_in_rgb_and_is_off_with_depth() -> None:
+    """RGB: a very strong prior keeps the object's depth where the initial pose had it (the network still moves it
+    sideways); RGB-D: the prior is not used at all."""
+    net = load_genflow_model()
+    (obj, _gt, init, obs), *_ = _cases(1, seed=5)
+    rgb_only = type(obs)(rgb=obs.rgb, camera=obs.camera)
+    runs = {}
+    for lam in (0.0, 1e3):
+        ref = GenFlowRefiner(GenFlowConfig(depth_prior_weight=lam), model=net)
+        runs[lam] = (ref.refine(rgb_only, [obj], init.reshape(1)), ref.refine(obs, [obj], init.reshape(1)))
+    z0 = float(init.t[2])
+    held, free = runs[1e3][0].pose[0], runs[0.0][0].pose[0]
+    assert abs(float(held.t[2]) - z0) < 1e-3 * z0
+    assert abs(float(free.t[2]) - z0) > 5e-3 * z0  # without the prior the depth moves
+    assert float((held.t[:2] / held.t[2] - init.t[:2] / init.t[2]).norm()) > 1e-3  # it still refines laterally
+    with_depth = runs[1e3][1].pose, runs[0.0][1].pose
+    assert torch.equal(with_depth[0].t, with_depth[1].t) and torch.equal(with_depth[0].R, with_depth[1].R)
+    with pytest.raises(ValueError, match="depth_prior_weight"):
+        GenFlowConfig(depth_prior_weight=-1.0)
+    with pytest.raises(ValueError, match="depth_prior"):
+        GenFlowConfig(stages=[[128, 1.6, 1, 4, -0.1]])

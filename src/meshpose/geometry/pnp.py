@@ -285,6 +285,8 @@ def gauss_newton_pnp(
     huber_px: float | None = None,
     min_depth: float = 1e-3,
     pivot: Literal["camera", "object"] = "camera",
+    depth_prior: torch.Tensor | None = None,
+    depth_prior_weight: float = 0.0,
 ) -> Pose:
     """Weighted PnP by a fixed number of Levenberg-Marquardt steps; differentiable end to end.
 
@@ -310,6 +312,15 @@ def gauss_newton_pnp(
     displacement of the same size would move, so ``depth_weight = 1`` weighs 1 mm of depth error like
     1 mm of lateral error.
 
+    **Depth prior** (RGB): with ``depth_prior`` (``z₀``, metres, per batch item) and ``depth_prior_weight = λ > 0``,
+    the residual ``(t_z - z₀) · f̄ / z₀`` (pixels: the depth change of the object origin expressed, like the depth
+    residual, as the lateral motion of the same size) joins the objective with the weight ``λ · Σᵢ wᵢ``. From one
+    image, the depth of a small or distant object is the worst-observed direction of the pose (it shows only as a
+    change of scale: a match at lateral distance ``X`` from the origin constrains it ``X / z`` times less than a
+    lateral motion), so a weak prior holds it near ``z₀`` unless the matches agree on a change of scale. ``λ`` is
+    relative to that lateral information: ``λ = (X / z)²`` makes the prior as strong as the scale evidence of
+    matches at lateral distance ``X``.
+
     **Robust loss.** With ``huber_px``, each match's weight is multiplied by the IRLS Huber factor
     ``min(1, huber_px / |r|)`` of its current 2D residual (recomputed every step).
 
@@ -332,6 +343,8 @@ def gauss_newton_pnp(
         huber_px: Huber threshold in pixels, or ``None`` for plain least squares.
         min_depth: metres; see above.
         pivot: ``"camera"`` (default) or ``"object"``: the centre of the rotation increments (see above).
+        depth_prior: optional ``(B,)`` prior depth ``z₀`` of the object origin (camera frame, metres, > 0).
+        depth_prior_weight: ``λ ≥ 0``, the weight of the depth prior (see above; ``0`` = none).
 
     Returns:
         ``(B,)`` refined ``cam_from_obj`` poses.
@@ -390,6 +403,13 @@ def gauss_newton_pnp(
     ]
     if d is not None:
         named.append(("depth", d))
+    if depth_prior_weight < 0:
+        raise ValueError(f"depth_prior_weight must be ≥ 0, got {depth_prior_weight}")
+    z0 = cast(depth_prior, "depth_prior", (B,)) if depth_prior is not None and depth_prior_weight > 0 else None
+    if z0 is not None:
+        if not bool((z0 > min_depth).all()):
+            raise ValueError(f"depth_prior must be > {min_depth} m (the object in front of the camera)")
+        named.append(("depth_prior", z0))
     checks = [torch.isfinite(v).all() for _, v in named] + [(w >= 0).all()]
     flags = torch.stack(checks).tolist()  # one host sync, before the loop
     for (name, _), ok in zip(named, flags[:-1], strict=True):
@@ -430,6 +450,16 @@ def gauss_newton_pnp(
             wz = w_depth * valid
             H = H + torch.einsum("bni,bn,bnj->bij", Jz, wz, Jz)
             g = g + torch.einsum("bni,bn,bn->bi", Jz, wz, rz)
+        if z0 is not None:
+            s_prior = f_bar / z0  # (B,) metres → pixels
+            rp = (t[:, 2] - z0) * s_prior
+            # ∂t_z/∂δ = [e_z | (t × e_z)ᵀ] for the camera pivot (t moves by ω × t too), [e_z | 0] for the object's.
+            ez = e_z.expand(B, 3)
+            Jp = torch.cat([ez, torch.cross(t, ez, dim=-1) if pivot == "camera" else torch.zeros_like(ez)], -1)
+            Jp = Jp * s_prior[:, None]
+            wp = depth_prior_weight * wi.sum(-1)  # (B,)
+            H = H + wp[:, None, None] * Jp[:, :, None] * Jp[:, None, :]
+            g = g + (wp * rp)[:, None] * Jp
         diag = torch.diagonal(H, dim1=-2, dim2=-1)
         # A tiny absolute term keeps the system solvable (δ = 0) when every weight is zero.
         tiny = 1e-12 * (diag.mean(-1, keepdim=True) + 1.0)

@@ -205,6 +205,8 @@ class GenFlowNet(nn.Module):
         *,
         iterations: int = 4,
         observed_depth: torch.Tensor | None = None,
+        depth_prior: torch.Tensor | None = None,
+        depth_prior_weight: float = 0.0,
     ) -> GenFlowOutput:
         """Refine ``pose`` from one rendering.
 
@@ -218,6 +220,9 @@ class GenFlowNet(nn.Module):
             iterations: recurrent iterations.
             observed_depth: ``(B, 1, S, S)`` observed depth in metres (0 = missing) for the PnP depth residual,
                 or ``None`` (RGB).
+            depth_prior: ``(B,)`` prior depth of the object origin (metres) for the PnP
+                (:func:`~meshpose.geometry.pnp.gauss_newton_pnp`), or ``None``.
+            depth_prior_weight: its weight ``λ`` (0: no prior).
 
         Returns:
             The per-iteration flows, weights and poses, and the match sources.
@@ -271,6 +276,8 @@ class GenFlowNet(nn.Module):
                 depth=depth,
                 depth_weight=cfg.depth_weight,
                 pivot="object",
+                depth_prior=depth_prior,
+                depth_prior_weight=depth_prior_weight,
             )
             induced = (project_points(current, points64, K64) - source).to(dtype)
             flow = induced.transpose(1, 2).reshape(B, 2, h, w)
