@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from meshpose.cli import app
@@ -180,3 +181,16 @@ def test_train_genflow_resume_then_refine_with_its_weights(tiny_bop: Path, tmp_p
     )
     assert "refined 3 image(s)" in out
     assert len(read_results(res_csv)) == 6
+    # a new run can start from trained weights (fine-tuning; the network sizes come from them) and draw its
+    # scenes with other sensor settings
+    tune = tmp_path / "tune"
+    over = {**tiny, "net": {}, "lr": 0.0, "init_weights": str(run / "model.pt"), "scene": {"blur_probability": 1.0}}
+    tune_args = ["train", "genflow", "--data", "novel:6", "--out", str(tune), "--workers", "0"]
+    assert "stopped at step 1" in _ok([*tune_args, "--config", json.dumps(over), "--steps", "1", "--val-every", "0"])
+    start = torch.load(tune / "last.pt", weights_only=False)["model"]
+    trained = torch.load(run / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(start[k], v) for k, v in trained.items())  # lr 0: still the weights it started from
+    saved = json.loads((tune / "config.json").read_text())
+    assert saved["net"]["feature_dim"] == 16 and saved["scene"] == {"blur_probability": 1.0}
+    res = runner.invoke(app, [*tune_args, "--config", json.dumps({**tiny, "scene": {"blurr": 1.0}})])
+    assert res.exit_code == 2 and "blurr" in res.output

@@ -49,6 +49,7 @@ from meshpose.refine.genflow import (
     CropBatch,
     GenFlowConfig,
     GenFlowRefiner,
+    load_genflow_model,
     make_crop_batch,
     render_alone,
     run_network,
@@ -126,7 +127,14 @@ class GenFlowTrainConfig:
         val_every: validate every this many steps (0: never).
         ckpt_every: checkpoint every this many steps.
         log_every: log every this many steps.
-        net: network sizes.
+        net: network sizes (taken from the weights when ``init_weights`` is given).
+        scene: overrides of :class:`~meshpose.train.synth.SceneConfig` fields for the training scenes (JSON
+            values; lists become ranges), e.g. ``{"blur_probability": 0.6, "blur_sigma_px": [0.5, 2.2]}`` for
+            blurrier photos; the size comes from ``image_size``. Validation scenes keep the defaults, so that
+            validation figures of runs stay comparable.
+        init_weights: start a new run from these weights (a ``model.pt`` or a checkpoint) instead of a random
+            initialisation, e.g. to fine-tune the shipped ones (``"package"``: the weights shipped with meshpose).
+            Only the network is taken over: the optimiser, schedule and step count start afresh.
     """
 
     data: str = "novel:4000"
@@ -161,8 +169,14 @@ class GenFlowTrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     net: GenFlowNetConfig = field(default_factory=GenFlowNetConfig)
+    scene: dict[str, Any] = field(default_factory=dict)
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
+        allowed = {f.name for f in dataclasses.fields(SceneConfig)} - {"width", "height"}
+        unknown = sorted(set(self.scene) - allowed)
+        if unknown:
+            raise ValueError(f"unknown scene option(s) {unknown}: use SceneConfig fields except width/height")
         if self.crop_size % STRIDE or self.crop_size < 32:
             raise ValueError(f"crop_size must be a multiple of {STRIDE} and ≥ 32, got {self.crop_size}")
         if not self.regimes or abs(sum(r.probability for r in self.regimes) - 1.0) > 1e-6:
@@ -361,6 +375,12 @@ def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def training_scene_config(cfg: GenFlowTrainConfig) -> SceneConfig:
+    """The :class:`SceneConfig` of the training scenes: the defaults, ``cfg.image_size`` and ``cfg.scene``."""
+    over = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.scene.items()}
+    return SceneConfig(width=cfg.image_size[0], height=cfg.image_size[1], **over)
+
+
 class ItemStream(torch.utils.data.IterableDataset):
     """An endless stream of training items drawn from synthetic scenes (one stream per worker and rank).
 
@@ -382,7 +402,7 @@ class ItemStream(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([cfg.seed, self.rank, worker, self.start_step, 0x6F])
         objects = resolve_objects(cfg.data, cfg.seed)
         distractors = default_distractors(cfg.seed)
-        scene = SceneConfig(width=cfg.image_size[0], height=cfg.image_size[1])
+        scene = training_scene_config(cfg)
         while True:
             pool_idx = rng.choice(len(objects), size=min(cfg.object_pool, len(objects)), replace=False)
             pool = [objects[int(i)] for i in pool_idx]
@@ -648,6 +668,10 @@ def train_genflow(
         cfg = dataclasses.replace(saved, workers=cfg.workers, threads=cfg.threads)
     if steps is not None:
         cfg = dataclasses.replace(cfg, steps=steps)
+    start: GenFlowNet | None = None
+    if ck is None and cfg.init_weights is not None:
+        start = load_genflow_model(None if cfg.init_weights == "package" else cfg.init_weights)
+        cfg = dataclasses.replace(cfg, net=start.config)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -655,6 +679,8 @@ def train_genflow(
     net = GenFlowNet(cfg.net).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best = 0, -1.0
+    if start is not None:
+        net.load_state_dict(start.state_dict())
     if ck is not None:
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
