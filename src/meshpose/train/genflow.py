@@ -377,7 +377,7 @@ def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def training_scene_config(cfg: GenFlowTrainConfig) -> SceneConfig:
     """The :class:`SceneConfig` of the training scenes: the defaults, ``cfg.image_size`` and ``cfg.scene``."""
-    over = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.scene.items()}
+    over: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.scene.items()}
     return dataclasses.replace(SceneConfig(width=cfg.image_size[0], height=cfg.image_size[1]), **over)
 
 
