@@ -7,7 +7,8 @@ this script measures what that one does not:
   640×480 synthetic image of a held-out generated object, RGB and RGB-D, over ``--runs`` refinements with
   ``--threads`` torch threads (the issue's target: ≤ 100 ms per object per outer iteration on 2 cores);
 * the network alone: one forward pass of the default stage (batch 1) per crop size;
-* the training curve (losses, train/validation ADD(-S) recall) of the weights' ``train_log.jsonl``, as a PNG.
+* the training curve (losses, train/validation ADD(-S) recall) of the weights' ``train_log.jsonl``, as a PNG (and
+  of ``base_train_log.jsonl``, the run they were fine-tuned from, if there is one).
 
 Example::
 
@@ -116,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.curve and log_path.is_file():
         plot_training_log(log_path, args.curve, title=f"genflow training ({weights.parent.name})")
         results["training_curve"] = args.curve
+        # Weights fine-tuned from earlier ones keep the earlier run's log as base_train_log.jsonl.
+        base_log = weights.parent / "base_train_log.jsonl"
+        if base_log.is_file():
+            curve = Path(args.curve)
+            base_curve = curve.with_name(f"{curve.stem}_base{curve.suffix}")
+            plot_training_log(base_log, base_curve, title="genflow training: the run it was fine-tuned from")
+            results["base_training_curve"] = str(base_curve)
 
     text = json.dumps(results, indent=1)
     if args.out:
