@@ -407,16 +407,16 @@ def gauss_newton_pnp(
         raise ValueError(f"depth_prior_weight must be ≥ 0, got {depth_prior_weight}")
     z0 = cast(depth_prior, "depth_prior", (B,)) if depth_prior is not None and depth_prior_weight > 0 else None
     if z0 is not None:
-        if not bool((z0 > min_depth).all()):
-            raise ValueError(f"depth_prior must be > {min_depth} m (the object in front of the camera)")
         named.append(("depth_prior", z0))
-    checks = [torch.isfinite(v).all() for _, v in named] + [(w >= 0).all()]
-    flags = torch.stack(checks).tolist()  # one host sync, before the loop
-    for (name, _), ok in zip(named, flags[:-1], strict=True):
+    signs = [(w >= 0).all()] + ([(z0 > min_depth).all()] if z0 is not None else [])
+    flags = torch.stack([torch.isfinite(v).all() for _, v in named] + signs).tolist()  # one host sync, before the loop
+    for (name, _), ok in zip(named, flags, strict=False):
         if not ok:
             raise ValueError(f"{name} contains NaN or inf")
-    if not flags[-1]:
+    if not flags[len(named)]:
         raise ValueError("weights must be non-negative")
+    if z0 is not None and not flags[len(named) + 1]:
+        raise ValueError(f"depth_prior must be > {min_depth} m (the object in front of the camera)")
 
     R, t = init.R, init.t
     e_z = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)

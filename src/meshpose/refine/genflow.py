@@ -342,13 +342,18 @@ class GenFlowRefiner(LazyRenderer):
         timer = StageTimer()
         n = len(objects)
         current = Pose(poses0.R.clone(), poses0.t.clone())
-        z_init = poses0.t[:, 2].to(torch.float32)
         history = [poses0]
         failure: list[str | None] = [None] * n
         score = np.zeros(n)
         use_depth = cfg.use_depth and obs.depth is not None
         net = self.model
         in_image = np.ones(obs.rgb.shape[:2], bool)
+
+        def prior_weight(stage: GenFlowStage) -> float:  # RGB only: with depth, the depth residual decides
+            if use_depth:
+                return 0.0
+            return cfg.depth_prior_weight if stage.depth_prior is None else stage.depth_prior
+
         old_threads = torch.get_num_threads()
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
@@ -377,7 +382,8 @@ class GenFlowRefiner(LazyRenderer):
                             if use_depth:
                                 assert obs.depth is not None
                                 depths.append(crop_image(obs.depth, obs.camera, box, s, s, interpolation="nearest")[0])
-                    sub = current[torch.tensor(active)]
+                    idx = torch.tensor(active)
+                    sub = current[idx]
                     with timer("render"):
                         rend = render_alone(self.renderer, [objects[i] for i in active], sub, cams, cfg.lighting)
                     batch = make_crop_batch(
@@ -394,10 +400,8 @@ class GenFlowRefiner(LazyRenderer):
                             batch,
                             stage.inner,
                             use_depth=use_depth,
-                            depth_prior=None if use_depth else z_init[torch.tensor(active)].to(cfg.device),
-                            depth_prior_weight=0.0
-                            if use_depth
-                            else (cfg.depth_prior_weight if stage.depth_prior is None else stage.depth_prior),
+                            depth_prior=poses0.t[idx, 2],  # the depth the refine call started from
+                            depth_prior_weight=prior_weight(stage),
                         )
                     last = out.steps[-1]
                     new = last.pose.to(torch.float64, "cpu")

@@ -177,6 +177,7 @@ class GenFlowTrainConfig:
         unknown = sorted(set(self.scene) - allowed)
         if unknown:
             raise ValueError(f"unknown scene option(s) {unknown}: use SceneConfig fields except width/height")
+        training_scene_config(self)  # bad scene values fail here, not later in a data worker
         if self.crop_size % STRIDE or self.crop_size < 32:
             raise ValueError(f"crop_size must be a multiple of {STRIDE} and ≥ 32, got {self.crop_size}")
         if not self.regimes or abs(sum(r.probability for r in self.regimes) - 1.0) > 1e-6:
