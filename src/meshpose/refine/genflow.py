@@ -17,10 +17,10 @@ noisiest part of its answer: on LM-O's real images the free estimate made the de
 (median |Δz| 7.5 → 28 mm) while it halved the lateral error. In RGB the PnP layer therefore carries a weak prior
 that holds the depth of the object origin at its initial value unless the flow agrees on a change of scale
 (``depth_prior_weight``, :func:`~meshpose.geometry.pnp.gauss_newton_pnp`). Its weight ``3e-4`` was chosen on
-held-out generated objects (``novel:4500-4540``, two validation sets of 72 and 209 instances), where it took RGB
-ADD(-S)@0.1d of the shipped weights from 0.68 to 0.83–0.85 at 15°/10 % and from 0.52–0.57 to 0.62–0.66 at
-30°/20 %; stronger priors do better at 15° and worse at 30° (they keep a wrong initial depth). With observed depth
-the prior is off.
+held-out generated objects (``novel:4500-4540``, two validation sets of 90 and 209 instances,
+``benchmarks/tune_genflow.py``), where it took RGB ADD(-S)@0.1d of the shipped weights from 0.68 to 0.83–0.85 at
+15°/10 % and from 0.52–0.57 to 0.62–0.66 at 30°/20 %; stronger priors do better at 15° and worse at 30° (they keep
+a wrong initial depth). With observed depth the prior is off.
 
 Outer iterations run as a cascade of stages: a wide crop first (large errors), then a tight crop (the object
 covers more pixels: a finer resolution on it). The weights ship with the package (``meshpose/weights/genflow``)
