@@ -214,3 +214,22 @@ def test_resolve_objects_specs(tmp_path: Path) -> None:
 def test_novel_config_reaches_the_objects() -> None:
     objs = resolve_objects("novel:2", 0, novel=NovelConfig(min_diameter_m=0.3, max_diameter_m=0.31))
     assert all(0.3 - 1e-9 <= objs[i].diameter <= 0.31 + 1e-9 for i in range(2))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("blur_sigma_px", (2.0, 0.5), "lo ≤ hi"),
+        ("hue", (0.1, -0.1), "lo ≤ hi"),
+        ("noise_std", (-0.01, 0.02), "not be negative"),
+        ("motion_blur_px", (3.0, float("nan")), "lo ≤ hi"),
+        ("depth_holes", (0.1,), "range"),
+        ("blur_probability", 1.5, "probability"),
+        ("gamma", (0.0, 1.0), "gamma > 0"),
+    ],
+)
+def test_scene_config_refuses_bad_ranges(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        SceneConfig(**{field: value})  # type: ignore[arg-type]
+    assert field in str(err.value)
+    SceneConfig(hue=(-0.05, 0.05), roll_deg=(-30.0, 30.0), blur_sigma_px=(0.5, 0.5))  # signed and empty ranges are fine

@@ -77,6 +77,25 @@ _FORMAT_VERSION = 1
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------------------
+#: :class:`SceneConfig` ranges whose values cannot be negative (intensities, blur, noise, sensor jitter factors).
+_NON_NEGATIVE_RANGES = frozenset(
+    {
+        "ambient",
+        "diffuse",
+        "specular",
+        "contact_shadow",
+        "brightness",
+        "contrast",
+        "saturation",
+        "blur_sigma_px",
+        "motion_blur_px",
+        "noise_std",
+        "depth_holes",
+        "depth_range_m",
+    }
+)
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     """How one scene and its images look. Ranges ``(lo, hi)`` are sampled uniformly per scene or per image.
@@ -173,10 +192,26 @@ class SceneConfig:
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16:
             raise ValueError(f"image size must be at least 16×16, got {self.width}×{self.height}")
-        for name in ("fov_deg", "fill", "elevation_deg", "objects_per_scene", "distractors_per_scene"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ValueError(f"SceneConfig.{name} must be (lo, hi) with lo ≤ hi, got {(lo, hi)}")
+        for f in dataclasses.fields(self):  # every range: two finite numbers, lo ≤ hi
+            if not isinstance(f.default, tuple):
+                continue
+            value = getattr(self, f.name)
+            try:
+                lo, hi = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError(f"SceneConfig.{f.name} must be a range (lo, hi), got {value!r}") from None
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ValueError(f"SceneConfig.{f.name} must be (lo, hi) with lo ≤ hi, got {tuple(value)}")
+            if f.name in _NON_NEGATIVE_RANGES and lo < 0:
+                raise ValueError(f"SceneConfig.{f.name} must not be negative, got {tuple(value)}")
+        for name in ("plane_probability", "blur_probability", "motion_blur_probability", "depth_edge_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"SceneConfig.{name} is a probability in [0, 1], got {getattr(self, name)}")
+        if not (self.gamma[0] > 0 and self.depth_range_m[0] >= 0 and self.depth_noise >= 0):
+            raise ValueError(
+                f"need gamma > 0, depth_range_m ≥ 0 and depth_noise ≥ 0, got {self.gamma}, {self.depth_range_m}, "
+                f"{self.depth_noise}"
+            )
         if not (self.fov_deg[0] >= 1.0 and self.fov_deg[1] < 170.0):
             raise ValueError(f"fov_deg must lie in [1, 170), got {self.fov_deg}")
         if self.objects_per_scene[0] < 1:
