@@ -80,3 +80,31 @@ def test_perturb_is_exact_and_deterministic(tiny_bop: Path) -> None:
         assert float((gt.t - r.pose.t).norm()) == pytest.approx(0.1 * ds.diameter(r.obj_id), rel=1e-9)
     with pytest.raises(ValueError, match="rot_deg"):
         perturb_dataset(ds, rot_deg=200, trans_frac=0.1)
+
+
+def test_compute_visibility_counts_the_part_beyond_the_border_and_occlusion() -> None:
+    import numpy as np
+
+    from meshpose.eval.report import compute_visibility
+    from meshpose.mesh.procedural import example_object
+    from meshpose.render.gl import get_default_renderer
+    from meshpose.types import Camera
+
+    obj = example_object(0)
+    cam = Camera.from_fxfycxcy(300.0, 300.0, 159.5, 119.5, width=320, height=240)
+    z = 1.0
+
+    def at(x: float, y: float, depth: float) -> Pose:
+        return Pose(torch.eye(3, dtype=torch.float64)[None], torch.tensor([[x, y, depth]], dtype=torch.float64))
+
+    renderer = get_default_renderer()
+    # Alone in the middle: fully visible; centred on the left border: about half of it is in the image.
+    assert compute_visibility(cam, [obj], at(0.0, 0.0, z), renderer)[0] == pytest.approx(1.0)
+    half = compute_visibility(cam, [obj], at(-159.5 / 300.0 * z, 0.0, z), renderer)[0]
+    assert 0.3 < half < 0.7
+    # A copy right in front of it hides it (the front one stays fully visible); behind the camera: 0.
+    both = Pose.stack([at(0.0, 0.0, z), at(0.0, 0.0, 0.6 * z)]).reshape(-1)
+    vis = compute_visibility(cam, [obj, obj], both, renderer)
+    assert vis[0] < 0.2 and vis[1] == pytest.approx(1.0)
+    far_off = compute_visibility(cam, [obj], at(5.0, 0.0, z), renderer)
+    assert np.array_equal(far_off, [0.0])

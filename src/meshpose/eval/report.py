@@ -51,7 +51,7 @@ from meshpose.eval.metrics import (
 )
 from meshpose.io.bop import BopDataset, GtInstance
 from meshpose.io.results import ResultRow, group_by_image, read_results
-from meshpose.render.base import Renderer
+from meshpose.render.base import Renderer, full_silhouettes
 from meshpose.types import Camera, ObjectModel, Pose
 
 __all__ = ["KNOWN_METRICS", "EvalConfig", "compute_visibility", "evaluate", "evaluate_file"]
@@ -122,7 +122,12 @@ class _Acc:
 
 
 def compute_visibility(camera: Camera, objects: Sequence[ObjectModel], poses: Pose, renderer: Renderer) -> np.ndarray:
-    """Visible fraction of each object of a scene, from a render of all of them versus each one alone.
+    """Visible fraction of each object of a scene: its pixels in a render of all of them, over its whole silhouette
+    alone *including the part beyond the image border* (bop_toolkit's ``px_count_visib / px_count_all``), so an
+    object half outside the image is half visible.
+
+    Only the given objects occlude: an unannotated object in front of one (e.g. LM-O's benchvise) is not seen, so
+    on datasets without depth or ``mask_visib`` this over-estimates the visibility of objects hidden by it.
 
     Args:
         camera: the image's camera.
@@ -135,11 +140,9 @@ def compute_visibility(camera: Camera, objects: Sequence[ObjectModel], poses: Po
     """
     poses = poses.reshape(-1)
     inst = renderer.render(objects, poses, camera).instance[0]
-    out = np.zeros(len(objects))
-    for i, obj in enumerate(objects):
-        alone = int(renderer.render([obj], poses[i : i + 1], camera).mask[0].sum())
-        out[i] = float((inst == i + 1).sum()) / alone if alone > 0 else 0.0
-    return out
+    _, px_all, _ = full_silhouettes(renderer, objects, poses, camera)
+    visible = np.array([(inst == i + 1).sum() for i in range(len(objects))], np.float64)
+    return np.where(px_all > 0, visible / np.maximum(px_all, 1), 0.0)
 
 
 def _valid_instances(

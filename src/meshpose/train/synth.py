@@ -46,7 +46,7 @@ from meshpose.geometry.symmetry import expand_symmetries
 from meshpose.io.bop_write import SceneWriter, models_info_entry, write_json_atomic, write_model_ply
 from meshpose.mesh.load import Units
 from meshpose.mesh.novel import NovelConfig, novel_mesh, photo_like_texture, random_image_crop, texture_tile
-from meshpose.render.base import Lighting, RenderOutput
+from meshpose.render.base import Lighting, full_silhouettes
 from meshpose.types import Camera, ObjectModel, Observation, Pose
 
 __all__ = [
@@ -1252,63 +1252,9 @@ class SceneSampler:
     def silhouettes(
         self, objects: Sequence[ObjectModel], poses: Pose, camera: Camera
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Full silhouettes of each object alone (GL), also beyond the image border.
-
-        Each object is drawn alone into a crop window around its projected bounding box (integer pixel shifts
-        of the camera, so the sampling is that of the full image), all in one batched call.
-
-        Returns:
-            ``(masks (N, H, W) bool clipped to the image, px_count_all (N,) int, bbox_obj (N, 4) int [x, y, w, h])``.
-        """
-        n = len(objects)
-        h, w = camera.height, camera.width
-        masks = np.zeros((n, h, w), bool)
-        px_all = np.zeros(n, np.int64)
-        bbox = np.full((n, 4), -1, np.int64)
-        if n == 0:
-            return masks, px_all, bbox
-        R, t = poses.numpy()
-        boxes = []
-        for i, obj in enumerate(objects):
-            v = np.asarray(obj.render_mesh.vertices, dtype=np.float64) @ R[i].T + t[i]
-            z = np.maximum(v[:, 2], 1e-6)
-            u = camera.fx * v[:, 0] / z + camera.K[0, 1] * v[:, 1] / z + camera.cx
-            vv = camera.fy * v[:, 1] / z + camera.cy
-            x0, x1 = math.floor(u.min()) - 1, math.ceil(u.max()) + 1
-            y0, y1 = math.floor(vv.min()) - 1, math.ceil(vv.max()) + 1
-            # Never more than 3 image sizes around the image (a silhouette larger than that is truncated).
-            x0, x1 = max(x0, -w), min(x1, 2 * w - 1)
-            y0, y1 = max(y0, -h), min(y1, 2 * h - 1)
-            boxes.append((x0, y0, max(x1, x0), max(y1, y0)))
-        cw = max(b[2] - b[0] + 1 for b in boxes)
-        ch = max(b[3] - b[1] + 1 for b in boxes)
-        cams = []
-        for x0, y0, _, _ in boxes:
-            K = camera.K.copy()
-            K[0, 2] -= x0
-            K[1, 2] -= y0
-            cams.append(Camera(K, cw, ch))
-        # Scene b draws object b; the others are moved far behind the camera (skipped by the renderer).
-        Rb = np.broadcast_to(R, (n, n, 3, 3)).copy()
-        tb = np.broadcast_to(np.array([0.0, 0.0, -1e4]), (n, n, 3)).copy()
-        tb[np.arange(n), np.arange(n)] = t
-        out = self._gl_render(list(objects), Pose(Rb, tb), cams)
-        for i, (x0, y0, _, _) in enumerate(boxes):
-            m = out.instance[i] == i + 1
-            px_all[i] = int(m.sum())
-            if px_all[i] == 0:
-                continue
-            ys, xs = np.nonzero(m)
-            bbox[i] = [xs.min() + x0, ys.min() + y0, xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
-            # Paste the part inside the image.
-            sx0, sy0 = max(0, -x0), max(0, -y0)
-            sx1, sy1 = min(cw, w - x0), min(ch, h - y0)
-            if sx1 > sx0 and sy1 > sy0:
-                masks[i, y0 + sy0 : y0 + sy1, x0 + sx0 : x0 + sx1] = m[sy0:sy1, sx0:sx1]
-        return masks, px_all, bbox
-
-    def _gl_render(self, objects: list[ObjectModel], poses: Pose, cams: list[Camera]) -> RenderOutput:
-        return self.gl.render(objects, poses, cams, lighting=Lighting(ambient=1.0, diffuse=0.0))
+        """Full silhouettes of each object alone (GL), also beyond the image border
+        (:func:`~meshpose.render.base.full_silhouettes`)."""
+        return full_silhouettes(self.gl, objects, poses, camera)
 
     @staticmethod
     def _contact_shadow(
