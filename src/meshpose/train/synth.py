@@ -207,11 +207,8 @@ class SceneConfig:
         for name in ("plane_probability", "blur_probability", "motion_blur_probability", "depth_edge_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SceneConfig.{name} is a probability in [0, 1], got {getattr(self, name)}")
-        if not (self.gamma[0] > 0 and self.depth_range_m[0] >= 0 and self.depth_noise >= 0):
-            raise ValueError(
-                f"need gamma > 0, depth_range_m ≥ 0 and depth_noise ≥ 0, got {self.gamma}, {self.depth_range_m}, "
-                f"{self.depth_noise}"
-            )
+        if not (self.gamma[0] > 0 and self.depth_noise >= 0):
+            raise ValueError(f"need gamma > 0 and depth_noise ≥ 0, got {self.gamma} and {self.depth_noise}")
         if not (self.fov_deg[0] >= 1.0 and self.fov_deg[1] < 170.0):
             raise ValueError(f"fov_deg must lie in [1, 170), got {self.fov_deg}")
         if self.objects_per_scene[0] < 1:
