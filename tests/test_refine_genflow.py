@@ -147,3 +147,27 @@ def test_depth_prior_holds_the_depth_in_rgb_and_is_off_with_depth() -> None:
         GenFlowConfig(depth_prior_weight=-1.0)
     with pytest.raises(ValueError, match="depth_prior"):
         GenFlowConfig(stages=[[128, 1.6, 1, 4, -0.1]])
+
+
+def test_a_stage_can_run_its_own_network(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    obj, _gt, init, obs = _cases(1, seed=8)[0]  # obs has depth: no RGB prior anchored at the call's start pose
+    torch.manual_seed(1)
+    net_a, net_b = GenFlowNet(TINY).eval(), GenFlowNet(TINY).eval()
+    path = tmp_path / "fine.pt"
+    torch.save({"net_config": TINY.to_dict(), "state_dict": net_b.state_dict()}, path)
+    coarse, fine = GenFlowStage(64, 1.5, 1, 2), GenFlowStage(64, 1.2, 1, 2)
+    cfg = GenFlowConfig(stages=(coarse, GenFlowStage(64, 1.2, 1, 2, weights=str(path))))
+    both = GenFlowRefiner(cfg, model=net_a)
+    assert set(both.stage_models) == {str(path)}
+    res = both.refine(obs, [obj], init.reshape(1))
+    # The same as the coarse stage with net_a, then the fine stage with net_b from where that ended …
+    mid = GenFlowRefiner(GenFlowConfig(stages=(coarse,)), model=net_a).refine(obs, [obj], init.reshape(1)).pose
+    end = GenFlowRefiner(GenFlowConfig(stages=(fine,)), model=net_b).refine(obs, [obj], mid).pose
+    assert torch.allclose(res.history[1].t, mid.t)
+    assert torch.allclose(res.pose.R, end.R, atol=1e-6) and torch.allclose(res.pose.t, end.t, atol=1e-7)
+    # … and not what net_a would have done in the fine stage.
+    same_net = GenFlowRefiner(GenFlowConfig(stages=(fine,)), model=net_a).refine(obs, [obj], mid).pose
+    assert not torch.allclose(res.pose.t, same_net.t, atol=1e-6)
+    with pytest.raises(FileNotFoundError):
+        GenFlowRefiner(GenFlowConfig(stages=(GenFlowStage(64, weights=str(tmp_path / "missing.pt")),)), model=net_a)
+    assert default_weights_path("model") == default_weights_path()

@@ -65,6 +65,7 @@ __all__ = [
     "load_genflow_model",
     "make_crop_batch",
     "render_alone",
+    "resolve_weights",
     "run_network",
 ]
 
@@ -80,6 +81,8 @@ class GenFlowStage:
         inner: recurrent iterations of the network per outer iteration.
         depth_prior: RGB only: the weight of the depth prior at this level, or ``None`` for the refiner's
             ``depth_prior_weight``.
+        weights: the network of this level: a ``model.pt``, ``"package:NAME"`` for ``NAME.pt`` shipped with
+            meshpose (:func:`default_weights_path`), or ``None`` for the refiner's network (``config.weights``).
     """
 
     size: int = 128
@@ -87,6 +90,7 @@ class GenFlowStage:
     iterations: int = 1
     inner: int = 4
     depth_prior: float | None = None
+    weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,9 +151,19 @@ class GenFlowConfig:
             raise ValueError(f"genflow depth_prior_weight must be ≥ 0, got {self.depth_prior_weight}")
 
 
-def default_weights_path() -> Path:
-    """The ``model.pt`` shipped with the package."""
-    return Path(str(resources.files("meshpose") / "weights" / "genflow" / "model.pt"))
+def default_weights_path(name: str = "model") -> Path:
+    """The weights ``NAME.pt`` shipped with the package (``model.pt``: the refiner's default network)."""
+    return Path(str(resources.files("meshpose") / "weights" / "genflow" / f"{name}.pt"))
+
+
+def resolve_weights(spec: str | Path | None) -> Path:
+    """A weights spec of :class:`GenFlowConfig` / :class:`GenFlowStage` as a path: ``None`` → the shipped
+    ``model.pt``, ``"package:NAME"`` → the shipped ``NAME.pt``, anything else is a path."""
+    if spec is None:
+        return default_weights_path()
+    if isinstance(spec, str) and spec.startswith("package:"):
+        return default_weights_path(spec.removeprefix("package:"))
+    return Path(spec)
 
 
 def load_genflow_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> GenFlowNet:
@@ -159,7 +173,7 @@ def load_genflow_model(path: str | Path | None = None, device: str | torch.devic
     Raises:
         FileNotFoundError: no such file (or no shipped weights).
     """
-    p = Path(path) if path is not None else default_weights_path()
+    p = resolve_weights(path)
     if not p.is_file():
         raise FileNotFoundError(f"genflow weights not found at {p}; train them with `meshpose train genflow`")
     blob = torch.load(p, map_location="cpu", weights_only=False)
@@ -329,6 +343,10 @@ class GenFlowRefiner(LazyRenderer):
         self._renderer = renderer
         # Loaded now, not at the first image, so that missing or broken weights stop a batch run at once.
         self.model = model if model is not None else load_genflow_model(self.config.weights, self.config.device)
+        #: the networks of stages with their own ``weights``, by spec (each loaded once)
+        self.stage_models: dict[str, GenFlowNet] = {
+            w: load_genflow_model(w, self.config.device) for w in {s.weights for s in self.config.stages} if w
+        }
 
     def _schedule(self, iterations: int | None) -> list[GenFlowStage]:
         return stage_schedule(self.config.stages, iterations, lambda s: s.iterations)
@@ -352,7 +370,6 @@ class GenFlowRefiner(LazyRenderer):
         failure: list[str | None] = [None] * n
         score = np.zeros(n)
         use_depth = cfg.use_depth and obs.depth is not None
-        net = self.model
         in_image = np.ones(obs.rgb.shape[:2], bool)
 
         def prior_weight(stage: GenFlowStage) -> float:  # RGB only: with depth, the depth residual decides
@@ -402,7 +419,7 @@ class GenFlowRefiner(LazyRenderer):
                     ).to(cfg.device)
                     with timer("network"), torch.no_grad():
                         out = run_network(
-                            net,
+                            self.stage_models[stage.weights] if stage.weights else self.model,
                             batch,
                             stage.inner,
                             use_depth=use_depth,
