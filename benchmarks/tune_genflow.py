@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for name, over in variants.items():
         config = GenFlowConfig(**over)
+        variant_net = load_genflow_model(config.weights) if "weights" in over else net  # a variant's own weights
         row = {}
         for (rot, tr), val in sets.items():
             for depth in (False,) if args.rgb_only else (False, True):
-                r = validate(net, val, VAL_OBJECTS, args.seed, with_depth=depth, config=config)
+                r = validate(variant_net, val, VAL_OBJECTS, args.seed, with_depth=depth, config=config)
                 row[f"{rot:g}/{tr:g}{'-D' if depth else ''}"] = {
                     "add_recall": round(r["add_recall"], 3),
                     "init_recall": round(r["init_recall"], 3),
