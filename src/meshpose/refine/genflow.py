@@ -52,7 +52,7 @@ from meshpose.geometry.lie import rotation_angle
 from meshpose.nets.genflow import GenFlowNet, GenFlowNetConfig, GenFlowOutput, make_input
 from meshpose.refine.base import LazyRenderer, StageTimer, check_refine_inputs, make_result, stage_schedule
 from meshpose.refine.views import edge_alignment_score, observed_gradients
-from meshpose.render.base import Lighting, Renderer, RenderOutput
+from meshpose.render.base import Lighting, Renderer, render_alone
 from meshpose.types import Camera, ObjectModel, Observation, Pose, RefineResult
 
 __all__ = [
@@ -64,7 +64,6 @@ __all__ = [
     "default_weights_path",
     "load_genflow_model",
     "make_crop_batch",
-    "render_alone",
     "resolve_weights",
     "run_network",
 ]
@@ -184,23 +183,6 @@ def load_genflow_model(path: str | Path | None = None, device: str | torch.devic
     state = blob.get("state_dict", blob.get("model"))
     net.load_state_dict({k.removeprefix("module."): v.float() for k, v in state.items()})
     return net.to(device).eval()
-
-
-def render_alone(
-    renderer: Renderer,
-    objects: Sequence[ObjectModel],
-    poses: Pose,
-    cameras: Sequence[Camera],
-    lighting: Lighting | None,
-) -> RenderOutput:
-    """Render object ``b`` alone at ``poses[b]`` into ``cameras[b]``, for every ``b``, in one batched call."""
-    n = len(objects)
-    R = np.broadcast_to(np.eye(3), (n, n, 3, 3)).copy()
-    t = np.broadcast_to(np.array([0.0, 0.0, -1e4]), (n, n, 3)).copy()  # the others far behind the camera
-    Rp, tp = poses.numpy()
-    R[np.arange(n), np.arange(n)] = Rp
-    t[np.arange(n), np.arange(n)] = tp
-    return renderer.render(list(objects), Pose(R, t), list(cameras), lighting=lighting)
 
 
 @dataclass(frozen=True, eq=False)

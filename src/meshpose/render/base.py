@@ -30,6 +30,7 @@ __all__ = [
     "corner_normals",
     "full_silhouettes",
     "normalize_scene_batch",
+    "render_alone",
     "surface_data",
 ]
 
@@ -192,6 +193,24 @@ def normalize_scene_batch(
     return poses, cams
 
 
+def render_alone(
+    renderer: Renderer,
+    objects: Sequence[ObjectModel],
+    poses: Pose,
+    cameras: Sequence[Camera],
+    lighting: Lighting | None,
+) -> RenderOutput:
+    """Render object ``b`` alone at ``poses[b]`` into ``cameras[b]``, for every ``b``, in one batched call (scene
+    ``b`` holds all objects, the others far behind the camera, which the renderer skips)."""
+    n = len(objects)
+    R = np.broadcast_to(np.eye(3), (n, n, 3, 3)).copy()
+    t = np.broadcast_to(np.array([0.0, 0.0, -1e4]), (n, n, 3)).copy()  # the others far behind the camera
+    Rp, tp = poses.numpy()
+    R[np.arange(n), np.arange(n)] = Rp
+    t[np.arange(n), np.arange(n)] = tp
+    return renderer.render(list(objects), Pose(R, t), list(cameras), lighting=lighting)
+
+
 def full_silhouettes(
     renderer: Renderer, objects: Sequence[ObjectModel], poses: Pose, camera: Camera
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -240,11 +259,7 @@ def full_silhouettes(
         K[0, 2] -= x0
         K[1, 2] -= y0
         cams.append(Camera(K, cw, ch))
-    # Scene b draws object b; the others are moved far behind the camera (skipped by the renderer).
-    Rb = np.broadcast_to(R, (n, n, 3, 3)).copy()
-    tb = np.broadcast_to(np.array([0.0, 0.0, -1e4]), (n, n, 3)).copy()
-    tb[np.arange(n), np.arange(n)] = t
-    out = renderer.render(list(objects), Pose(Rb, tb), cams, lighting=Lighting(ambient=1.0, diffuse=0.0))
+    out = render_alone(renderer, objects, poses, cams, Lighting(ambient=1.0, diffuse=0.0))
     for i, (x0, y0, _, _) in enumerate(boxes):
         m = out.instance[i] == i + 1
         px_all[i] = int(m.sum())

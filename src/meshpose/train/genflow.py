@@ -51,10 +51,9 @@ from meshpose.refine.genflow import (
     GenFlowRefiner,
     load_genflow_model,
     make_crop_batch,
-    render_alone,
     run_network,
 )
-from meshpose.render.base import Lighting
+from meshpose.render.base import Lighting, render_alone
 from meshpose.train.synth import SceneConfig, SceneSampler, SyntheticSample, default_distractors, resolve_objects
 from meshpose.types import Camera, Observation, Pose
 
