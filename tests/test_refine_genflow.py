@@ -15,6 +15,7 @@ from meshpose.refine.genflow import (
     GenFlowStage,
     default_weights_path,
     load_genflow_model,
+    resolve_weights,
 )
 from meshpose.train.synth import resolve_objects
 from meshpose.types import Pose
@@ -171,3 +172,10 @@ def test_a_stage_can_run_its_own_network(tmp_path) -> None:  # type: ignore[no-u
     with pytest.raises(FileNotFoundError):
         GenFlowRefiner(GenFlowConfig(stages=(GenFlowStage(64, weights=str(tmp_path / "missing.pt")),)), model=net_a)
     assert default_weights_path("model") == default_weights_path()
+    assert (
+        resolve_weights(None)
+        == resolve_weights("package")
+        == resolve_weights("package:model")
+        == default_weights_path()
+    )
+    assert resolve_weights("package:fine") == default_weights_path("fine") and resolve_weights("a/b.pt").name == "b.pt"

@@ -98,7 +98,7 @@ class GenFlowConfig:
 
     Args:
         stages: the coarse-to-fine cascade.
-        weights: a ``model.pt`` to load (``None``: the weights shipped in the package).
+        weights: a ``model.pt`` to load (``None``: the weights shipped in the package; see :func:`resolve_weights`).
         use_depth: use the observed depth when there is some (encoder input + PnP depth residual).
         lighting: shading of the renderings the network compares with the image.
         max_step_deg: an outer update turning the object more than this is rejected.
@@ -156,9 +156,10 @@ def default_weights_path(name: str = "model") -> Path:
 
 
 def resolve_weights(spec: str | Path | None) -> Path:
-    """A weights spec of :class:`GenFlowConfig` / :class:`GenFlowStage` as a path: ``None`` → the shipped
-    ``model.pt``, ``"package:NAME"`` → the shipped ``NAME.pt``, anything else is a path."""
-    if spec is None:
+    """A weights spec (:class:`GenFlowConfig`, :class:`GenFlowStage`, ``GenFlowTrainConfig.init_weights``) as a path:
+    ``None`` or ``"package"`` → the shipped ``model.pt``, ``"package:NAME"`` → the shipped ``NAME.pt``, anything
+    else is a path."""
+    if spec is None or spec == "package":
         return default_weights_path()
     if isinstance(spec, str) and spec.startswith("package:"):
         return default_weights_path(spec.removeprefix("package:"))

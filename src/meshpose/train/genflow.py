@@ -670,7 +670,7 @@ def train_genflow(
         cfg = dataclasses.replace(cfg, steps=steps)
     start: GenFlowNet | None = None
     if ck is None and cfg.init_weights is not None:
-        start = load_genflow_model(None if cfg.init_weights == "package" else cfg.init_weights)
+        start = load_genflow_model(cfg.init_weights)
         cfg = dataclasses.replace(cfg, net=start.config)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
