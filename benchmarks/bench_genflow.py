@@ -7,8 +7,7 @@ this script measures what that one does not:
   640×480 synthetic image of a held-out generated object, RGB and RGB-D, over ``--runs`` refinements with
   ``--threads`` torch threads (the issue's target: ≤ 100 ms per object per outer iteration on 2 cores);
 * the network alone: one forward pass of the default stage (batch 1) per crop size;
-* the training curve (losses, train/validation ADD(-S) recall) of the weights' ``train_log.jsonl``, as a PNG (and
-  of ``base_train_log.jsonl``, the run they were fine-tuned from, if there is one).
+* the training curve (losses, train/validation ADD(-S) recall) of the weights' ``train_log.jsonl``, as a PNG.
 
 Example::
 
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from meshpose.geometry.lie import perturb_pose
-from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner, default_weights_path, load_genflow_model
+from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner, load_genflow_model, resolve_weights
 from meshpose.train.synth import SceneConfig, SceneSampler, resolve_objects
 from meshpose.viz.plots import plot_training_log
 
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    weights = Path(args.weights) if args.weights else default_weights_path()
+    weights = resolve_weights(args.weights)
     net = load_genflow_model(weights)
     cfg = GenFlowConfig(weights=str(weights))
     refiner = GenFlowRefiner(cfg, model=net)
@@ -117,13 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.curve and log_path.is_file():
         plot_training_log(log_path, args.curve, title=f"genflow training ({weights.parent.name})")
         results["training_curve"] = args.curve
-        # Weights fine-tuned from earlier ones keep the earlier run's log as base_train_log.jsonl.
-        base_log = weights.parent / "base_train_log.jsonl"
-        if base_log.is_file():
-            curve = Path(args.curve)
-            base_curve = curve.with_name(f"{curve.stem}_base{curve.suffix}")
-            plot_training_log(base_log, base_curve, title="genflow training: the run it was fine-tuned from")
-            results["base_training_curve"] = str(base_curve)
 
     text = json.dumps(results, indent=1)
     if args.out:

@@ -410,12 +410,13 @@ def gauss_newton_pnp(
         named.append(("depth_prior", z0))
     signs = [(w >= 0).all()] + ([(z0 > min_depth).all()] if z0 is not None else [])
     flags = torch.stack([torch.isfinite(v).all() for _, v in named] + signs).tolist()  # one host sync, before the loop
-    for (name, _), ok in zip(named, flags, strict=False):
+    finite, sign_ok = flags[: len(named)], flags[len(named) :]
+    for (name, _), ok in zip(named, finite, strict=True):
         if not ok:
             raise ValueError(f"{name} contains NaN or inf")
-    if not flags[len(named)]:
+    if not sign_ok[0]:
         raise ValueError("weights must be non-negative")
-    if z0 is not None and not flags[len(named) + 1]:
+    if z0 is not None and not sign_ok[1]:
         raise ValueError(f"depth_prior must be > {min_depth} m (the object in front of the camera)")
 
     R, t = init.R, init.t
