@@ -114,7 +114,9 @@ def refine(
     dataset: Annotated[Path, typer.Argument(help="BOP dataset folder.")],
     inits: Annotated[Path, typer.Option(help="BOP results CSV of initial poses.")],
     out: Annotated[Path, typer.Option(help="Output BOP results CSV (resumed if it exists).")],
-    method: Annotated[str, typer.Option(help="Refiner preset.")] = "flow-pnp",
+    method: Annotated[
+        str, typer.Option(help="Refiner preset, or presets joined by '+' run one after the other (genflow+contour).")
+    ] = "flow-pnp",
     split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
     iterations: Annotated[int | None, typer.Option(help="Outer iterations (default: the method's).")] = None,
     max_images: Annotated[int | None, typer.Option(help="Stop after this many images.")] = None,
@@ -123,7 +125,10 @@ def refine(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     config: Annotated[
         str | None,
-        typer.Option(help='Refiner options as JSON, e.g. \'{"weights": "run/model.pt"}\' (fields of its Config).'),
+        typer.Option(
+            help='Refiner options as JSON, e.g. \'{"weights": "run/model.pt"}\' (fields of its Config); for a chain, '
+            'per member: \'{"genflow": {"weights": "run/model.pt"}}\'.'
+        ),
     ] = None,
     verbose: Verbose = False,
 ) -> None:

@@ -25,6 +25,7 @@ from meshpose.types import ObjectModel, Observation, Pose, RefineInfo, RefineRes
 __all__ = [
     "PRESETS",
     "LazyRenderer",
+    "Modality",
     "Refiner",
     "RefinerError",
     "StageTimer",
@@ -105,9 +106,15 @@ def make_refiner(name: str, config: Any = None, **overrides: Any) -> Refiner:
         config: the method's ``Config`` dataclass instance (default: its defaults).
         overrides: fields of the config to replace, e.g. ``make_refiner("flow-pnp", iterations=6)``.
 
+    A name of presets joined by ``+`` (``"genflow+contour"``) builds a
+    :class:`~meshpose.refine.chain.ChainRefiner` that runs them in order; its overrides are keyed by member name,
+    each a dict of that member's config fields (``genflow={"weights": "run/model.pt"}``).
+
     Raises:
         ValueError: unknown preset, or an override that is not a field of the method's config.
     """
+    if "+" in name:
+        return _make_chain(name, config, overrides)
     if name not in PRESETS:
         raise ValueError(f"unknown refiner '{name}'; choose from {', '.join(sorted(PRESETS))}")
     module_name, cls_name = PRESETS[name]
@@ -123,6 +130,28 @@ def make_refiner(name: str, config: Any = None, **overrides: Any) -> Refiner:
         cfg = replace(cfg, **overrides)  # type: ignore[type-var]
     refiner: Refiner = cls(cfg)
     return refiner
+
+
+def _make_chain(name: str, config: Any, overrides: dict[str, Any]) -> Refiner:
+    from meshpose.refine.chain import ChainRefiner
+
+    parts = name.split("+")
+    if config is not None:
+        raise ValueError(f"refiner chain '{name}': give each member's options by its name, not a config")
+    if any(p == "" or "+" in p for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"refiner chain '{name}': members must be distinct preset names joined by '+'")
+    bad = sorted(set(overrides) - set(parts))
+    if bad:
+        raise ValueError(
+            f"refiner chain '{name}' has no member(s) {bad}; give options per member, e.g. {{\"{parts[0]}\": {{...}}}}"
+        )
+    members = []
+    for part in parts:
+        opts = overrides.get(part, {})
+        if not isinstance(opts, dict):
+            raise ValueError(f"refiner chain '{name}': options of '{part}' must be a dict, got {type(opts).__name__}")
+        members.append(make_refiner(part, **opts))
+    return ChainRefiner(members)
 
 
 def check_refine_inputs(
