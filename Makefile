@@ -56,12 +56,12 @@ bench-syn: $(STAMP)
 # genflow next to the training-free presets (their finished result files are reused): LM-O RGB, the synthetic set
 # RGB-D and RGB only; then its speed per outer iteration and its training curve.
 bench-genflow: $(STAMP)
-	$(PY) benchmarks/bench_refine.py --dataset $(LMO) --methods contour,flow-pnp,genflow --levels 15:0.1,30:0.2 \
-		--threads 2 --out-dir out/bench/lmo
-	$(PY) benchmarks/bench_refine.py --dataset $(SYN) --methods flow-pnp,contour,icp,genflow --levels 15:0.1,30:0.2 \
-		--threads 2 --out-dir out/bench/syn
-	$(PY) benchmarks/bench_refine.py --dataset $(SYN) --methods flow-pnp,contour,genflow --levels 15:0.1,30:0.2 \
-		--no-depth --threads 2 --out-dir out/bench/syn_rgb
+	$(PY) benchmarks/bench_refine.py --dataset $(LMO) --methods contour,flow-pnp,genflow,genflow+contour \
+		--levels 15:0.1,30:0.2 --threads 2 --out-dir out/bench/lmo
+	$(PY) benchmarks/bench_refine.py --dataset $(SYN) --methods flow-pnp,contour,icp,genflow,genflow+icp \
+		--levels 15:0.1,30:0.2 --threads 2 --out-dir out/bench/syn
+	$(PY) benchmarks/bench_refine.py --dataset $(SYN) --methods flow-pnp,contour,genflow,genflow+contour \
+		--levels 15:0.1,30:0.2 --no-depth --threads 2 --out-dir out/bench/syn_rgb
 	$(PY) benchmarks/bench_genflow.py --threads 2 --out benchmarks/results/genflow_speed.json \
 		--curve benchmarks/results/genflow_training.png
 

@@ -48,6 +48,24 @@ def test_perturb_refine_eval(tiny_bop: Path, tmp_path: Path) -> None:
     assert after["ar"] is not None  # the dataset has depth: VSD and BOP AR are computed
 
 
+def test_refine_with_a_chain_of_presets(tiny_bop: Path, tmp_path: Path) -> None:
+    inits = tmp_path / "inits.csv"
+    _ok(["perturb", str(tiny_bop), "--rot-deg", "10", "--trans-frac", "0.05", "--seed", "1", "--out", str(inits)])
+    res = tmp_path / "res.csv"
+    chain_opts = json.dumps({"flow-pnp": {"min_inliers": 8}, "contour": {"iterations": [2, 2]}})
+    out = _ok(
+        ["refine", str(tiny_bop), "--inits", str(inits), "--method", "flow-pnp+contour", "--config", chain_opts,
+         "--out", str(res), "--max-images", "1"]
+    )  # fmt: skip
+    assert "refined 1 image(s)" in out and len(read_results(res)) == 2
+    bad = json.dumps({"min_inliers": 8})
+    res2 = runner.invoke(
+        app, ["refine", str(tiny_bop), "--inits", str(inits), "--method", "flow-pnp+contour", "--config", bad,
+              "--out", str(tmp_path / "r2.csv")]
+    )  # fmt: skip
+    assert res2.exit_code == 2 and "no member(s) ['min_inliers']" in res2.output
+
+
 def test_refine_skips_a_corrupt_image_and_keeps_the_rest(tiny_bop: Path, tmp_path: Path) -> None:
     root = tmp_path / "ds"
     shutil.copytree(tiny_bop, root)
