@@ -30,7 +30,8 @@ import torch
 
 from meshpose.geometry.lie import perturb_pose
 from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner, load_genflow_model, resolve_weights
-from meshpose.train.synth import SceneConfig, SceneSampler, resolve_objects
+from meshpose.train.synth import SceneConfig, SceneSampler, SyntheticSample, resolve_objects
+from meshpose.types import Pose
 from meshpose.viz.plots import plot_training_log
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    cases = []
+    cases: list[tuple[SyntheticSample, int, Pose]] = []
     while len(cases) < args.runs:
         smp = sampler.sample(rng)
         for i in np.argsort(-smp.visib_fract):
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": {"cpu_count": __import__("os").cpu_count(), "machine": platform.machine()},
     }
     for modality in ("rgb", "rgbd"):
-        totals, per_iter, parts = [], [], {"crop": [], "render": [], "network": []}
+        totals: list[float] = []
+        per_iter: list[float] = []
+        parts: dict[str, list[float]] = {"crop": [], "render": [], "network": []}
         smp, i, init = cases[0]
         refiner.refine(smp.observation(with_depth=modality == "rgbd"), [smp.objects[i]], init.reshape(1))  # warm-up
         for smp, i, init in cases:
@@ -104,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         pose = cases[0][2].reshape(1).to(torch.float32)
         times = []
         with torch.no_grad():
-            for k in range(12):
+            for rep in range(12):
                 t0 = time.perf_counter()
                 net(x, x, xyz, mask, K, pose, iterations=cfg.stages[-1].inner)
-                if k >= 2:
+                if rep >= 2:
                     times.append(time.perf_counter() - t0)
         net_only[str(size)] = {"inner_iterations": cfg.stages[-1].inner, **stats(times)}
     results["network_forward_batch1"] = net_only

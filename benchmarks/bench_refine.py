@@ -95,7 +95,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-images", type=int, default=None, help="use only the first N target images")
     ap.add_argument("--first-image", type=int, default=0, help="skip the first K target images")
-    ap.add_argument("--config", default="{}", help="JSON dict of refiner config overrides, applied to every method")
+    ap.add_argument(
+        "--config", default="{}", help="JSON dict of refiner config overrides, for every method and chain member"
+    )
     ap.add_argument("--iterations", type=int, default=None, help="outer iterations (default: each method's)")
     ap.add_argument("--no-depth", action="store_true", help="do not give depth to RGB methods")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -140,7 +142,9 @@ def main() -> None:
             t0 = time.perf_counter()
             run_info: dict[str, Any] = {}
             if method is not None:
-                refiner = make_refiner(method, **overrides)
+                # the overrides go to every method, and so to every member of a chain
+                per = {m: overrides for m in method.split("+")} if "+" in method and overrides else overrides
+                refiner = make_refiner(method, **per)
                 if refiner.modality == "rgbd" and not ds.has_depth:
                     level[name] = {"skipped": "needs depth"}
                     continue
@@ -169,7 +173,7 @@ def main() -> None:
             print(f"[{tag}] {name}: {json.dumps({k: v for k, v in entry.items() if k != 'wall_s'})}", flush=True)
         summary["levels"][tag] = level
 
-    basin_ov: dict[str, dict[str, list[float]]] = {}
+    basin_ov: dict[str, dict[str, list[float] | list[int]]] = {}
     for name, recs in overlap_records.items():
         iou = np.array([r["iou"] for r in recs])
         ok = np.array([r["success"] for r in recs], dtype=float)

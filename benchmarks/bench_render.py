@@ -45,6 +45,8 @@ def procedural_mesh(subdivisions: int = 5, radius: float = 0.06, seed: int = 0) 
 
 def load_mesh(path: str, scale: float) -> trimesh.Trimesh:
     mesh = trimesh.load(path, force="mesh", process=False)
+    if not isinstance(mesh, trimesh.Trimesh):
+        raise ValueError(f"{path}: not a single triangle mesh")
     mesh.apply_scale(scale)
     mesh.apply_translation(-mesh.bounding_box.centroid)
     return mesh

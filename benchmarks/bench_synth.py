@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 images_per_scene=args.images_per_scene,
                 spp=args.spp,
                 variant="",
-                **common,  # type: ignore[arg-type]
+                **common,
             )
             results["gl"]["sampler"] = sampler_rate(
                 args.objects, args.objects_per_scene, args.width, args.height, args.sampler_images, args.seed
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                             spp=args.spp,
                             variant=variant,
                             geometry=geometry,
-                            **common,  # type: ignore[arg-type]
+                            **common,
                         )
     results["device"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(results, indent=2)
