@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="genflow,contour")
     ap.add_argument("--images", type=int, default=15)
     ap.add_argument("--depth", action="store_true", help="give the refiners depth (when the data has it)")
-    ap.add_argument("--config", default="{}", help="JSON overrides of the genflow config")
+    ap.add_argument("--config", default="{}", help="JSON overrides of the genflow config (also a chain's genflow)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="output JSON (default: print)")
     args = ap.parse_args(argv)
@@ -101,9 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cases = _cases_synthetic(args.synthetic, args.images, args.depth)
     result: dict[str, Any] = {"source": str(args.dataset or args.synthetic), "images": len(cases), "methods": {}}
+    genflow_options = json.loads(args.config)
     for name in args.methods.split(","):
-        overrides = json.loads(args.config) if name == "genflow" else {}
-        result["methods"][name] = drift(make_refiner(name, **overrides), cases)
+        parts = name.split("+")
+        if "genflow" not in parts or not genflow_options:
+            refiner = make_refiner(name)
+        elif len(parts) == 1:
+            refiner = make_refiner(name, **genflow_options)
+        else:  # a chain: the options go to its genflow member
+            refiner = make_refiner(name, genflow=genflow_options)
+        result["methods"][name] = drift(refiner, cases)
         print(name, json.dumps(result["methods"][name]), flush=True)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -138,7 +138,7 @@ def _make_chain(name: str, config: Any, overrides: dict[str, Any]) -> Refiner:
     parts = name.split("+")
     if config is not None:
         raise ValueError(f"refiner chain '{name}': give each member's options by its name, not a config")
-    if any(p == "" or "+" in p for p in parts) or len(set(parts)) != len(parts):
+    if "" in parts or len(set(parts)) != len(parts):
         raise ValueError(f"refiner chain '{name}': members must be distinct preset names joined by '+'")
     bad = sorted(set(overrides) - set(parts))
     if bad:

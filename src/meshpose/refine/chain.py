@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from meshpose.refine.base import Modality, Refiner, StageTimer, check_refine_inputs, make_result
 from meshpose.types import ObjectModel, Observation, Pose, RefineResult
 
@@ -60,12 +58,7 @@ class ChainRefiner:
         last: RefineResult | None = None
         current = poses
         for k, member in enumerate(self.members):
-            offset = len(history) - 1
-
-            def relay(i: int, p: Pose, offset: int = offset) -> None:
-                if callback is not None:
-                    callback(offset + i, p)
-
+            relay = None if callback is None else _shifted(callback, len(history) - 1)
             last = member.refine(obs, objects, current, iterations=iterations if k == 0 else None, callback=relay)
             history.extend(last.history[1:])
             current = last.pose  # the member's answer (e.g. its best visited pose), not its last iterate
@@ -79,10 +72,15 @@ class ChainRefiner:
         assert last is not None
         return make_result(
             history,
-            np.asarray(last.score),
+            last.score,
             timer=timer,
             converged=last.info.converged,
             failure=failures,
             extra={"members": extras},
             pose=last.pose,
         )
+
+
+def _shifted(callback: Callable[[int, Pose], None], offset: int) -> Callable[[int, Pose], None]:
+    """``callback`` with a member's iteration numbers continued after the ``offset`` iterations before it."""
+    return lambda i, p: callback(offset + i, p)
