@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from meshpose.geometry.lie import perturb_pose
-from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner, load_genflow_model, resolve_weights
-from meshpose.train.synth import SceneConfig, SceneSampler, SyntheticSample, resolve_objects
+from meshpose.nets.batch import METHOD, load_genflow_model
+from meshpose.nets.checkpoint import resolve_weights
+from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner
+from meshpose.synth import SceneConfig, SceneSampler, SyntheticSample, resolve_objects
 from meshpose.types import Pose
 from meshpose.viz.plots import plot_training_log
 
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    weights = resolve_weights(args.weights)
+    weights = resolve_weights(args.weights, METHOD)
     net = load_genflow_model(weights)
     cfg = GenFlowConfig(weights=str(weights))
     refiner = GenFlowRefiner(cfg, model=net)

@@ -36,9 +36,9 @@ from meshpose.eval.perturb import perturb_dataset
 from meshpose.eval.report import EvalConfig, evaluate
 from meshpose.io.bop import BopDataset, GtInstance
 from meshpose.io.results import ResultRow, read_results, write_results
-from meshpose.refine.base import make_refiner
-from meshpose.refine.run import refine_dataset
+from meshpose.refine.registry import make_refiner
 from meshpose.render.gl import get_default_renderer
+from meshpose.run import JobSpec, refine_dataset
 from meshpose.types import Pose
 from meshpose.viz.plots import plot_basins
 
@@ -148,7 +148,15 @@ def main() -> None:
                 if refiner.modality == "rgbd" and not ds.has_depth:
                     level[name] = {"skipped": "needs depth"}
                     continue
-                s = refine_dataset(ds, inits, refiner, path, iterations=args.iterations, use_depth=not args.no_depth)
+                spec = JobSpec(
+                    str(args.dataset),
+                    args.split,
+                    method,
+                    per,
+                    iterations=args.iterations,
+                    use_depth=not args.no_depth,
+                )
+                s = refine_dataset(spec, inits, path)
                 run_info = {
                     "images_failed": s.images_failed,
                     "instance_failures": s.instance_failures,

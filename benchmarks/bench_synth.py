@@ -6,7 +6,7 @@ Usage::
     python benchmarks/bench_synth.py --renderers gl --out synth.json    # gl only, writes the JSON
     python benchmarks/bench_synth.py --renderers photoreal --variants scalar_rgb llvm_ad_rgb --spp 32
 
-For each renderer a dataset is written with :func:`meshpose.train.synth.synthesize` into a temporary folder (or
+For each renderer a dataset is written with :func:`meshpose.synth.synthesize` into a temporary folder (or
 ``--keep DIR``), ``--objects-per-scene`` annotated objects per scene plus the default 0–4 distractors, at
 ``--width × --height``. One warm-up scene comes first (it builds the objects, writes the models, starts GL or
 compiles the Mitsuba kernels); the figures are then taken from the timestamps of the progress callback:
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from meshpose.train.synth import SceneConfig, SceneSampler, SynthConfig, resolve_objects, synthesize
+from meshpose.synth import SceneConfig, SceneSampler, SynthConfig, resolve_objects, synthesize
 
 
 def run_synth(

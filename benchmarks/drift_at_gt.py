@@ -27,9 +27,10 @@ import torch
 from meshpose.eval.report import compute_visibility
 from meshpose.geometry.lie import rotation_angle
 from meshpose.io.bop import BopDataset
-from meshpose.refine.base import Refiner, make_refiner
+from meshpose.refine.base import Refiner
+from meshpose.refine.registry import make_refiner
 from meshpose.render.gl import get_default_renderer
-from meshpose.train.synth import SceneConfig, SceneSampler, default_distractors, resolve_objects
+from meshpose.synth import SceneConfig, SceneSampler, default_distractors, resolve_objects
 from meshpose.types import ObjectModel, Observation, Pose
 
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from meshpose.refine.genflow import GenFlowConfig, load_genflow_model
+from meshpose.nets.batch import load_genflow_model
+from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner
 from meshpose.train.genflow import make_validation_set, validate
 
 VAL_OBJECTS = "novel:4500-4540"
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {}
         for (rot, tr), val in sets.items():
             for depth in (False,) if args.rgb_only else (False, True):
-                r = validate(variant_net, val, VAL_OBJECTS, args.seed, with_depth=depth, config=config)
+                refiner = GenFlowRefiner(config, model=variant_net)
+                r = validate(refiner, val, VAL_OBJECTS, args.seed, with_depth=depth)
                 row[f"{rot:g}/{tr:g}{'-D' if depth else ''}"] = {
                     "add_recall": round(r["add_recall"], 3),
                     "init_recall": round(r["init_recall"], 3),

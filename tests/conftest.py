@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import scenes
 from meshpose.io.bop_write import SceneWriter, write_camera_json, write_models
 from meshpose.render.gl import get_default_renderer
 from meshpose.types import Pose
+from support import scenes
 
 
 def make_tiny_bop(root: Path, *, n_images: int = 3, width: int = 200, height: int = 150, seed: int = 0) -> Path:
@@ -49,3 +51,16 @@ def make_tiny_bop(root: Path, *, n_images: int = 3, width: int = 200, height: in
 def tiny_bop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a tiny generated BOP dataset (read-only: copy it if a test must change it)."""
     return make_tiny_bop(tmp_path_factory.mktemp("tiny_bop"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """Undo the logging set-up a CLI command makes in-process (its handler would outlive the test and print into
+    later tests' captured output, e.g. the doctests')."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in root.handlers:
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from meshpose.cli import app
 from meshpose.io.results import read_results
+from meshpose.nets.checkpoint import load_checkpoint
 
 runner = CliRunner()
 
@@ -33,8 +34,10 @@ def test_perturb_refine_eval(tiny_bop: Path, tmp_path: Path) -> None:
     assert "refined 3 image(s)" in out
     rows = read_results(res)
     assert len(rows) == 6 and all(r.time_s > 0 for r in rows)
-    # A re-run resumes: nothing left to do.
-    out = _ok(["refine", str(tiny_bop), "--inits", str(inits), "--method", "flow-pnp", "--out", str(res)])
+    # A re-run resumes: nothing left to do (the same method, options and inits: see tests/test_run_refine.py).
+    out = _ok(
+        ["refine", str(tiny_bop), "--inits", str(inits), "--method", "flow-pnp", "--iterations", "2", "--out", str(res)]
+    )
     assert "refined 0 image(s)" in out and "3 already done" in out
     report = tmp_path / "report.json"
     _ok(["eval", str(tiny_bop), "--results", str(res), "--out", str(report)])
@@ -73,7 +76,9 @@ def test_refine_skips_a_corrupt_image_and_keeps_the_rest(tiny_bop: Path, tmp_pat
     inits = tmp_path / "inits.csv"
     _ok(["perturb", str(root), "--rot-deg", "5", "--trans-frac", "0.02", "--out", str(inits)])
     res = tmp_path / "res.csv"
-    out = _ok(["refine", str(root), "--inits", str(inits), "--iterations", "1", "--out", str(res)])
+    got = runner.invoke(app, ["refine", str(root), "--inits", str(inits), "--iterations", "1", "--out", str(res)])
+    assert got.exit_code == 3, got.output  # some items failed: the run finished, the exit code says so
+    out = got.output
     assert "1 failed" in out
     assert {r.im_id for r in read_results(res)} == {0, 2}
     failures = (tmp_path / "res.failures.jsonl").read_text()
@@ -135,7 +140,7 @@ def test_demo_writes_poses_and_overlay(tmp_path: Path) -> None:
 
 
 def test_synth_then_perturb_and_eval(tmp_path: Path) -> None:
-    from bop_validator import assert_valid
+    from support.bop_validator import assert_valid
 
     ds = tmp_path / "syn"
     out = _ok(
@@ -183,7 +188,8 @@ def test_train_genflow_resume_then_refine_with_its_weights(tiny_bop: Path, tmp_p
     _ok(["perturb", str(tiny_bop), "--rot-deg", "5", "--trans-frac", "0.02", "--out", str(inits)])
     res_csv = tmp_path / "res.csv"
     weights = json.dumps({"weights": str(run / "model.pt"), "stages": [[64, 1.4, 1, 2]]})
-    out = _ok(
+    got = runner.invoke(
+        app,
         [
             "refine",
             str(tiny_bop),
@@ -195,8 +201,11 @@ def test_train_genflow_resume_then_refine_with_its_weights(tiny_bop: Path, tmp_p
             weights,
             "--out",
             str(res_csv),
-        ]
+        ],
     )
+    # 3: a network trained for 4 steps may fail some instances (logged; their best pose is written)
+    assert got.exit_code in (0, 3), got.output + repr(got.exception)
+    out = got.output
     assert "refined 3 image(s)" in out
     assert len(read_results(res_csv)) == 6
     # a new run can start from trained weights (fine-tuning; the network sizes come from them) and draw its
@@ -205,8 +214,8 @@ def test_train_genflow_resume_then_refine_with_its_weights(tiny_bop: Path, tmp_p
     over = {**tiny, "net": {}, "lr": 0.0, "init_weights": str(run / "model.pt"), "scene": {"blur_probability": 1.0}}
     tune_args = ["train", "genflow", "--data", "novel:6", "--out", str(tune), "--workers", "0"]
     assert "stopped at step 1" in _ok([*tune_args, "--config", json.dumps(over), "--steps", "1", "--val-every", "0"])
-    start = torch.load(tune / "last.pt", weights_only=False)["model"]
-    trained = torch.load(run / "model.pt", weights_only=False)["state_dict"]
+    start = load_checkpoint(tune / "last.pt").state_dict
+    trained = load_checkpoint(run / "model.pt").state_dict
     assert all(torch.equal(start[k], v) for k, v in trained.items())  # lr 0: still the weights it started from
     saved = json.loads((tune / "config.json").read_text())
     assert saved["net"]["feature_dim"] == 16 and saved["scene"] == {"blur_probability": 1.0}

@@ -1,4 +1,4 @@
-"""Symmetry expansion (BOP models_info semantics, metres)."""
+"""Symmetry expansion (BOP models_info semantics, metres; entries in millimetres read through meshpose.io)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from meshpose.geometry import continuous_steps, expand_symmetries, symmetry_transforms_from_lists
+from meshpose.geometry import continuous_steps, symmetry_transforms_from_lists
+from meshpose.io.models_info import expand_symmetries
 
 
 def _assert_rigid(T: np.ndarray) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import scenes
 from meshpose.io.bop import BopDataset, BopFormatError
 from meshpose.io.images import ImageError, read_depth, read_rgb, write_depth
 from meshpose.render.gl import get_default_renderer
+from support import scenes
 
 
 def test_reads_generated_dataset(tiny_bop: Path) -> None:
@@ -103,3 +103,57 @@ def test_depth_png_round_trip(tmp_path: Path) -> None:
         read_depth(tmp_path / "c.png")
     with pytest.raises(ImageError, match="not found"):
         read_rgb(tmp_path / "missing.png")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Issue 16: model folders, splits, units, progress while meshes load
+# ------------------------------------------------------------------------------------------------------
+def test_models_dir_option_and_the_model_folders_named(tiny_bop: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_bop, root)
+    shutil.copytree(root / "models", root / "models_eval")
+    ds = BopDataset(root, models_dir="models_eval")
+    assert ds.models_path == root / "models_eval"
+    assert ds.object_ids == [1, 2]
+    found = r"no models_eval_lowres/ folder \(model folders found: models, models_eval\)"
+    with pytest.raises(BopFormatError, match=found):
+        BopDataset(root, models_dir="models_eval_lowres")
+
+
+def test_a_missing_split_names_the_only_split(tiny_bop: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_bop, root)
+    (root / "test").rename(root / "val")
+    with pytest.raises(BopFormatError, match=r"no split 'test'; its only split is 'val' \(pass --split val\)"):
+        BopDataset(root)
+    assert BopDataset(root, "val").scene_ids == [1]  # never taken silently: asked for explicitly
+    shutil.copytree(root / "val", root / "train_pbr")
+    with pytest.raises(BopFormatError, match=r"no split 'test' \(splits: train_pbr, val\)"):
+        BopDataset(root)
+
+
+def test_explicit_units_are_honoured(tiny_bop: Path, tmp_path: Path) -> None:
+    import trimesh
+
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_bop, root)
+    for path in (root / "models").glob("obj_*.ply"):  # the same meshes, written in metres
+        mesh = trimesh.load(path, process=False)
+        mesh.apply_scale(1e-3)
+        mesh.export(path)
+    in_mm = BopDataset(tiny_bop).object(1).diameter
+    assert BopDataset(root, units="m").object(1).diameter == pytest.approx(in_mm, rel=1e-6)
+    assert BopDataset(root, units="auto").object(1).diameter == pytest.approx(in_mm, rel=1e-6)
+    with pytest.raises(ValueError, match="units"):
+        BopDataset(root, units="cm")  # type: ignore[arg-type]
+
+
+def test_loading_an_object_logs_name_faces_and_time(tiny_bop: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="meshpose.io.bop"):
+        obj = BopDataset(tiny_bop).object(2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "meshpose.io.bop"]
+    assert any(
+        "loaded object 2 (obj_000002.ply)" in m and f"{len(obj.mesh.faces)} faces" in m and " s" in m for m in lines
+    ), lines

@@ -1,4 +1,4 @@
-"""BOP results files: parsing, round trips, resumable writing, clear errors."""
+"""BOP results files: parsing, round trips, clear errors (the resumable writer: tests/test_run_writer.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from meshpose.io.results import (
-    FailureLog,
     ResultRow,
     ResultsFormatError,
-    ResultsWriter,
     group_by_image,
     read_results,
     write_results,
@@ -81,40 +79,3 @@ def test_malformed_rows_name_file_and_line(tmp_path: Path, line: str, message: s
     assert f"{p}:3" in str(exc.value)
     # Non-strict reading keeps the good rows.
     assert len(read_results(p, strict=False)) == 1
-
-
-def test_writer_resumes_and_repairs_a_cut_line(tmp_path: Path) -> None:
-    rows = _random_rows(9)
-    by_image = group_by_image(rows)
-    path = tmp_path / "run.csv"
-    with ResultsWriter(path) as w:
-        for key in list(by_image)[:2]:
-            w.write_image(by_image[key])
-    # Simulate a crash in the middle of the third image: a partial line.
-    third = list(by_image)[2]
-    with path.open("a") as f:
-        f.write("3,6,1,0.5,1 0 0")
-    w2 = ResultsWriter(path)
-    assert w2.done == set(list(by_image)[:2])
-    w2.write_image(by_image[third])
-    w2.close()
-    back = read_results(path)
-    assert len(back) == len(rows)
-    assert set(group_by_image(back)) == set(by_image)
-
-
-def test_writer_without_resume_starts_over(tmp_path: Path) -> None:
-    path = tmp_path / "run.csv"
-    with ResultsWriter(path) as w:
-        w.write_image(_random_rows(2))
-    with ResultsWriter(path, resume=False) as w:
-        assert w.done == set()
-    assert read_results(path) == []
-
-
-def test_failure_log(tmp_path: Path) -> None:
-    log = FailureLog(tmp_path / "fail.jsonl")
-    log.write(scene_id=np.int64(2), im_id=3, obj_id=5, reason="empty mask")
-    log.write(scene_id=2, im_id=4, reason="corrupt PNG")
-    lines = (tmp_path / "fail.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and '"reason": "empty mask"' in lines[0] and log.count == 2

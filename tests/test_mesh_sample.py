@@ -70,6 +70,81 @@ def test_diameter_rejects_bad_input() -> None:
         mesh_diameter(np.array([[0.0, 0.0, np.nan], [1.0, 0.0, 0.0]]))
 
 
+def _shape(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    g = rng.normal(size=(n, 3))
+    u = g / np.linalg.norm(g, axis=1, keepdims=True)
+    shapes = {
+        "sphere": lambda: u * 0.1,
+        "rough sphere": lambda: u * (0.1 + 1e-5 * rng.random((n, 1))),
+        "ellipsoid": lambda: u * [0.1, 0.09, 0.08],
+        "near sphere ellipsoid": lambda: u * [0.1, 0.0999, 0.0998],
+        "hemisphere": lambda: np.c_[u[:, :2], np.abs(u[:, 2:])],
+        "cube": lambda: rng.random((n, 3)),
+        "ball": lambda: u * rng.random((n, 1)) ** (1 / 3),
+        "disc rim": lambda: np.c_[u[:, :2] / np.linalg.norm(u[:, :2], axis=1, keepdims=True), np.zeros(n)],
+        "segment": lambda: np.outer(rng.random(n), [1.0, 2.0, 3.0]),
+        "two clusters": lambda: np.concatenate([g[: n // 2] * 1e-3, g[n // 2 :] * 1e-3 + 1.0]),
+        "far from origin": lambda: u * 0.1 + [100.0, -50.0, 3.0],
+    }
+    rotation = trimesh.transformations.random_rotation_matrix(rng.random(3))[:3, :3]
+    return np.asarray(shapes[name]() @ rotation.T, dtype=np.float64)
+
+
+SHAPES = [
+    "sphere",
+    "rough sphere",
+    "ellipsoid",
+    "near sphere ellipsoid",
+    "hemisphere",
+    "cube",
+    "ball",
+    "disc rim",
+    "segment",
+    "two clusters",
+    "far from origin",
+]
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_diameter_of_larger_sets_matches_brute_force(name: str) -> None:
+    # above the all-pairs size: the pruned searches (caps or balls) must still be exact
+    points = _shape(name, 3000, np.random.default_rng(7))
+    assert mesh_diameter(points) == pytest.approx(pdist(points).max(), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_diameter_search_strategies_and_fallback(name: str, monkeypatch, caplog) -> None:
+    from meshpose.mesh import diameter
+
+    points = _shape(name, 2500, np.random.default_rng(3))
+    exact = pdist(points).max()
+    monkeypatch.setattr(diameter, "_EASY_BALL_PAIRS_PER_POINT", 0)  # compare caps and balls, take the cheaper
+    assert mesh_diameter(points) == pytest.approx(exact, rel=1e-12, abs=1e-15)
+    monkeypatch.setattr(diameter, "MAX_EXACT_PAIRS", 0)  # over the limit: the stated bound, with a warning
+    bound = mesh_diameter(points)
+    theta = diameter._pruning_directions(diameter._FALLBACK_LEVEL)[1]
+    assert exact * np.cos(theta) * (1 - 1e-12) <= bound <= exact * (1 + 1e-12)
+    assert 1 / np.cos(theta) - 1 < 1.2e-3  # as the docstring says
+    for record in caplog.records:  # when the limit applied (not for sets the ball filter makes small)
+        assert "lower bound within a relative" in record.getMessage()
+
+
+def test_diameter_of_a_huge_sphere_mesh_is_fast() -> None:
+    # issue 16: a 1.3 M-face mesh whose vertices all lie on the convex hull took quadratic time
+    import time
+
+    sphere = trimesh.creation.icosphere(subdivisions=8, radius=0.07)
+    assert len(sphere.faces) > 1_300_000
+    rotation = trimesh.transformations.random_rotation_matrix(np.random.default_rng(0).random(3))
+    sphere.apply_transform(rotation)
+    sphere.apply_translation([0.2, -0.1, 0.5])
+    start = time.perf_counter()
+    d = mesh_diameter(sphere)
+    elapsed = time.perf_counter() - start
+    assert d == pytest.approx(0.14, abs=1e-12)  # the icosphere holds antipodal vertex pairs
+    assert elapsed < 30.0  # about 2-4 s on one core; generous for a loaded test machine
+
+
 # ------------------------------------------------------------------------------------------------------
 # Sampling
 # ------------------------------------------------------------------------------------------------------

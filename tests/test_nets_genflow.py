@@ -14,6 +14,7 @@ from meshpose.nets.corr import CorrPyramid, coords_grid
 from meshpose.nets.encoder import FeatureEncoder
 from meshpose.nets.genflow import GenFlowNet, GenFlowNetConfig, make_input, project_points
 from meshpose.nets.update import UpdateBlock
+from meshpose.synth import SceneConfig, SceneSampler, resolve_objects
 from meshpose.train.genflow import (
     GenFlowTrainConfig,
     PerturbRegime,
@@ -21,9 +22,8 @@ from meshpose.train.genflow import (
     collate_items,
     genflow_losses,
     make_items,
-    point_matching_loss,
 )
-from meshpose.train.synth import SceneConfig, SceneSampler, resolve_objects
+from meshpose.train.losses import point_matching_loss
 from meshpose.types import Pose
 
 TINY = GenFlowNetConfig(

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import scenes
-from meshpose.refine.base import Modality, RefinerError, make_refiner
+from meshpose.refine.base import Modality, RefinerError
 from meshpose.refine.chain import ChainRefiner
-from meshpose.types import ObjectModel, Observation, Pose, RefineInfo, RefineResult
+from meshpose.refine.registry import make_refiner
+from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineInfo, RefineResult
+from support import scenes
 
 
 class _Nudge:
@@ -19,7 +20,13 @@ class _Nudge:
     when ``return_first`` (as a refiner that keeps the best visited pose may)."""
 
     def __init__(
-        self, name: str, step: float, *, modality: Modality = "rgb", return_first: bool = False, fail: str | None = None
+        self,
+        name: str,
+        step: float,
+        *,
+        modality: Modality = "rgb",
+        return_first: bool = False,
+        fail: Failure | None = None,
     ) -> None:
         self.name, self.step, self.modality = name, step, modality
         self.return_first, self.fail = return_first, fail
@@ -65,7 +72,7 @@ def _scene() -> tuple[Observation, ObjectModel, Pose]:
 
 def test_members_run_in_order_from_the_previous_answer() -> None:
     obs, obj, init = _scene()
-    a, b = _Nudge("a", 0.01, return_first=True), _Nudge("b", 0.001, fail="diverged")
+    a, b = _Nudge("a", 0.01, return_first=True), _Nudge("b", 0.001, fail=Failure(FailureCode.NUMERICAL, "diverged"))
     chain = ChainRefiner([a, b])
     calls: list[int] = []
     res = chain.refine(obs, [obj], init, callback=lambda i, p: calls.append(i))
@@ -75,7 +82,7 @@ def test_members_run_in_order_from_the_previous_answer() -> None:
     assert torch.allclose(res.pose.t, init.t + torch.tensor([0.012, 0, 0], dtype=torch.float64))
     assert calls == [1, 2, 3, 4] and res.info.iterations == 4 and len(res.history) == 5
     assert res.score.tolist() == [0.001]
-    assert res.info.failure == ["b: diverged"]
+    assert res.info.failure == [Failure(FailureCode.NUMERICAL, "b: diverged")]
     assert res.info.timings["a.total"] == 0.5 and res.info.timings["b.total"] == 0.5 and "total" in res.info.timings
     assert res.info.extra["members"] == {"a": {"tag": "a"}, "b": {"tag": "b"}}
     # iterations is the first member's; the polisher keeps its own schedule

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import scenes
-from meshpose.refine.base import RefinerError, make_refiner
+from meshpose.refine.base import RefinerError
 from meshpose.refine.contour import ContourConfig, ContourRefiner
-from meshpose.refine.contour_terms import (
+from meshpose.refine.contour.terms import (
     ColorModel,
     contour_lines,
     motion_jacobian,
@@ -24,7 +23,9 @@ from meshpose.refine.contour_terms import (
     project_under_increment,
     region_energy,
 )
-from meshpose.types import Observation, Pose
+from meshpose.refine.registry import make_refiner
+from meshpose.types import FailureCode, Observation, Pose
+from support import scenes
 
 ADD_OK = 0.05  # fraction of the diameter
 
@@ -213,7 +214,8 @@ def test_object_outside_the_image_is_a_failure_not_an_error(refiner: ContourRefi
     init = Pose.stack([gt[0], away])
     res = refiner.refine(obs, [far, near], init)
     assert res.info.failure[0] is None
-    assert res.info.failure[1] is not None and "outside the image" in res.info.failure[1]
+    failure = res.info.failure[1]
+    assert failure is not None and failure.code is FailureCode.OUTSIDE_IMAGE and "outside the image" in failure.message
     assert res.score[1] == 0.0 and not res.info.converged[1]
     assert torch.allclose(res.pose[1].t, away.t) and torch.allclose(res.pose[1].R, away.R)
 

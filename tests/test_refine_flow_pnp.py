@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import scenes
-from meshpose.refine.base import RefinerError, make_refiner
+from meshpose.refine.base import RefinerError
 from meshpose.refine.flow_pnp import FlowPnPRefiner, FlowStage
+from meshpose.refine.registry import make_refiner
 from meshpose.types import Pose
+from support import scenes
 
 
 def _run(n: int, *, with_depth: bool, seed: int, **cfg: object) -> list[float]:

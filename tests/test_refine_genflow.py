@@ -6,19 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-import scenes
+from meshpose.nets.batch import load_genflow_model
+from meshpose.nets.checkpoint import package_weights_path, resolve_weights
 from meshpose.nets.genflow import GenFlowNet
-from meshpose.refine.base import RefinerError, make_refiner
-from meshpose.refine.genflow import (
-    GenFlowConfig,
-    GenFlowRefiner,
-    GenFlowStage,
-    default_weights_path,
-    load_genflow_model,
-    resolve_weights,
-)
-from meshpose.train.synth import resolve_objects
-from meshpose.types import Pose
+from meshpose.refine.base import RefinerError
+from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner, GenFlowStage
+from meshpose.refine.registry import make_refiner
+from meshpose.synth import resolve_objects
+from meshpose.types import FailureCode, Pose
+from support import scenes
 from test_nets_genflow import TINY
 
 #: Generated objects held out of training (training draws novel objects below 5000).
@@ -40,10 +36,10 @@ def _cases(n: int, seed: int, rot_deg: float = 15.0, trans_frac: float = 0.1) ->
 
 
 def test_shipped_weights_load() -> None:
-    assert default_weights_path().is_file()
+    assert package_weights_path("genflow").is_file()
     net = load_genflow_model()
     assert isinstance(net, GenFlowNet) and not net.training
-    n_bytes = default_weights_path().stat().st_size
+    n_bytes = package_weights_path("genflow").stat().st_size
     assert n_bytes < 50e6
     with pytest.raises(FileNotFoundError, match="train them"):
         load_genflow_model("/nonexistent/model.pt")
@@ -76,7 +72,7 @@ def test_several_objects_in_one_call() -> None:
     obs = scenes.render_observation([far, near], gt, scenes.make_camera(320, 240), seed=s)
     res = _untrained().refine(obs, [far, near], init)
     assert res.pose.batch_shape == (2,)
-    assert all(f is None or "rejected" in f for f in res.info.failure)
+    assert all(f is None or f.code is FailureCode.IMPLAUSIBLE_UPDATE for f in res.info.failure)
 
 
 def test_bad_inputs_are_refused_and_bad_poses_are_failures() -> None:
@@ -89,7 +85,8 @@ def test_bad_inputs_are_refused_and_bad_poses_are_failures() -> None:
         ref.refine(obs, [obj], behind.reshape(1))
     away = Pose(init.R, init.t + torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64))
     res = ref.refine(obs, [obj], away.reshape(1))
-    assert res.info.failure[0] is not None and "not in the image" in res.info.failure[0]
+    failure = res.info.failure[0]
+    assert failure is not None and failure.code is FailureCode.OUTSIDE_IMAGE and "not in the image" in failure.message
     assert torch.allclose(res.pose.t, away.reshape(1).t)
     with pytest.raises(ValueError, match="stage"):
         GenFlowConfig(stages=(GenFlowStage(60, 1.5, 1, 2),))
@@ -171,11 +168,12 @@ def test_a_stage_can_run_its_own_network(tmp_path) -> None:  # type: ignore[no-u
     assert not torch.allclose(res.pose.t, same_net.t, atol=1e-6)
     with pytest.raises(FileNotFoundError):
         GenFlowRefiner(GenFlowConfig(stages=(GenFlowStage(64, weights=str(tmp_path / "missing.pt")),)), model=net_a)
-    assert default_weights_path("model") == default_weights_path()
+    assert package_weights_path("genflow", "model") == package_weights_path("genflow")
     assert (
-        resolve_weights(None)
-        == resolve_weights("package")
-        == resolve_weights("package:model")
-        == default_weights_path()
+        resolve_weights(None, "genflow")
+        == resolve_weights("package", "genflow")
+        == resolve_weights("package:model", "genflow")
+        == package_weights_path("genflow")
     )
-    assert resolve_weights("package:fine") == default_weights_path("fine") and resolve_weights("a/b.pt").name == "b.pt"
+    assert resolve_weights("package:fine", "genflow") == package_weights_path("genflow", "fine")
+    assert resolve_weights("a/b.pt", "genflow").name == "b.pt"

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import scenes
-from meshpose.refine.base import RefinerError, make_refiner
+from meshpose.refine.base import RefinerError
 from meshpose.refine.icp import ICPConfig, ICPRefiner
+from meshpose.refine.registry import make_refiner
 from meshpose.render.gl import get_default_renderer
-from meshpose.types import Camera, ObjectModel, Observation, Pose
+from meshpose.types import Camera, FailureCode, ObjectModel, Observation, Pose
+from support import scenes
 
 
 def _depth_obs(obj: ObjectModel, gt: Pose, camera: Camera, seed: int) -> Observation:
@@ -156,7 +157,8 @@ def test_object_outside_the_image_is_a_failure_not_an_exception() -> None:
     obj, _, init, obs = _one_case()
     away = Pose(init.R, init.t + torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64)).reshape(1)
     res = make_refiner("icp").refine(obs, [obj], away)
-    assert res.info.failure[0] is not None and "outside the image" in res.info.failure[0]
+    failure = res.info.failure[0]
+    assert failure is not None and failure.code is FailureCode.OUTSIDE_IMAGE and "outside the image" in failure.message
     assert _same_pose(res.pose, away)
     assert res.score[0] == 0.0
     assert not res.info.converged[0]
@@ -169,12 +171,13 @@ def test_empty_region_is_a_failure_with_the_pose_unchanged() -> None:
     mask = np.zeros((1, cam.height, cam.width), bool)
     mask[0, :10, :10] = True
     res = make_refiner("icp").refine(Observation(obs.rgb, cam, depth=obs.depth, mask=mask), [obj], init.reshape(1))
-    assert res.info.failure[0] is not None and "too few observed depth points" in res.info.failure[0]
+    assert res.info.failure[0] is not None and res.info.failure[0].code is FailureCode.NO_DEPTH
     assert _same_pose(res.pose, init.reshape(1))
     # No depth at all inside the image.
     no_depth = Observation(obs.rgb, cam, depth=np.zeros_like(obs.depth))
     res = make_refiner("icp").refine(no_depth, [obj], init.reshape(1))
-    assert res.info.failure[0] is not None and "too few observed depth points" in res.info.failure[0]
+    failure = res.info.failure[0]
+    assert failure is not None and failure.code is FailureCode.NO_DEPTH and "too few observed depth" in failure.message
     assert _same_pose(res.pose, init.reshape(1))
     assert res.score[0] == 0.0
 
@@ -182,7 +185,8 @@ def test_empty_region_is_a_failure_with_the_pose_unchanged() -> None:
 def test_divergent_step_keeps_the_last_good_pose() -> None:
     obj, _, init, obs = _one_case()
     res = make_refiner("icp", max_step_rot_deg=1e-3).refine(obs, [obj], init.reshape(1))
-    assert res.info.failure[0] is not None and "diverged" in res.info.failure[0]
+    failure = res.info.failure[0]
+    assert failure is not None and failure.code is FailureCode.IMPLAUSIBLE_UPDATE and "diverged" in failure.message
     assert _same_pose(res.pose, init.reshape(1))
 
 

@@ -17,7 +17,7 @@ from meshpose.render.base import (
     surface_data,
 )
 from meshpose.types import Pose
-from render_fixtures import (
+from support.render_fixtures import (
     camera,
     face_colored_box,
     make_object,

@@ -21,7 +21,7 @@ from meshpose.render import (
     pixel_rays,
 )
 from meshpose.types import Camera, ObjectModel, Pose
-from render_fixtures import (
+from support.render_fixtures import (
     camera,
     compare,
     face_colored_box,

@@ -12,7 +12,7 @@ import pytest
 
 from meshpose.render import RaycastRenderer, get_default_renderer
 from meshpose.render.base import RenderOutput
-from render_fixtures import GOLDEN_PATH, golden_scene
+from support.render_fixtures import GOLDEN_PATH, golden_scene
 
 
 @pytest.fixture(scope="module")

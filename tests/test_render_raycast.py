@@ -8,7 +8,7 @@ import trimesh
 
 from meshpose.render import Lighting, RaycastRenderer, Renderer, pixel_rays, shade
 from meshpose.types import Camera, Pose
-from render_fixtures import camera, face_colored_box, make_object, pose, quadrant_texture, textured_quad
+from support.render_fixtures import camera, face_colored_box, make_object, pose, quadrant_texture, textured_quad
 
 ALBEDO = Lighting(ambient=1.0, diffuse=0.0)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bop_validator import assert_valid, validate_bop
 from meshpose.io.bop import BopDataset
-from meshpose.train.synth import SceneConfig, SynthConfig, clear_caches, synthesize
+from meshpose.synth import SceneConfig, SynthConfig, clear_caches, synthesize
+from support.bop_validator import assert_valid, validate_bop
 
 TINY_SCENE = SceneConfig(width=160, height=120, objects_per_scene=(2, 4), distractors_per_scene=(1, 2))
 
@@ -68,9 +68,8 @@ def test_layout_and_fields(dataset: Path) -> None:
 
 
 def test_symmetries_reach_models_info() -> None:
-    from meshpose.geometry.symmetry import expand_symmetries
-    from meshpose.mesh.novel import NovelConfig
-    from meshpose.train.synth import resolve_objects
+    from meshpose.io.models_info import expand_symmetries
+    from meshpose.synth import NovelConfig, resolve_objects
 
     objs = resolve_objects("novel:2", 0, novel=NovelConfig(symmetric_fraction=1.0))
     for oid in objs.obj_ids:

@@ -9,7 +9,7 @@ import trimesh
 
 from meshpose.geometry.symmetry import symmetry_transforms_from_lists
 from meshpose.mesh import load_mesh
-from meshpose.mesh.novel import (
+from meshpose.synth import (
     SYMMETRIC_FAMILIES,
     NovelConfig,
     novel_mesh,

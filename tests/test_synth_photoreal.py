@@ -13,7 +13,6 @@ import pytest
 
 pytest.importorskip("mitsuba")
 
-from bop_validator import assert_valid
 from meshpose.mesh import example_object, make_object_model, vertex_colored_mesh
 from meshpose.render import GLRenderer, Lighting
 from meshpose.render.photoreal import (
@@ -23,8 +22,9 @@ from meshpose.render.photoreal import (
     opencv_sensor_params,
     select_variant,
 )
-from meshpose.train.synth import SceneConfig, SynthConfig, synthesize
+from meshpose.synth import SceneConfig, SynthConfig, synthesize
 from meshpose.types import Camera, Pose
+from support.bop_validator import assert_valid
 
 CAMERA = Camera.from_fxfycxcy(110.0, 110.0, 44.2, 38.6, width=96, height=72)  # off-centre principal point
 

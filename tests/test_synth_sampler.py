@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from meshpose.mesh.novel import NovelConfig
 from meshpose.render.gl import get_default_renderer
-from meshpose.train.synth import (
+from meshpose.synth import (
+    NovelConfig,
     SceneConfig,
     SceneSampler,
     SyntheticStream,

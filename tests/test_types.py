@@ -94,3 +94,72 @@ def test_object_model_validation() -> None:
         ObjectModel(1, mesh, mesh, 0.17, np.stack([np.diag([-1.0, -1.0, 1.0, 1.0])]), mesh.vertices)
     with pytest.raises(ValueError, match="diameter must be positive"):
         ObjectModel(1, mesh, mesh, 0.0, np.eye(4)[None], mesh.vertices)
+
+
+def test_failure_has_a_code_beside_its_message() -> None:
+    from meshpose.types import Failure, FailureCode
+
+    f = Failure(FailureCode.NO_DEPTH, "too few observed depth points")
+    assert f.as_dict() == {"code": "no_depth", "message": "too few observed depth points"}
+    g = f.with_prefix("icp")
+    assert g.code is FailureCode.NO_DEPTH and g.message == "icp: too few observed depth points"
+    assert f == Failure(FailureCode.NO_DEPTH, "too few observed depth points") and str(f) == f.message
+    with pytest.raises(AttributeError):
+        f.code = FailureCode.NUMERICAL  # type: ignore[misc]
+
+
+def test_types_package_reexports_its_submodules() -> None:
+    import meshpose.types as types
+    from meshpose.types.camera import Camera as C
+    from meshpose.types.pose import Pose as P
+    from meshpose.types.pose import se3_exp
+
+    assert types.Camera is C and types.Pose is P and types.se3_exp is se3_exp
+    assert set(types.__all__) >= {"Camera", "ObjectModel", "Observation", "Pose", "PoseEstimate", "RefineInfo"}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Issue 16: pose validation messages (reflection, slightly-off rotations, units hints)
+# ------------------------------------------------------------------------------------------------------
+def test_pose_check_reports_a_reflection_by_its_determinant() -> None:
+    R = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"init pose is a reflection, not a rotation: det R = -1\.0000"):
+        Pose(R, [0.0, 0.0, 1.0]).check("init pose")
+    batch = Pose(torch.stack([torch.eye(3, dtype=torch.float64), R]), torch.tensor([[0.0, 0.0, 1.0]] * 2))
+    with pytest.raises(ValueError, match=r"det R = -1\.0000 \(at batch index \(1,\)\)"):
+        batch.check()
+
+
+def test_pose_check_repairs_rotations_slightly_off_so3(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    rng = np.random.default_rng(0)
+    good = Pose.exp(torch.tensor(rng.normal(size=(4, 6)) * 0.3, dtype=torch.float64))
+    noisy_R = good.R + torch.tensor(rng.uniform(-5e-3, 5e-3, size=(4, 3, 3)))  # ~1e-2 off, as in LM-O
+    noisy_R[0] = good.R[0]  # one exact rotation stays as it is
+    noisy = Pose(noisy_R, good.t + torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    with caplog.at_level(logging.WARNING, logger="meshpose.types.pose"):
+        fixed = noisy.check("init pose", in_front=True)
+    assert "init pose: rotation off SO(3)" in caplog.text and "3 of 4" in caplog.text
+    eye = torch.eye(3, dtype=torch.float64).expand(4, 3, 3)
+    torch.testing.assert_close(fixed.R @ fixed.R.transpose(-1, -2), eye, atol=1e-12, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(fixed.R), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(fixed.R[0], noisy.R[0], atol=0, rtol=0)
+    assert float((fixed.R - noisy.R).abs().max()) < 1e-2  # the nearest rotation: a small change
+    assert fixed.t is noisy.t and fixed.R.dtype == noisy.R.dtype
+    assert good.check() is good  # nothing to repair: the same object
+    with pytest.raises(ValueError, match=r"not orthonormal.*\|RRᵀ - I\| = 2\.\d+e-01.*up to 0\.1 is repaired"):
+        Pose(torch.eye(3, dtype=torch.float64) * 1.1, [0.0, 0.0, 1.0]).check()
+
+
+def test_pose_check_hints_at_units() -> None:
+    eye = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="behind the camera.*units of t"):
+        Pose(eye, [0.0, 0.0, -0.5]).check(in_front=True)
+    # a t of 0.6 m read as BOP millimetres: 0.6 mm from the camera
+    with pytest.raises(ValueError, match=r"implausibly close.*t_z = 0\.000600 m.*metres where millimetres"):
+        Pose(eye, [0.0, 0.0, 0.0006]).check("init pose", in_front=True)
+    # 600 mm read as metres
+    with pytest.raises(ValueError, match=r"implausibly far.*t_z = 600\.0 m.*millimetres where metres"):
+        Pose(eye, [0.0, 0.0, 600.0]).check("init pose", in_front=True)
+    Pose(eye, [0.0, 0.0, 0.0006]).check()  # depth is only checked with in_front

@@ -118,11 +118,27 @@ def refine(
         str, typer.Option(help="Refiner preset, or presets joined by '+' run one after the other (genflow+contour).")
     ] = "flow-pnp",
     split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
-    iterations: Annotated[int | None, typer.Option(help="Outer iterations (default: the method's).")] = None,
-    max_images: Annotated[int | None, typer.Option(help="Stop after this many images.")] = None,
+    iterations: Annotated[
+        int | None, typer.Option(min=0, help="Outer iterations (default: the method's; 0 scores the inits).")
+    ] = None,
+    max_images: Annotated[int | None, typer.Option(min=0, help="Stop after this many images.")] = None,
     no_depth: Annotated[bool, typer.Option("--no-depth", help="Do not give depth to RGB methods.")] = False,
-    restart: Annotated[bool, typer.Option(help="Overwrite the results file instead of resuming.")] = False,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Start the results file over (its rows are deleted) instead of resuming.")
+    ] = False,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch CPU threads per worker (default: torch's; 1 per Ray worker).")
+    ] = None,
+    executor: Annotated[
+        str, typer.Option(help="Where images run: serial (this process) or ray (Ray actors, --workers of them).")
+    ] = "serial",
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Ray actors (--executor ray; default: the CPU count).")
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Join this Ray cluster (HEAD:6379, or auto) instead of starting a local one."),
+    ] = None,
     config: Annotated[
         str | None,
         typer.Option(
@@ -132,18 +148,22 @@ def refine(
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Refine initial poses over a BOP dataset; writes each finished image at once and resumes a stopped run."""
+    """Refine initial poses over a BOP dataset; writes each finished image at once and resumes a stopped run.
+
+    Exit code: 0 when every item was refined, 3 when some failed (see RESULTS.failures.jsonl), 2 for bad usage.
+    """
     _setup_logging(verbose)
     from meshpose.io.bop import BopDataset
     from meshpose.io.results import read_results
-    from meshpose.refine.base import make_refiner
-    from meshpose.refine.run import refine_dataset
+    from meshpose.refine.registry import make_refiner
+    from meshpose.run import JobSpec, RateLogger, make_executor, refine_dataset
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     try:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        ex = make_executor(executor, workers=workers, address=address)
         ds = BopDataset(dataset, split)
         rows = read_results(inits)
         try:
@@ -155,32 +175,45 @@ def refine(
         refiner = make_refiner(method, **overrides)
         if refiner.modality == "rgbd" and not ds.has_depth:
             raise ValueError(f"method '{method}' needs depth, but {dataset} has no depth images")
-        with _progress(f"refine [{method}]") as bar:
-            task = bar.add_task("refine", total=None, item="")
+        spec = JobSpec(
+            dataset=str(dataset),
+            split=split,
+            method=method,
+            config=overrides,
+            iterations=iterations,
+            use_depth=not no_depth,
+            threads=threads,
+        )
+        run_kw: dict[str, Any] = dict(restart=restart, max_images=max_images, inits_path=inits)
+        try:
+            if sys.stderr.isatty():
+                with _progress(f"refine [{method}]") as bar:
+                    task = bar.add_task("refine", total=None, item="")
 
-            def on_image(done: int, total: int, key: tuple[int, int]) -> None:
-                bar.update(task, completed=done, total=total, item=f"scene {key[0]} image {key[1]}")
+                    def on_image(done: int, total: int, key: tuple[int, int]) -> None:
+                        bar.update(task, completed=done, total=total, item=f"scene {key[0]} image {key[1]}")
 
-            summary = refine_dataset(
-                ds,
-                rows,
-                refiner,
-                out,
-                iterations=iterations,
-                resume=not restart,
-                use_depth=not no_depth,
-                max_images=max_images,
-                progress=on_image,
-            )
-    except (ValueError, OSError) as exc:
+                    summary = refine_dataset(spec, rows, out, executor=ex, progress=on_image, **run_kw)
+            else:
+                progress = RateLogger(f"refine [{method}]")
+                summary = refine_dataset(spec, rows, out, executor=ex, progress=progress, **run_kw)
+        finally:
+            ex.close()
+    except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(
         f"refined {summary.images_done} image(s) in {summary.seconds:.1f} s "
         f"({summary.images_skipped} already done, {summary.images_failed} failed, "
         f"{summary.instance_failures} instance failure(s)); results: {summary.results_path}"
     )
-    if summary.images_failed or summary.instance_failures:
-        typer.echo(f"failure reasons: {summary.failures_path}")
+    if summary.failed_items:
+        earlier = f", {summary.earlier_failures} logged by earlier runs" if summary.earlier_failures else ""
+        typer.echo(
+            f"{summary.failed_items} failed item(s){earlier}: images {summary.images_done} done, "
+            f"{summary.images_failed} failed, {summary.images_skipped} skipped; failure reasons: "
+            f"{summary.failures_path}"
+        )
+        raise typer.Exit(code=summary.exit_code)
 
 
 @app.command("eval")
@@ -242,7 +275,7 @@ def synth(
 ) -> None:
     """Write a synthetic BOP dataset: scenes of objects and distractors, random cameras, light, noise, depth."""
     _setup_logging(verbose)
-    from meshpose.train.synth import SceneConfig, SynthConfig, synthesize
+    from meshpose.synth import SceneConfig, SynthConfig, synthesize
 
     try:
         scene = SceneConfig(
@@ -308,6 +341,8 @@ def train(
         raise _fail(f"no trainer for '{method}' (trainable: genflow)")
     from dataclasses import replace
 
+    from meshpose.nets.genflow import GenFlowNet
+    from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner
     from meshpose.train.genflow import GenFlowTrainConfig, train_genflow
 
     overrides: dict[str, Any] = {
@@ -342,13 +377,18 @@ def train(
                 stats["pose"],
                 stats["ok_init"],
                 stats["ok_last"],
-                stats["samples_per_s"],
+                stats["items_per_s"],
             )
 
-        result = train_genflow(cfg, out, resume=resume, steps=steps, max_steps=max_steps, progress=show)
+        def refiner(net: GenFlowNet) -> GenFlowRefiner:  # what validation measures: the refiner with this network
+            return GenFlowRefiner(GenFlowConfig(device=str(next(net.parameters()).device)), model=net)
+
+        result = train_genflow(
+            cfg, out, refiner=refiner, resume=resume, steps=steps, max_steps=max_steps, progress=show
+        )
     except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(f"stopped at step {result['step']}; last validation {result['val']}; run folder {out}")
+    typer.echo(f"stopped at step {result.step}; last validation {result.val}; run folder {out}")
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from meshpose.eval.metrics import add_or_adds, mspd, re, te
 from meshpose.geometry.lie import perturb_pose
 from meshpose.io.images import write_rgb
 from meshpose.mesh import example_object, make_object_model, texture_pattern, vertex_colored_mesh
-from meshpose.refine.base import available_methods, make_refiner
+from meshpose.refine.registry import available_methods, make_refiner
 from meshpose.render.base import Lighting
 from meshpose.render.gl import get_default_renderer
 from meshpose.types import Camera, ObjectModel, Observation, Pose
@@ -131,6 +131,7 @@ def run_demo(
     result = refiner.refine(obs, [obj], init.reshape(1))
     elapsed = time.perf_counter() - t0
     refined = result.pose[0]
+    failure = result.info.failure[0]
     errors = {
         "init": _errors(obj, init, scene.gt_pose, obs.camera),
         "refined": _errors(obj, refined, scene.gt_pose, obs.camera),
@@ -148,7 +149,7 @@ def run_demo(
         "poses": {"gt": _pose_json(scene.gt_pose), "init": _pose_json(init), "refined": _pose_json(refined)},
         "errors": errors,
         "score": float(result.score[0]),
-        "failure": result.info.failure[0],
+        "failure": None if failure is None else failure.as_dict(),
         "time_s": elapsed,
         "timings": result.info.timings,
         "iterations": result.info.iterations,

@@ -31,7 +31,7 @@ from meshpose.geometry.projection import (
     project_object_points,
     unproject,
 )
-from meshpose.geometry.symmetry import continuous_steps, expand_symmetries, symmetry_transforms_from_lists
+from meshpose.geometry.symmetry import continuous_steps, symmetry_transforms_from_lists
 
 __all__ = [
     "PnPResult",
@@ -41,7 +41,6 @@ __all__ = [
     "crop_image",
     "crop_images",
     "depth_to_points",
-    "expand_symmetries",
     "gauss_newton_pnp",
     "kabsch",
     "object_box",

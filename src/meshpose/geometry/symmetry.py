@@ -1,4 +1,4 @@
-"""Expansion of object symmetries (BOP ``models_info.json``) to a finite set of rigid transforms.
+"""Expansion of object symmetries (as BOP ``models_info.json`` lists them) to a finite set of rigid transforms.
 
 The semantics follow bop_toolkit's ``get_symmetry_transformations``: the identity plus every listed discrete
 symmetry, each combined with every step of every discretised continuous symmetry. A continuous symmetry
@@ -8,7 +8,8 @@ about an ``axis`` through ``offset`` is sampled at ``n = ceil(π / max_sym_disc_
 max_sym_disc_step · diameter`` between consecutive steps. Note ``n`` does not depend on the diameter itself.
 
 Transforms are ``obj_from_obj`` ``(S, 4, 4)`` float64 in **metres**, identity first, duplicates removed — the
-format of :attr:`meshpose.types.ObjectModel.symmetries`.
+format of :attr:`meshpose.types.ObjectModel.symmetries`. Everything here is in metres: the entries of a
+``models_info.json`` file (millimetres) are read and converted by :mod:`meshpose.io.models_info`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["continuous_steps", "expand_symmetries", "symmetry_transforms_from_lists"]
-
-_MM_TO_M = 1e-3
+__all__ = ["continuous_steps", "symmetry_transforms_from_lists"]
 
 
 def continuous_steps(max_sym_disc_step: float) -> int:
@@ -105,7 +104,7 @@ def symmetry_transforms_from_lists(
     *,
     max_sym_disc_step: float = 0.01,
 ) -> np.ndarray:
-    """Expand symmetries given in metres (the path used for synthetic objects).
+    """Expand symmetries given in metres.
 
     Args:
         discrete_m: 4×4 (or 16-element row-major) ``obj_from_obj`` transforms, translations in metres. The
@@ -146,45 +145,3 @@ def symmetry_transforms_from_lists(
                 cont.append(T)
     combos = [C @ D for D in disc for C in cont] if cont else disc
     return _dedup(np.stack(combos), atol_t=1e-6 * diam)
-
-
-def expand_symmetries(info: Mapping[str, Any], *, max_sym_disc_step: float = 0.01) -> np.ndarray:
-    """Symmetry transforms of one BOP ``models_info.json`` entry, converted to metres.
-
-    Args:
-        info: the entry as BOP stores it, in **millimetres**: ``"diameter"`` (required),
-            optional ``"symmetries_discrete"`` (list of 16 row-major numbers, translation in mm) and
-            ``"symmetries_continuous"`` (list of ``{"axis": [3], "offset": [3] mm}``).
-        max_sym_disc_step: see :func:`symmetry_transforms_from_lists`.
-
-    Returns:
-        ``(S, 4, 4)`` float64 ``obj_from_obj`` transforms with translations in metres, identity first.
-
-    Raises:
-        ValueError: missing or non-positive diameter, or malformed symmetry entries.
-
-    Example:
-        >>> flip_z = [-1, 0, 0, 0, 0, -1, 0, 0, 0, 0, 1, 10, 0, 0, 0, 1]  # 180° about z, then 10 mm along z
-        >>> info = {"diameter": 100.0, "symmetries_discrete": [flip_z]}
-        >>> T = expand_symmetries(info)
-        >>> T.shape, float(T[1, 2, 3])
-        ((2, 4, 4), 0.01)
-    """
-    if "diameter" not in info:
-        raise ValueError("models_info entry has no 'diameter'")
-    diameter_m = float(info["diameter"]) * _MM_TO_M
-    discrete = []
-    for i, M in enumerate(info.get("symmetries_discrete", []) or []):
-        A = np.asarray(M, dtype=np.float64)
-        if A.size != 16:
-            raise ValueError(f"symmetries_discrete[{i}] must have 16 entries, got {A.size}")
-        A = A.reshape(4, 4).copy()
-        A[:3, 3] *= _MM_TO_M
-        discrete.append(A)
-    continuous = []
-    for i, c in enumerate(info.get("symmetries_continuous", []) or []):
-        if not isinstance(c, Mapping) or "axis" not in c:
-            raise ValueError(f"symmetries_continuous[{i}] must be a mapping with 'axis' and 'offset'")
-        offset = np.asarray(c.get("offset", (0.0, 0.0, 0.0)), dtype=np.float64) * _MM_TO_M
-        continuous.append((c["axis"], offset))
-    return symmetry_transforms_from_lists(discrete, continuous, diameter_m, max_sym_disc_step=max_sym_disc_step)

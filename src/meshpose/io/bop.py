@@ -12,22 +12,28 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from meshpose.io.images import image_size, read_depth, read_mask, read_rgb
+from meshpose.io.models_info import ModelInfo, read_models_info
 from meshpose.types import Camera, ObjectModel, Observation, Pose
+
+if TYPE_CHECKING:
+    from meshpose.mesh.load import Units
 
 __all__ = ["BopDataset", "BopFormatError", "GtInstance", "Target"]
 
 log = logging.getLogger(__name__)
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif")
+_MESH_EXTS = (".ply", ".obj", ".glb", ".gltf", ".off", ".stl")
 
 
 class BopFormatError(ValueError):
@@ -73,34 +79,68 @@ def _read_json(path: Path) -> Any:
         raise BopFormatError(f"malformed JSON in {path}: {exc}") from exc
 
 
+def _model_folders(root: Path) -> list[str]:
+    """Names of the folders of ``root`` that hold ``obj_XXXXXX`` meshes (e.g. ``models``, ``models_eval``)."""
+    out = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and any(f.suffix.lower() in _MESH_EXTS for f in p.glob("obj_*.*")):
+            out.append(p.name)
+    return out
+
+
+def _missing_split_message(root: Path, split: str) -> str:
+    """The error for a split folder that is not there, naming the splits there are (folders of scene folders)."""
+    models = set(_model_folders(root))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in models)
+    splits = [p.name for p in folders if any(c.is_dir() and c.name.isdigit() for c in p.iterdir())]
+    if len(splits) == 1:
+        return f"BOP dataset {root} has no split '{split}'; its only split is '{splits[0]}' (pass --split {splits[0]})"
+    if splits:
+        return f"BOP dataset {root} has no split '{split}' (splits: {', '.join(splits)})"
+    return f"BOP dataset {root} has no split '{split}' (folders: {', '.join(p.name for p in folders) or 'none'})"
+
+
 class BopDataset:
     """A BOP dataset split, read lazily.
 
     Args:
         root: the dataset folder (contains ``models/`` and the split folder).
-        split: split folder name, e.g. ``"test"`` or ``"train_pbr"``.
-        models_dir: folder of the meshes inside ``root`` (``"models"``; ``"models_eval"`` also works).
+        split: split folder name, e.g. ``"test"`` or ``"train_pbr"``. A missing split is an error (never
+            replaced silently by another one); when the dataset has exactly one split the message names it.
+        models_dir: folder of the meshes inside ``root``: ``"models"`` (default), or the ``"models_eval"`` /
+            ``"models_eval_lowres"`` that BOP datasets also ship.
+        units: units of the mesh files: ``"mm"`` (default, BOP's), ``"m"``, or ``"auto"`` (millimetres when a
+            mesh is larger than 5 units). An explicit value is always honoured; ``models_info.json`` is read
+            in BOP's millimetres whatever ``units`` says.
 
     Raises:
-        BopFormatError: ``root``, the models folder or the split folder is missing.
+        BopFormatError: ``root``, the models folder or the split folder is missing (the message lists the
+            model folders or the splits the dataset has).
+        ValueError: ``units`` is not ``"mm"``, ``"m"`` or ``"auto"``.
 
     Example:
         >>> ds = BopDataset("path/to/lmo")                         # doctest: +SKIP
         >>> obs = ds.observation(2, 3); gts = ds.gt(2, 3)           # doctest: +SKIP
     """
 
-    def __init__(self, root: str | Path, split: str = "test", *, models_dir: str = "models") -> None:
+    def __init__(
+        self, root: str | Path, split: str = "test", *, models_dir: str = "models", units: Units = "mm"
+    ) -> None:
+        if units not in ("mm", "m", "auto"):
+            raise ValueError(f"units must be 'mm', 'm' or 'auto', got {units!r}")
         self.root = Path(root)
         self.split = split
+        self.units: Units = units
         if not self.root.is_dir():
             raise BopFormatError(f"BOP dataset folder not found: {self.root}")
         self.models_path = self.root / models_dir
         if not self.models_path.is_dir():
-            raise BopFormatError(f"BOP dataset {self.root} has no {models_dir}/ folder")
+            found = _model_folders(self.root)
+            have = f"model folders found: {', '.join(found)}" if found else "no folder of obj_XXXXXX meshes found"
+            raise BopFormatError(f"BOP dataset {self.root} has no {models_dir}/ folder ({have})")
         self.split_path = self.root / split
         if not self.split_path.is_dir():
-            have = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name != models_dir)
-            raise BopFormatError(f"BOP dataset {self.root} has no split '{split}' (folders: {', '.join(have)})")
+            raise BopFormatError(_missing_split_message(self.root, split))
         self._scene_cache: dict[tuple[int, str], Any] = {}
         self._objects: dict[int, ObjectModel] = {}
 
@@ -109,12 +149,14 @@ class BopDataset:
 
     # --- models -------------------------------------------------------------------------------------------
     @cached_property
-    def models_info(self) -> dict[int, dict[str, Any]]:
-        """``models_info.json`` (values in millimetres as BOP stores them), keyed by ``obj_id``."""
+    def models_info(self) -> dict[int, ModelInfo]:
+        """``models_info.json`` keyed by ``obj_id``, in metres (:class:`~meshpose.io.models_info.ModelInfo`)."""
         for p in (self.models_path / "models_info.json", self.root / "models_info.json"):
             if p.is_file():
-                raw = _read_json(p)
-                return {int(k): v for k, v in raw.items()}
+                try:
+                    return read_models_info(p)
+                except ValueError as exc:
+                    raise BopFormatError(str(exc)) from exc
         return {}
 
     @cached_property
@@ -122,7 +164,7 @@ class BopDataset:
         """Ids of the objects that have a mesh file."""
         ids = set()
         for p in self.models_path.glob("obj_*.*"):
-            if p.suffix.lower() in (".ply", ".obj", ".glb", ".gltf", ".off", ".stl"):
+            if p.suffix.lower() in _MESH_EXTS:
                 try:
                     ids.add(int(p.stem.split("_")[1]))
                 except (IndexError, ValueError):
@@ -132,7 +174,7 @@ class BopDataset:
         return sorted(ids)
 
     def model_path(self, obj_id: int) -> Path:
-        for ext in (".ply", ".obj", ".glb", ".gltf", ".off", ".stl"):
+        for ext in _MESH_EXTS:
             p = self.models_path / f"obj_{obj_id:06d}{ext}"
             if p.is_file():
                 return p
@@ -141,16 +183,23 @@ class BopDataset:
     def object(self, obj_id: int) -> ObjectModel:
         """The :class:`ObjectModel` of ``obj_id`` (metres; symmetries from ``models_info.json``), cached."""
         if obj_id not in self._objects:
-            from meshpose.geometry.symmetry import expand_symmetries
             from meshpose.mesh import load_object_model
 
             info = self.models_info.get(obj_id)
-            symmetries = expand_symmetries(info) if info else None
+            symmetries = info.symmetry_transforms() if info is not None else None
             if info is None:
                 log.warning("object %d has no models_info.json entry: treating it as asymmetric", obj_id)
-            self._objects[obj_id] = load_object_model(
-                self.model_path(obj_id), obj_id, units="mm", symmetries=symmetries, name=f"obj_{obj_id:06d}"
+            start = time.perf_counter()
+            path = self.model_path(obj_id)
+            model = load_object_model(path, obj_id, units=self.units, symmetries=symmetries, name=f"obj_{obj_id:06d}")
+            log.info(
+                "loaded object %d (%s): %d faces in %.2f s",
+                obj_id,
+                path.name,
+                len(model.mesh.faces),
+                time.perf_counter() - start,
             )
+            self._objects[obj_id] = model
         return self._objects[obj_id]
 
     def objects(self, obj_ids: Sequence[int] | None = None) -> dict[int, ObjectModel]:
@@ -160,8 +209,8 @@ class BopDataset:
     def diameter(self, obj_id: int) -> float:
         """Object diameter in metres (from ``models_info.json`` when present, else from the mesh)."""
         info = self.models_info.get(obj_id)
-        if info and "diameter" in info:
-            return float(info["diameter"]) * 1e-3
+        if info is not None and info.diameter is not None:
+            return info.diameter
         return self.object(obj_id).diameter
 
     # --- scenes ---------------------------------------------------------------------------------------------

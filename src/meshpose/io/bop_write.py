@@ -16,59 +16,16 @@ import trimesh
 from numpy.typing import ArrayLike
 
 from meshpose.io.images import write_depth, write_mask, write_rgb
+from meshpose.io.jsonfile import write_json_atomic
+from meshpose.io.models_info import models_info_entry
 from meshpose.types import Camera, ObjectModel, Pose
 
 __all__ = [
     "SceneWriter",
-    "models_info_entry",
     "write_camera_json",
-    "write_json_atomic",
     "write_model_ply",
     "write_models",
 ]
-
-
-def models_info_entry(
-    obj: ObjectModel,
-    *,
-    continuous: Sequence[tuple[Sequence[float], Sequence[float]]] = (),
-    discrete: Sequence[ArrayLike] | None = None,
-) -> dict:
-    """A ``models_info.json`` entry (millimetres) for an object.
-
-    Args:
-        obj: the object (metres). Its non-identity ``symmetries`` are written as ``symmetries_discrete`` unless
-            ``continuous`` or ``discrete`` describes them.
-        continuous: ``(axis, offset_m)`` pairs written as ``symmetries_continuous`` (then the discrete list is
-            left out, since the expanded transforms of a continuous symmetry are not discrete symmetries).
-        discrete: the discrete symmetries to write, ``(4, 4)`` transforms in metres without the identity (e.g.
-            the half-turn of a cylinder next to its continuous symmetry, as BOP lists it); ``None`` keeps the
-            behaviour above.
-    """
-    v = np.asarray(obj.mesh.vertices, dtype=np.float64) * 1e3
-    lo, hi = v.min(0), v.max(0)
-    entry: dict[str, Any] = {
-        "diameter": obj.diameter * 1e3,
-        "min_x": lo[0],
-        "min_y": lo[1],
-        "min_z": lo[2],
-        "size_x": hi[0] - lo[0],
-        "size_y": hi[1] - lo[1],
-        "size_z": hi[2] - lo[2],
-    }
-    if continuous:
-        entry["symmetries_continuous"] = [
-            {"axis": [float(a) for a in axis], "offset": [float(o) * 1e3 for o in off]} for axis, off in continuous
-        ]
-    listed = discrete if discrete is not None else (obj.symmetries[1:] if obj.is_symmetric and not continuous else ())
-    if len(listed):
-        mats = []
-        for S in listed:
-            M = np.array(S, dtype=np.float64).reshape(4, 4)
-            M[:3, 3] *= 1e3
-            mats.append([float(x) for x in M.reshape(16)])
-        entry["symmetries_discrete"] = mats
-    return {k: (float(x) if isinstance(x, np.floating) else x) for k, x in entry.items()}
 
 
 def write_models(
@@ -156,16 +113,6 @@ def write_model_ply(path: str | Path, mesh: trimesh.Trimesh, *, keep_texture: bo
     tmp.replace(p)
 
 
-def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 1) -> None:
-    """Write JSON to a temporary file and rename it over ``path`` (a crash never leaves a truncated file)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=indent)
-    tmp.replace(p)
-
-
 def write_camera_json(root: str | Path, camera: Camera, *, depth_scale_mm: float = 0.1) -> None:
     """Write the dataset-level ``camera.json`` (intrinsics and image size of a typical image)."""
     Path(root).mkdir(parents=True, exist_ok=True)
@@ -230,6 +177,7 @@ class SceneWriter:
         depth: np.ndarray | None = None,
         masks: np.ndarray | None = None,
         masks_visib: np.ndarray | None = None,
+        cam_from_world: Pose | None = None,
         camera_extra: dict[str, Any] | None = None,
         gt_info_extra: Sequence[dict[str, Any]] | None = None,
     ) -> None:
@@ -245,8 +193,9 @@ class SceneWriter:
             masks: optional ``(N, H, W)`` full silhouettes (``mask/``).
             masks_visib: optional ``(N, H, W)`` visible masks (``mask_visib/``); with ``masks`` they give
                 ``visib_fract`` and the boxes of ``scene_gt_info.json``.
-            camera_extra: extra ``scene_camera.json`` fields of this image (e.g. BOP's ``cam_R_w2c`` and
-                ``cam_t_w2c``, the latter in millimetres).
+            cam_from_world: optional single camera pose in the scene's world frame (metres), written as BOP's
+                ``cam_R_w2c`` and ``cam_t_w2c`` (millimetres).
+            camera_extra: extra ``scene_camera.json`` fields of this image.
             gt_info_extra: per instance, ``scene_gt_info.json`` fields that replace the computed ones (e.g.
                 ``px_count_all`` and ``bbox_obj`` of the silhouette beyond the image border, as bop_toolkit
                 computes them, and the ``visib_fract`` that follows).
@@ -262,9 +211,15 @@ class SceneWriter:
                 write_depth(p / "depth" / f"{im_id:06d}.png", depth, self.depth_scale_mm)
             else:
                 _save_png(p / "depth" / f"{im_id:06d}.png", _depth_units(depth, self.depth_scale_mm), level)
+        world: dict[str, Any] = {}
+        if cam_from_world is not None:
+            R_cw, t_cw = cam_from_world.numpy()
+            world["cam_R_w2c"] = [float(x) for x in R_cw.reshape(9)]
+            world["cam_t_w2c"] = [float(x) * 1e3 for x in t_cw.reshape(3)]
         self._camera[str(im_id)] = {
             "cam_K": [float(x) for x in camera.K.reshape(9)],
             "depth_scale": float(self.depth_scale_mm),
+            **world,
             **(camera_extra or {}),
         }
         if gt_info_extra is not None and len(gt_info_extra) != len(obj_ids):

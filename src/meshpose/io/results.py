@@ -5,21 +5,16 @@
 Inside meshpose translations are metres; the mm↔m conversion happens here. Files written by bop_toolkit, MegaPose or
 GenFlow's BOP submissions load unchanged (header optional, blank lines and ``#`` comments ignored).
 
-Long runs write through :class:`ResultsWriter`: every finished image is appended and flushed at once, and a re-run
-resumes where the last one stopped. Per-item failures go to a :class:`FailureLog` next to the results.
+Long runs write through :class:`meshpose.run.writer.RunWriter` (side file, lock, exact resume), built on
+:func:`format_results_line` and :func:`parse_results_line`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 import numpy as np
 
@@ -27,10 +22,8 @@ from meshpose.types import Pose
 
 __all__ = [
     "RESULTS_HEADER",
-    "FailureLog",
     "ResultRow",
     "ResultsFormatError",
-    "ResultsWriter",
     "format_results_line",
     "group_by_image",
     "parse_results_line",
@@ -182,106 +175,3 @@ def group_by_image(rows: Iterable[ResultRow]) -> dict[tuple[int, int], list[Resu
     for r in rows:
         out.setdefault(r.image_key, []).append(r)
     return out
-
-
-class ResultsWriter:
-    """Appends the rows of each finished image to a results file at once, so a crash loses nothing.
-
-    With ``resume=True`` an existing file is kept: :attr:`done` holds the images already in it (a run skips them),
-    and a line cut short by a crash is removed together with the rest of its image's rows.
-
-    Example:
-        >>> import tempfile, os
-        >>> from meshpose.types import Pose
-        >>> path = os.path.join(tempfile.mkdtemp(), "res.csv")
-        >>> with ResultsWriter(path) as w:
-        ...     w.write_image([ResultRow.from_pose(1, 3, 5, Pose.identity(), 0.9, 0.1)])
-        >>> ResultsWriter(path).done
-        {(1, 3)}
-    """
-
-    def __init__(self, path: str | Path, *, resume: bool = True) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[tuple[int, int]] = set()
-        if resume and self.path.is_file() and self.path.stat().st_size > 0:
-            self._repair_and_scan()
-        else:
-            with self.path.open("w", encoding="utf-8") as f:
-                f.write(RESULTS_HEADER + "\n")
-        self._f = self.path.open("a", encoding="utf-8")
-
-    def _repair_and_scan(self) -> None:
-        text = self.path.read_text(encoding="utf-8")
-        lines = text.split("\n")
-        cut_key: tuple[int, int] | None = None
-        if not text.endswith("\n"):
-            partial = lines.pop()  # the last line was cut short by a crash
-            try:
-                cut_key = (int(partial.split(",")[0]), int(partial.split(",")[1]))
-            except (ValueError, IndexError):
-                cut_key = None
-        kept: list[str] = []
-        for i, line in enumerate(lines, start=1):
-            s = line.strip()
-            if not s:
-                continue
-            if s.startswith("#") or s.replace(" ", "").startswith("scene_id,"):
-                kept.append(s)
-                continue
-            try:
-                row = parse_results_line(s, where=f"{self.path}:{i}")
-            except ResultsFormatError as exc:
-                log.warning("dropping malformed row while resuming: %s", exc)
-                continue
-            if row.image_key == cut_key:
-                continue
-            kept.append(s)
-            self.done.add(row.image_key)
-        if not kept or not kept[0].replace(" ", "").startswith("scene_id,"):
-            kept.insert(0, RESULTS_HEADER)
-        if cut_key is not None or len(kept) != sum(1 for s in lines if s.strip()):
-            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-            tmp.write_text("\n".join(kept) + "\n", encoding="utf-8")
-            tmp.replace(self.path)
-
-    def write_image(self, rows: Sequence[ResultRow]) -> None:
-        """Append all rows of one image in one write and flush them to disk."""
-        if rows:
-            self._f.write("".join(format_results_line(r) + "\n" for r in rows))
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self.done.add(rows[0].image_key)
-
-    def mark_done(self, key: tuple[int, int]) -> None:
-        """Record an image that produced no rows (so a resumed run does not redo it in this process)."""
-        self.done.add(key)
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-
-    def __enter__(self) -> ResultsWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class FailureLog:
-    """JSON-lines log of per-item failures of a batch run (one object per line), next to its results file."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.count = 0
-
-    def write(self, *, reason: str, **keys: Any) -> None:
-        """Append one failure, e.g. ``write(scene_id=2, im_id=3, obj_id=5, reason="empty mask")``."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        rec = {**{k: (int(v) if isinstance(v, np.integer) else v) for k, v in keys.items()}, "reason": reason}
-        rec["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-        self.count += 1

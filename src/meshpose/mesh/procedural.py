@@ -9,6 +9,10 @@ Meshes are "watertight-ish": each part is a closed surface once vertices at the 
 (:func:`~meshpose.mesh.simplify.merge_positions`); the vertex arrays themselves are split where UVs or normals
 differ (texture seams and sharp edges), as textured meshes are. Composite objects are unions of overlapping
 closed parts (the hidden inner faces are never seen by a renderer).
+
+The building blocks (:func:`fractal_noise`, :func:`hsv_to_rgb`, :func:`decorate_texture`, :func:`texture_atlas`,
+:func:`texture_visuals`, :func:`box_part`, :func:`box_projection`, :func:`polyline`, :func:`color_field`,
+:data:`BOX_SIDES`) are shared with the generator of novel objects, :mod:`meshpose.synth.novel`.
 """
 
 from __future__ import annotations
@@ -29,12 +33,22 @@ from meshpose.mesh.simplify import corner_normals, merge_positions, split_corner
 from meshpose.types import ObjectModel
 
 __all__ = [
+    "BOX_SIDES",
     "ShapeKind",
     "TextureKind",
+    "box_part",
+    "box_projection",
+    "color_field",
+    "decorate_texture",
     "example_mesh",
     "example_object",
+    "fractal_noise",
+    "hsv_to_rgb",
     "outer_surface_points",
+    "polyline",
+    "texture_atlas",
     "texture_pattern",
+    "texture_visuals",
     "textured_box",
     "vertex_colored_mesh",
 ]
@@ -71,12 +85,12 @@ def texture_pattern(kind: TextureKind, size_px: int = 256, seed: int = 0) -> np.
         sat = rng.uniform(0.45, 1.0, (cells, cells))
         ij = np.add.outer(np.arange(cells), np.arange(cells))
         val = np.where(ij % 2 == 0, rng.uniform(0.8, 1.0, (cells, cells)), rng.uniform(0.15, 0.4, (cells, cells)))
-        grid = _hsv_to_rgb(np.stack([hues, sat, val], axis=-1))
+        grid = hsv_to_rgb(np.stack([hues, sat, val], axis=-1))
         idx = np.minimum((np.arange(n) * cells) // n, cells - 1)
         base = grid[idx[:, None], idx[None, :]]
         detail = 0.25
     elif kind == "noise":
-        base = np.stack([_fractal_noise(rng, n, octaves=(3, 6, 12, 24)) for _ in range(3)], axis=-1)
+        base = np.stack([fractal_noise(rng, n, octaves=(3, 6, 12, 24)) for _ in range(3)], axis=-1)
         base = _stretch(base)
         detail = 0.2
     elif kind == "stripes":
@@ -87,20 +101,20 @@ def texture_pattern(kind: TextureKind, size_px: int = 256, seed: int = 0) -> np.
         edges = np.cumsum(rng.uniform(0.02, 0.09, 64))
         band = np.searchsorted(edges, s * 1.5 + 0.3)
         value = np.where(np.arange(65) % 2 == 0, rng.uniform(0.75, 1.0, 65), rng.uniform(0.1, 0.4, 65))
-        colors = _hsv_to_rgb(np.stack([rng.random(65), rng.uniform(0.5, 1, 65), value], -1))
+        colors = hsv_to_rgb(np.stack([rng.random(65), rng.uniform(0.5, 1, 65), value], -1))
         base = colors[band]
         cross = (np.floor(t * rng.integers(3, 7)) % 2)[..., None]
-        coarse = _fractal_noise(rng, n, octaves=(2, 4))[..., None]
+        coarse = fractal_noise(rng, n, octaves=(2, 4))[..., None]
         base = base * (0.45 + 0.55 * cross) * (0.4 + 0.6 * coarse)
         detail = 0.2
     else:
         raise ValueError(f"unknown texture kind {kind!r}; use 'checker', 'noise' or 'stripes'")
-    fine = _fractal_noise(rng, n, octaves=(16, 32, 64))[..., None]
+    fine = fractal_noise(rng, n, octaves=(16, 32, 64))[..., None]
     img = np.clip(base * (1.0 - detail) + detail * fine, 0.0, 1.0)
     return np.asarray(np.rint(img * 255), dtype=np.uint8)
 
 
-def _fractal_noise(rng: np.random.Generator, n: int, octaves: Sequence[int]) -> np.ndarray:
+def fractal_noise(rng: np.random.Generator, n: int, octaves: Sequence[int]) -> np.ndarray:
     """``(n, n)`` value noise in [0, 1]: bicubic-upsampled random grids, finer octaves weaker."""
     out = np.zeros((n, n))
     total = 0.0
@@ -121,7 +135,8 @@ def _stretch(x: np.ndarray) -> np.ndarray:
     return np.asarray(np.clip((x - lo) / np.maximum(hi - lo, 1e-9), 0.0, 1.0))
 
 
-def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """``(..., 3)`` HSV in [0, 1] (hue as a fraction of a turn) to ``(..., 3)`` RGB in [0, 1]."""
     h, s, v = hsv[..., 0] * 6.0, hsv[..., 1], hsv[..., 2]
     i = np.floor(h).astype(np.int64) % 6
     f = h - np.floor(h)
@@ -132,7 +147,7 @@ def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     return np.asarray(np.take_along_axis(table, i[None, ..., None].repeat(3, -1), 0)[0])
 
 
-def _decorate(img: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarray:
+def decorate_texture(img: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarray:
     """Draw ``count`` random high-contrast landmarks (discs, rectangles, bars) onto an RGB uint8 image."""
     pil = Image.fromarray(img)
     draw = ImageDraw.Draw(pil)
@@ -143,7 +158,7 @@ def _decorate(img: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarr
         r = rng.uniform(0.03, 0.12) * n
         bright = bool(rng.integers(0, 2))
         hsv = np.array([rng.random(), rng.uniform(0.6, 1.0), 0.95 if bright else 0.2])
-        fill = tuple(int(c) for c in np.rint(_hsv_to_rgb(hsv) * 255))
+        fill = tuple(int(c) for c in np.rint(hsv_to_rgb(hsv) * 255))
         outline = (0, 0, 0) if bright else (255, 255, 255)
         width = max(1, n // 100)
         if kind == 0:
@@ -157,7 +172,7 @@ def _decorate(img: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarr
     return np.asarray(pil)
 
 
-def _atlas(tiles: Sequence[np.ndarray], cols: int) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+def texture_atlas(tiles: Sequence[np.ndarray], cols: int) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
     """Pack equal square tiles into an atlas; returns the image and each tile's UV rectangle
     ``(u0, v0, u1, v1)`` (v up), shrunk by one texel so bilinear filtering never reads a neighbour."""
     size = tiles[0].shape[0]
@@ -177,8 +192,8 @@ def _atlas(tiles: Sequence[np.ndarray], cols: int) -> tuple[np.ndarray, list[tup
 # ----------------------------------------------------------------------------------------------------------
 # Textured box
 # ----------------------------------------------------------------------------------------------------------
-# (normal axis, sign, u axis, v axis) of the six sides; u × v points along the outward normal.
-_SIDES = ((0, 1, 1, 2), (0, -1, 2, 1), (1, 1, 2, 0), (1, -1, 0, 2), (2, 1, 0, 1), (2, -1, 1, 0))
+#: (normal axis, sign, u axis, v axis) of the six sides of a box; u × v points along the outward normal.
+BOX_SIDES = ((0, 1, 1, 2), (0, -1, 2, 1), (1, 1, 2, 0), (1, -1, 0, 2), (2, 1, 0, 1), (2, -1, 1, 0))
 
 
 def textured_box(
@@ -215,8 +230,8 @@ def textured_box(
     tiles = []
     for side in range(6):
         tile = texture_pattern(texture, texture_px, seed=_sub_seed(seed, side))
-        tiles.append(_decorate(tile, np.random.default_rng(_sub_seed(seed, 100 + side)), 3 + side))
-    image, rects = _atlas(tiles, cols=3)
+        tiles.append(decorate_texture(tile, np.random.default_rng(_sub_seed(seed, 100 + side)), 3 + side))
+    image, rects = texture_atlas(tiles, cols=3)
 
     vertices: list[np.ndarray] = []
     faces: list[np.ndarray] = []
@@ -228,7 +243,7 @@ def textured_box(
     a, b = quad[:-1, :-1].ravel(), quad[1:, :-1].ravel()
     c, d = quad[1:, 1:].ravel(), quad[:-1, 1:].ravel()
     side_faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
-    for k, (axis, sign, ua, va) in enumerate(_SIDES):
+    for k, (axis, sign, ua, va) in enumerate(BOX_SIDES):
         p = np.zeros((len(su), 3))
         p[:, axis] = sign * extents[axis] / 2
         p[:, ua] = (su - 0.5) * extents[ua]
@@ -237,13 +252,13 @@ def textured_box(
         faces.append(side_faces + int(sum(len(x) for x in vertices)))
         vertices.append(p)
         uvs.append(np.stack([u0 + su * (u1 - u0), v0 + sv * (v1 - v0)], axis=1))
-    visual = _texture_visuals(np.concatenate(uvs), image)
+    visual = texture_visuals(np.concatenate(uvs), image)
     mesh = trimesh.Trimesh(np.concatenate(vertices), np.concatenate(faces), visual=visual, process=False)
     mesh.metadata["name"] = f"textured_box_{texture}_{seed}"
     return mesh
 
 
-def _texture_visuals(uv: np.ndarray, image: np.ndarray) -> trimesh.visual.TextureVisuals:
+def texture_visuals(uv: np.ndarray, image: np.ndarray) -> trimesh.visual.TextureVisuals:
     """UVs + an RGB image with a white diffuse colour (trimesh's default grey would be exported to glTF as a
     ``baseColorFactor`` of 0.4 that darkens the texture)."""
     material = trimesh.visual.material.SimpleMaterial(image=Image.fromarray(image), diffuse=(255, 255, 255, 255))
@@ -292,7 +307,7 @@ def vertex_colored_mesh(
     vertices = vertices - (vertices.min(axis=0) + vertices.max(axis=0)) / 2
     normals = corner_normals(vertices, faces, _SHARP_ANGLE_DEG)
     v, f, _, n = split_corners(vertices, faces, None, normals)
-    colors = _color_field(v, seed, size_m)
+    colors = color_field(v, seed, size_m)
     out = trimesh.Trimesh(v, f, vertex_normals=n, vertex_colors=colors, process=False)
     out.metadata["name"] = f"{kind}_{seed}"
     return out
@@ -323,11 +338,11 @@ def _primitive(kind: str, size: float, target_faces: int) -> trimesh.Trimesh:
     if kind == "cylinder":
         r, height = 0.35 * size, size
         area = 2 * math.pi * r * (r + height)
-        profile = _polyline([(0.0, -height / 2), (r, -height / 2), (r, height / 2), (0.0, height / 2)], 0)
+        profile = polyline([(0.0, -height / 2), (r, -height / 2), (r, height / 2), (0.0, height / 2)], 0)
     elif kind == "cone":
         r, height = 0.4 * size, size
         area = math.pi * r * (r + math.hypot(r, height))
-        profile = _polyline([(0.0, -height / 2), (r, -height / 2), (0.0, height / 2)], 0)
+        profile = polyline([(0.0, -height / 2), (r, -height / 2), (0.0, height / 2)], 0)
     elif kind == "capsule":
         r = 0.25 * size
         half = size / 2 - r
@@ -335,16 +350,16 @@ def _primitive(kind: str, size: float, target_faces: int) -> trimesh.Trimesh:
         angles = np.linspace(-np.pi / 2, 0.0, 17)
         bottom = [(r * math.cos(t), -half + r * math.sin(t)) for t in angles]
         top = [(r * math.cos(t), half + r * math.sin(t)) for t in -angles[::-1]]
-        profile = _polyline(bottom + top, 0)
+        profile = polyline(bottom + top, 0)
     else:
         raise ValueError(f"unknown shape kind {kind!r}; use one of {ShapeKind.__args__}")  # type: ignore[attr-defined]
     h = spacing(area)
     r_max = float(np.max(profile[:, 0]))
-    profile = _polyline([tuple(p) for p in profile], h)
+    profile = polyline([tuple(p) for p in profile], h)
     return trimesh.creation.revolve(profile, sections=max(12, round(2 * math.pi * r_max / h)))
 
 
-def _polyline(points: Sequence[tuple[float, float]], step: float) -> np.ndarray:
+def polyline(points: Sequence[tuple[float, float]], step: float) -> np.ndarray:
     """Resample a polyline so that no segment is longer than ``step``, keeping its corners (0: as is)."""
     pts = np.asarray(points, dtype=np.float64)
     if step <= 0:
@@ -357,7 +372,7 @@ def _polyline(points: Sequence[tuple[float, float]], step: float) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _color_field(points: np.ndarray, seed: int, size: float) -> np.ndarray:
+def color_field(points: np.ndarray, seed: int, size: float) -> np.ndarray:
     """``(N, 4)`` RGBA uint8 colours: a smooth random function of position with strong luminance contrast."""
     rng = np.random.default_rng(seed)
     p = np.asarray(points, dtype=np.float64)
@@ -394,8 +409,8 @@ def example_mesh(seed: int = 0) -> trimesh.Trimesh:
         Mesh with ``TextureVisuals`` (~5k faces), explicit vertex normals, metres.
     """
     parts: list[trimesh.Trimesh] = [
-        _box_part((0.11, 0.075, 0.045), (0.0, 0.0, 0.0)),
-        _box_part((0.04, 0.03, 0.03), (0.025, 0.018, 0.0225 + 0.015 - 0.002)),
+        box_part((0.11, 0.075, 0.045), (0.0, 0.0, 0.0)),
+        box_part((0.04, 0.03, 0.03), (0.025, 0.018, 0.0225 + 0.015 - 0.002)),
         _cylinder_part(0.013, 0.04, (0.055 + 0.02 - 0.005, -0.02, -0.005)),
         trimesh.creation.icosphere(subdivisions=3, radius=0.016).apply_translation((-0.05, -0.03, 0.02)),
     ]
@@ -403,14 +418,14 @@ def example_mesh(seed: int = 0) -> trimesh.Trimesh:
     tiles, rng = [], np.random.default_rng(_sub_seed(seed, 7))
     for k in range(6 * len(parts)):
         tile = texture_pattern(kinds[k % 3], 204, seed=_sub_seed(seed, 1000 + k))
-        tiles.append(_decorate(tile, rng, 4))
-    image, rects = _atlas(tiles, cols=5)
+        tiles.append(decorate_texture(tile, rng, 4))
+    image, rects = texture_atlas(tiles, cols=5)
 
     all_v, all_f, all_uv, all_n = [], [], [], []
     offset = 0
     for i, part in enumerate(parts):
         v, f, _ = merge_positions(part.vertices, part.faces)
-        corner_uv = _box_projection(v, f, rects[6 * i : 6 * i + 6])
+        corner_uv = box_projection(v, f, rects[6 * i : 6 * i + 6])
         sv, sf, suv, sn = split_corners(v, f, corner_uv, corner_normals(v, f, _SHARP_ANGLE_DEG))
         assert suv is not None
         all_v.append(sv)
@@ -420,7 +435,7 @@ def example_mesh(seed: int = 0) -> trimesh.Trimesh:
         offset += len(sv)
     vertices = np.concatenate(all_v)
     vertices -= (vertices.min(axis=0) + vertices.max(axis=0)) / 2
-    visual = _texture_visuals(np.concatenate(all_uv), image)
+    visual = texture_visuals(np.concatenate(all_uv), image)
     mesh = trimesh.Trimesh(
         vertices, np.concatenate(all_f), vertex_normals=np.concatenate(all_n), visual=visual, process=False
     )
@@ -479,7 +494,7 @@ def outer_surface_points(mesh: trimesh.Trimesh, n: int = 2048, seed: int = 0) ->
         m *= 2
 
 
-def _box_part(extents: Sequence[float], center: Sequence[float], cell: float = 0.01) -> trimesh.Trimesh:
+def box_part(extents: Sequence[float], center: Sequence[float], cell: float = 0.01) -> trimesh.Trimesh:
     """A closed box tessellated into squares of about ``cell`` metres."""
     e = np.asarray(extents, dtype=np.float64)
     box = textured_box(tuple(e), texture="noise", texture_px=16, segments=max(1, round(float(e.max()) / cell)))
@@ -488,14 +503,14 @@ def _box_part(extents: Sequence[float], center: Sequence[float], cell: float = 0
 
 def _cylinder_part(radius: float, length: float, center: Sequence[float], step: float = 0.003) -> trimesh.Trimesh:
     """A closed cylinder along x."""
-    profile = _polyline([(0.0, -length / 2), (radius, -length / 2), (radius, length / 2), (0.0, length / 2)], step)
+    profile = polyline([(0.0, -length / 2), (radius, -length / 2), (radius, length / 2), (0.0, length / 2)], step)
     cyl = trimesh.creation.revolve(profile, sections=max(16, round(2 * math.pi * radius / step)))
     to_x = trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0])
     to_x[:3, 3] = center
     return cyl.apply_transform(to_x)
 
 
-def _box_projection(
+def box_projection(
     vertices: np.ndarray, faces: np.ndarray, rects: Sequence[tuple[float, float, float, float]]
 ) -> np.ndarray:
     """``(F, 3, 2)`` per-corner UVs: each face is projected along the axis its normal points most along, onto

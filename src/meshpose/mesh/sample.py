@@ -1,4 +1,4 @@
-"""Surface sampling, exact diameters and surface colours of meshes."""
+"""Surface sampling and surface colours of meshes (exact diameters: :mod:`meshpose.mesh.diameter`)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import numpy as np
 import trimesh
 from numpy.typing import ArrayLike
 from PIL import Image
-from scipy.spatial import ConvexHull, QhullError
+
+from meshpose.mesh.diameter import mesh_diameter
 
 __all__ = ["mesh_diameter", "sample_surface_points", "surface_colors"]
-
-# Pairwise distances are computed in blocks of this many rows (memory: block × n float64).
-_BLOCK = 512
 
 
 def sample_surface_points(mesh: trimesh.Trimesh, n: int = 2048, seed: int = 0) -> np.ndarray:
@@ -61,128 +59,6 @@ def sample_surface_faces(mesh: trimesh.Trimesh, n: int = 2048, seed: int = 0) ->
     w0, w1, w2 = 1.0 - s, s * (1.0 - r2), s * r2
     tri = triangles[face]
     return w0[:, None] * tri[:, 0] + w1[:, None] * tri[:, 1] + w2[:, None] * tri[:, 2], face
-
-
-def mesh_diameter(mesh: trimesh.Trimesh | ArrayLike) -> float:
-    """The exact diameter: the largest distance between two vertices of a mesh (or two points of a set).
-
-    The farthest pair always lies on the convex hull, so only hull vertices are compared (all pairs, in
-    blocks). Degenerate sets (coplanar, collinear, a single point) that Qhull rejects are handled in their own
-    plane or line, which is still exact.
-
-    Args:
-        mesh: a ``trimesh.Trimesh`` (the vertices referenced by faces are used; all vertices if it has no
-            faces) or an ``(N, 3)`` array of points.
-
-    Returns:
-        The diameter in the input's units (metres for meshpose meshes); ``0.0`` for a single point.
-
-    Raises:
-        ValueError: no points, or NaN/inf coordinates.
-
-    Example:
-        >>> round(mesh_diameter(trimesh.creation.box((0.1, 0.2, 0.2))), 6)
-        0.3
-    """
-    if isinstance(mesh, trimesh.Trimesh):
-        faces = np.asarray(mesh.faces)
-        vertices = np.asarray(mesh.vertices, dtype=np.float64)
-        points = vertices[np.unique(faces)] if len(faces) else vertices
-    else:
-        points = np.asarray(mesh, dtype=np.float64).reshape(-1, 3)
-    if len(points) == 0:
-        raise ValueError("cannot compute the diameter of an empty point set")
-    if not np.isfinite(points).all():
-        raise ValueError("cannot compute the diameter of points with NaN or inf coordinates")
-    candidates = _hull_candidates(points)
-    return _max_pairwise_distance(candidates)
-
-
-def _hull_candidates(points: np.ndarray) -> np.ndarray:
-    """Points among which the farthest pair lies: the convex-hull vertices, in the set's affine span."""
-    points = np.unique(points, axis=0)
-    if len(points) <= 4:
-        return points
-    try:
-        return points[ConvexHull(points).vertices]
-    except QhullError:
-        pass
-    # Degenerate: find the affine span and take the hull there (distances are preserved by the projection).
-    centred = points - points.mean(axis=0)
-    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
-    rank = int(np.sum(sv > sv[0] * 1e-9)) if sv[0] > 0 else 0
-    if rank == 0:
-        return points[:1]
-    if rank == 1:
-        t = centred @ vt[0]
-        return points[[int(np.argmin(t)), int(np.argmax(t))]]
-    if rank == 2:
-        try:
-            return points[ConvexHull(centred @ vt[:2].T).vertices]
-        except QhullError:
-            pass
-    return points  # pragma: no cover - Qhull failed on a full-rank set: compare all pairs
-
-
-def _max_pairwise_distance(points: np.ndarray) -> float:
-    """Largest pairwise distance (exact: every pair that could beat the answer is measured).
-
-    Small sets are compared all against all. Larger ones (e.g. the hull of a finely tessellated sphere, where
-    every vertex is on the hull) are pruned by direction: for a fixed set of unit directions whose angular
-    covering radius is at most ``θ``, the farthest pair ``(i, j)``, if longer than a known lower bound ``L``,
-    satisfies ``(pᵢ - pⱼ)·d ≥ L cos θ`` for some direction ``d``; so ``i`` lies in the top cap and ``j`` in the
-    bottom cap of the projections on ``d``, and only those pairs are measured.
-    """
-    p = points - (points.min(axis=0) + points.max(axis=0)) / 2
-    if len(p) < 2:
-        return 0.0
-    if len(p) <= _BRUTE_FORCE_MAX:
-        return _max_cross_distance(p, p)
-    i, lower = 0, 0.0
-    for _ in range(4):  # farthest-point sweeps: a lower bound, usually the answer or close to it
-        d = np.linalg.norm(p - p[i], axis=1)
-        j = int(np.argmax(d))
-        if d[j] <= lower:
-            break
-        i, lower = j, float(d[j])
-    directions, theta = _pruning_directions()
-    proj = p @ directions.T  # (N, K)
-    margin = lower * np.cos(theta) * (1.0 - 1e-9)
-    top = proj >= proj.min(axis=0) + margin
-    bottom = proj <= proj.max(axis=0) - margin
-    best = lower
-    for k in np.flatnonzero(top.any(axis=0) & bottom.any(axis=0)):
-        best = max(best, _max_cross_distance(p[top[:, k]], p[bottom[:, k]]))
-    return best
-
-
-_BRUTE_FORCE_MAX = 1500
-_directions_cache: list[tuple[np.ndarray, float]] = []
-
-
-def _pruning_directions() -> tuple[np.ndarray, float]:
-    """Half of the vertices of a subdivided icosahedron (one of each ±d pair) and a bound on the angle from
-    any unit vector to the nearest of ±those: the longest edge angle of the icosphere."""
-    if not _directions_cache:
-        sphere = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
-        v = np.asarray(sphere.vertices, dtype=np.float64)
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
-        edges = np.asarray(sphere.edges_unique)
-        cos_edge = np.einsum("ij,ij->i", v[edges[:, 0]], v[edges[:, 1]])
-        theta = float(np.arccos(np.clip(cos_edge.min(), -1.0, 1.0)))
-        g = np.array([0.3141, 0.5926, 0.7412])
-        _directions_cache.append((v[v @ g > 0], theta))
-    return _directions_cache[0]
-
-
-def _max_cross_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """``max |aᵢ - bⱼ|`` over all pairs, in row blocks (memory: ``_BLOCK × len(b)`` float64)."""
-    best = 0.0
-    for start in range(0, len(a), _BLOCK):
-        block = a[start : start + _BLOCK]
-        d2 = np.sum((block[:, None, :] - b[None, :, :]) ** 2, axis=-1)
-        best = max(best, float(d2.max()))
-    return float(np.sqrt(best))
 
 
 def surface_colors(mesh: trimesh.Trimesh, points: ArrayLike) -> np.ndarray:

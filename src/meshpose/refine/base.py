@@ -1,18 +1,16 @@
-"""The refiner seam: one protocol every pose-refinement method implements, and the registry of named presets.
+"""The refiner seam: the protocol every pose-refinement method implements, and what the methods share.
 
 Every method — learned or optimisation-based — takes an :class:`Observation`, the objects, and one initial
-``cam_from_obj`` pose per object instance, and returns a :class:`RefineResult`. Presets are looked up by the name
-the CLI's ``--method`` takes; their modules are imported only when first asked for (so ``icp`` pulls in Open3D only
-when used).
+``cam_from_obj`` pose per object instance, and returns a :class:`RefineResult`, whose ``info.failure`` holds a
+:class:`~meshpose.types.Failure` (code + message) per failed instance. The named presets and chains live in
+:mod:`meshpose.refine.registry`.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -20,18 +18,17 @@ import roma
 import torch
 
 from meshpose.render.base import Renderer
-from meshpose.types import ObjectModel, Observation, Pose, RefineInfo, RefineResult
+from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineInfo, RefineResult
 
 __all__ = [
-    "PRESETS",
+    "Failure",
+    "FailureCode",
     "LazyRenderer",
     "Modality",
     "Refiner",
     "RefinerError",
     "StageTimer",
-    "available_methods",
     "check_refine_inputs",
-    "make_refiner",
     "make_result",
     "stage_schedule",
 ]
@@ -78,80 +75,6 @@ class Refiner(Protocol):
             The refined poses with scores, per-iteration history and diagnostics.
         """
         ...
-
-
-#: Preset name → (module, class). The class is constructed as ``cls(config)`` with its own ``Config`` dataclass.
-PRESETS: dict[str, tuple[str, str]] = {
-    "flow-pnp": ("meshpose.refine.flow_pnp", "FlowPnPRefiner"),
-    "contour": ("meshpose.refine.contour", "ContourRefiner"),
-    "icp": ("meshpose.refine.icp", "ICPRefiner"),
-    "genflow": ("meshpose.refine.genflow", "GenFlowRefiner"),
-}
-
-
-def available_methods() -> list[str]:
-    """Names of the refiner presets whose modules are present."""
-    out = []
-    for name, (module, _) in PRESETS.items():
-        if importlib.util.find_spec(module) is not None:
-            out.append(name)
-    return out
-
-
-def make_refiner(name: str, config: Any = None, **overrides: Any) -> Refiner:
-    """Build a refiner preset by name.
-
-    Args:
-        name: a key of :data:`PRESETS` (``meshpose refine --method``).
-        config: the method's ``Config`` dataclass instance (default: its defaults).
-        overrides: fields of the config to replace, e.g. ``make_refiner("flow-pnp", iterations=6)``.
-
-    A name of presets joined by ``+`` (``"genflow+contour"``) builds a
-    :class:`~meshpose.refine.chain.ChainRefiner` that runs them in order; its overrides are keyed by member name,
-    each a dict of that member's config fields (``genflow={"weights": "run/model.pt"}``).
-
-    Raises:
-        ValueError: unknown preset, or an override that is not a field of the method's config.
-    """
-    if "+" in name:
-        return _make_chain(name, config, overrides)
-    if name not in PRESETS:
-        raise ValueError(f"unknown refiner '{name}'; choose from {', '.join(sorted(PRESETS))}")
-    module_name, cls_name = PRESETS[name]
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    cfg = config if config is not None else cls.Config()
-    if overrides:
-        if not is_dataclass(cfg):
-            raise ValueError(f"refiner '{name}' has no dataclass config to override")
-        known = {f.name for f in fields(cfg)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise ValueError(f"refiner '{name}' has no option(s) {bad}; options: {', '.join(sorted(known))}")
-        cfg = replace(cfg, **overrides)  # type: ignore[type-var]
-    refiner: Refiner = cls(cfg)
-    return refiner
-
-
-def _make_chain(name: str, config: Any, overrides: dict[str, Any]) -> Refiner:
-    from meshpose.refine.chain import ChainRefiner
-
-    parts = name.split("+")
-    if config is not None:
-        raise ValueError(f"refiner chain '{name}': give each member's options by its name, not a config")
-    if "" in parts or len(set(parts)) != len(parts):
-        raise ValueError(f"refiner chain '{name}': members must be distinct preset names joined by '+'")
-    bad = sorted(set(overrides) - set(parts))
-    if bad:
-        raise ValueError(
-            f"refiner chain '{name}' has no member(s) {bad}; give options per member, e.g. {{\"{parts[0]}\": {{...}}}}"
-        )
-    members = []
-    for part in parts:
-        opts = overrides.get(part, {})
-        if not isinstance(opts, dict):
-            raise ValueError(f"refiner chain '{name}': options of '{part}' must be a dict, got {type(opts).__name__}")
-        members.append(make_refiner(part, **opts))
-    return ChainRefiner(members)
 
 
 def check_refine_inputs(
@@ -269,7 +192,7 @@ def make_result(
     *,
     timer: StageTimer,
     converged: np.ndarray,
-    failure: list[str | None],
+    failure: list[Failure | None],
     extra: dict[str, Any] | None = None,
     pose: Pose | None = None,
 ) -> RefineResult:

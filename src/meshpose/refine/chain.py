@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from meshpose.refine.base import Modality, Refiner, StageTimer, check_refine_inputs, make_result
-from meshpose.types import ObjectModel, Observation, Pose, RefineResult
+from meshpose.types import Failure, ObjectModel, Observation, Pose, RefineResult
 
 __all__ = ["ChainRefiner"]
 
@@ -29,9 +29,10 @@ class ChainRefiner:
     The modality is ``rgbd`` if any member needs depth. ``iterations`` is the first member's, in its own units
     (outer iterations of ``genflow``, renders of ``contour``); the later members run their configured schedules
     (set them per member). ``history`` is the initial poses followed by every member's iterations; score,
-    convergence and failure reasons are the last member's, except that an earlier member's failure reason is kept,
-    prefixed with its name, where the last member reports none. ``info.timings`` holds each member's timings under
-    ``NAME.STAGE``, ``info.extra["members"]`` each member's ``extra``.
+    convergence and failures are the last member's, except that an earlier member's failure is kept where the last
+    member reports none; a failure keeps its code and its message is prefixed with the member's name.
+    ``info.timings`` holds each member's timings under ``NAME.STAGE``, ``info.extra["members"]`` each member's
+    ``extra``.
     """
 
     def __init__(self, members: Sequence[Refiner]) -> None:
@@ -53,7 +54,7 @@ class ChainRefiner:
         poses = check_refine_inputs(obs, objects, init, self.modality, self.name)
         timer = StageTimer()
         history = [poses]
-        failures: list[str | None] = [None] * len(objects)
+        failures: list[Failure | None] = [None] * len(objects)
         extras = {}
         last: RefineResult | None = None
         current = poses
@@ -66,7 +67,7 @@ class ChainRefiner:
                 timer.totals[f"{member.name}.{stage}"] = seconds
             extras[member.name] = last.info.extra
             failures = [
-                f"{member.name}: {mine}" if mine is not None else prev
+                mine.with_prefix(member.name) if mine is not None else prev
                 for prev, mine in zip(failures, last.info.failure, strict=True)
             ]
         assert last is not None

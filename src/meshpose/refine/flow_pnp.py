@@ -9,10 +9,11 @@ One outer iteration, for each object instance:
 3. each kept pixel ``p`` with rendered object point ``X(p)`` gives a 2D-3D match ``(p + flow(p), X(p))``; PnP-RANSAC
    (poselib) over them gives the new pose; with depth, the same matches lifted to 3D-3D (observed depth at
    ``p + flow(p)``) give a robust rigid fit that fixes the distance the image alone measures poorly;
-4. the update is accepted only if it is plausible (bounded step, enough inliers).
+4. the update is accepted only if it is plausible (enough inliers; :func:`~meshpose.refine.guards.guard_update`:
+   finite, in front of the camera, a bounded step).
 
 Stages run coarse to fine (a wide low-resolution crop, then a tight high-resolution one). Every pose the loop
-visits is scored by how well its silhouette outline lies on image edges (:func:`edge_alignment_score`, measured in
+visits is scored by how well its silhouette outline lies on image edges (:mod:`meshpose.refine.select`, measured in
 one fixed crop per instance) and the best-scoring pose is returned, so a refinement that wanders off does not end
 worse than it started. The flow is a classical one: it follows texture and silhouette edges and is at its best on
 textured objects; across a large appearance gap between the rendering and a real photo it degrades (see the
@@ -21,7 +22,6 @@ benchmark notes), which is what the learned ``genflow`` preset is for.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,13 +31,14 @@ import numpy as np
 import torch
 
 from meshpose.geometry.align import ransac_rigid
-from meshpose.geometry.lie import rotation_angle
 from meshpose.geometry.pnp import pnp_ransac
 from meshpose.geometry.projection import unproject
 from meshpose.refine.base import LazyRenderer, StageTimer, check_refine_inputs, make_result, stage_schedule
-from meshpose.refine.views import CropView, edge_alignment_score, gray, make_crop_view, observed_gradients
+from meshpose.refine.guards import guard_update
+from meshpose.refine.select import EdgeJudge, pick_by_edges
+from meshpose.refine.views import CropView, gray, make_crop_view
 from meshpose.render.base import Lighting, Renderer
-from meshpose.types import ObjectModel, Observation, Pose, RefineResult
+from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineResult
 
 __all__ = ["FlowPnPConfig", "FlowPnPRefiner", "FlowStage"]
 
@@ -151,41 +152,31 @@ class FlowPnPRefiner(LazyRenderer):
         n = len(objects)
         current = [poses0[i] for i in range(n)]
         history = [poses0]
-        failure: list[str | None] = [None] * n
+        failure: list[Failure | None] = [None] * n
+        dropped = np.zeros(n, bool)  # no crop around the pose: the instance is left as it is
         converged = np.zeros(n, bool)
         inlier_ratio = np.zeros(n)
         use_depth = cfg.use_depth and obs.depth is not None
 
         # One fixed crop per instance (around its initial pose) in which every visited pose is scored.
-        judge: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n
-        best_score = np.full(n, -1.0)
-        last_score = np.full(n, -1.0)
-        best_pose = list(current)
+        judges: list[EdgeJudge | None] = [None] * n
+        visited: list[list[Pose]] = [[current[i]] for i in range(n)]
+        edge_scores: list[list[float]] = [[] for _ in range(n)]
         if cfg.select_by_edges:
             with timer("score"):
                 for i in range(n):
                     try:
-                        v = make_crop_view(
-                            obs,
-                            objects,
-                            poses0,
-                            i,
-                            size=128,
-                            padding=1.6,
-                            renderer=self.renderer,
-                            lighting=cfg.lighting,
-                        )
+                        judge = EdgeJudge.around(obs, poses0[i], objects[i].points)
                     except ValueError as exc:
-                        failure[i] = f"cannot crop around the initial pose: {exc}"
+                        failure[i] = Failure(FailureCode.BEHIND_CAMERA, f"cannot crop around the initial pose: {exc}")
+                        dropped[i] = True
                         continue
-                    grad0 = observed_gradients(v.rgb)
-                    judge[i] = (v.box, grad0)
-                    best_score[i] = last_score[i] = edge_alignment_score(grad0, v.own)
+                    judges[i] = judge
+                    edge_scores[i].append(self._edge_score(obs, objects, poses0, i, judge))
 
         for it, stage in enumerate(self._schedule(iterations), start=1):
             for i in range(n):
-                reason = failure[i]
-                if converged[i] or (reason is not None and reason.startswith("cannot crop")):
+                if converged[i] or dropped[i]:
                     continue
                 poses = Pose.stack(current)
                 try:
@@ -201,12 +192,14 @@ class FlowPnPRefiner(LazyRenderer):
                             lighting=cfg.lighting,
                         )
                 except ValueError as exc:
-                    failure[i] = f"cannot crop around the pose: {exc}"
+                    failure[i] = Failure(FailureCode.BEHIND_CAMERA, f"cannot crop around the pose: {exc}")
+                    dropped[i] = True
                     continue
                 with timer("flow"):
                     matches = self._matches(view, stage.size)
                 if len(matches.points2d) < cfg.min_inliers:
-                    failure[i] = f"too few consistent flow matches ({len(matches.points2d)})"
+                    msg = f"too few consistent flow matches ({len(matches.points2d)})"
+                    failure[i] = Failure(FailureCode.TOO_FEW_MATCHES, msg)
                     continue
                 scale = stage.size / 256.0
                 with timer("pnp"):
@@ -218,43 +211,33 @@ class FlowPnPRefiner(LazyRenderer):
                         min_inliers=cfg.min_inliers,
                     )
                 if not res.success or res.pose is None:
-                    failure[i] = f"PnP failed: {res.reason}"
+                    failure[i] = Failure(FailureCode.SOLVER_FAILED, f"PnP failed: {res.reason}")
                     continue
                 candidate = res.pose
                 if use_depth:
                     with timer("rigid"):
                         candidate = self._depth_fit(view, matches, res.inliers, candidate, objects[i].diameter)
-                step_deg = math.degrees(float(rotation_angle(current[i].R, candidate.R)))
-                step_m = float((candidate.t - current[i].t).norm())
-                if step_deg > cfg.max_step_deg or step_m > cfg.max_step_frac * objects[i].diameter:
-                    failure[i] = f"implausible update rejected ({step_deg:.1f}°, {step_m * 1e3:.1f} mm)"
+                check = guard_update(
+                    current[i].R,
+                    current[i].t,
+                    candidate.R,
+                    candidate.t,
+                    diameter=objects[i].diameter,
+                    max_rot_deg=cfg.max_step_deg,
+                    max_trans_frac=cfg.max_step_frac,
+                )
+                failure[i] = check.failure
+                if not check.ok:
                     continue
-                if float(candidate.t[2]) <= 0:
-                    failure[i] = "update put the object behind the camera"
-                    continue
-                failure[i] = None
                 current[i] = candidate
                 inlier_ratio[i] = res.num_inliers / len(matches.points2d)
-                if step_deg < cfg.converge_deg and step_m < cfg.converge_frac * objects[i].diameter:
+                if check.rot_deg < cfg.converge_deg and check.trans_m < cfg.converge_frac * objects[i].diameter:
                     converged[i] = True
-                judged = judge[i]
+                judged = judges[i]
                 if judged is not None:
                     with timer("score"):
-                        box, grad = judged
-                        v = make_crop_view(
-                            obs,
-                            objects,
-                            Pose.stack(current),
-                            i,
-                            size=128,
-                            padding=1.6,
-                            renderer=self.renderer,
-                            lighting=cfg.lighting,
-                            box=box,
-                        )
-                        s = last_score[i] = edge_alignment_score(grad, v.own)
-                    if s > best_score[i]:
-                        best_score[i], best_pose[i] = s, candidate
+                        edge_scores[i].append(self._edge_score(obs, objects, Pose.stack(current), i, judged))
+                    visited[i].append(candidate)
             step_poses = Pose.stack(current)
             history.append(step_poses)
             if callback is not None:
@@ -263,13 +246,16 @@ class FlowPnPRefiner(LazyRenderer):
                 break
 
         if cfg.select_by_edges:
-            revert = [judge[i] is not None and best_score[i] > last_score[i] + cfg.select_margin for i in range(n)]
-            final = Pose.stack([best_pose[i] if revert[i] else current[i] for i in range(n)])
-            best_score = np.where(revert, best_score, last_score)
+            picks = [
+                pick_by_edges(edge_scores[i], cfg.select_margin) if judges[i] is not None else -1 for i in range(n)
+            ]
+            final = Pose.stack([visited[i][picks[i]] if judges[i] is not None else current[i] for i in range(n)])
+            best_score = np.array([edge_scores[i][picks[i]] if judges[i] is not None else -1.0 for i in range(n)])
             score = np.clip(best_score, 0.0, 1.0) * np.where(inlier_ratio > 0, 0.5 + 0.5 * inlier_ratio, 0.5)
         else:
             final = history[-1]
             score = inlier_ratio
+            best_score = np.full(n, -1.0)
         return make_result(
             history,
             score,
@@ -280,10 +266,29 @@ class FlowPnPRefiner(LazyRenderer):
             pose=final,
         )
 
+    def _edge_score(
+        self, obs: Observation, objects: Sequence[ObjectModel], poses: Pose, i: int, judge: EdgeJudge
+    ) -> float:
+        """Edge score of instance ``i`` at ``poses[i]`` in its judge's crop, the scene (the other instances at
+        ``poses``) rendered with it so that what they hide does not count."""
+        v = make_crop_view(
+            obs,
+            objects,
+            poses,
+            i,
+            size=judge.crop.size,
+            padding=1.0,
+            renderer=self.renderer,
+            lighting=self.config.lighting,
+            box=judge.crop.box,
+        )
+        return judge.score(v.own)
+
     def _matches(self, view: CropView, size: int) -> _Matches:
         """Forward-backward-consistent flow matches from the instance's rendered pixels to the observed crop."""
         cfg = self.config
         own = view.own
+        assert view.render is not None  # a view of make_crop_view
         rend = (view.render.rgb[0] * 255.0).astype(np.uint8)
         if cfg.composite:
             rend = np.where(view.render.mask[0][..., None], rend, view.rgb)

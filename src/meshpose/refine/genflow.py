@@ -35,38 +35,24 @@ genflow`` on generated objects only.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import torch
 
-from meshpose.geometry.crop import crop_box_around_object, crop_image
-from meshpose.geometry.lie import rotation_angle
-from meshpose.nets.genflow import GenFlowNet, GenFlowNetConfig, GenFlowOutput, make_input
+from meshpose.geometry.crop import crop_box_around_object
+from meshpose.nets.batch import load_genflow_model, make_crop_batch, run_network
+from meshpose.nets.genflow import GenFlowNet
 from meshpose.refine.base import LazyRenderer, StageTimer, check_refine_inputs, make_result, stage_schedule
-from meshpose.refine.views import edge_alignment_score, observed_gradients
+from meshpose.refine.guards import guard_update
+from meshpose.refine.select import EdgeJudge, pick_by_edges
+from meshpose.refine.views import cut_crop
 from meshpose.render.base import Lighting, Renderer, render_alone
-from meshpose.types import Camera, ObjectModel, Observation, Pose, RefineResult
+from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineResult
 
-__all__ = [
-    "CropBatch",
-    "GenFlowConfig",
-    "GenFlowRefiner",
-    "GenFlowStage",
-    "RenderedCrops",
-    "default_weights_path",
-    "load_genflow_model",
-    "make_crop_batch",
-    "resolve_weights",
-    "run_network",
-]
+__all__ = ["GenFlowConfig", "GenFlowRefiner", "GenFlowStage"]
 
 
 @dataclass(frozen=True)
@@ -106,7 +92,7 @@ class GenFlowConfig:
         min_in_image: an instance whose rendered silhouette lies less than this fraction inside the image is not
             updated (a failure: there is nothing to compare with).
         select_by_edges: at the end, score every visited pose of an instance by how well its outline lies on the
-            image edges (:func:`~meshpose.refine.views.edge_alignment_score`, in one fixed crop around the initial
+            image edges (:func:`~meshpose.refine.select.edge_alignment_score`, in one fixed crop around the initial
             pose, all poses rendered in one call) and return the best one when it beats the last pose by more than
             ``select_margin`` — a guard, shared with ``flow-pnp``, against a network that walks away from a good
             initial pose.
@@ -148,159 +134,6 @@ class GenFlowConfig:
                 raise ValueError(f"bad genflow stage {s}: depth_prior must be ≥ 0 (or None)")
         if not self.depth_prior_weight >= 0.0:
             raise ValueError(f"genflow depth_prior_weight must be ≥ 0, got {self.depth_prior_weight}")
-
-
-def default_weights_path(name: str = "model") -> Path:
-    """The weights ``NAME.pt`` shipped with the package (``model.pt``: the refiner's default network)."""
-    return Path(str(resources.files("meshpose") / "weights" / "genflow" / f"{name}.pt"))
-
-
-def resolve_weights(spec: str | Path | None) -> Path:
-    """A weights spec (:class:`GenFlowConfig`, :class:`GenFlowStage`, ``GenFlowTrainConfig.init_weights``) as a path:
-    ``None`` or ``"package"`` → the shipped ``model.pt``, ``"package:NAME"`` → the shipped ``NAME.pt``, anything
-    else is a path."""
-    if spec is None or spec == "package":
-        return default_weights_path()
-    if isinstance(spec, str) and spec.startswith("package:"):
-        return default_weights_path(spec.removeprefix("package:"))
-    return Path(spec)
-
-
-def load_genflow_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> GenFlowNet:
-    """Load a :class:`GenFlowNet` from a ``model.pt`` (``{"net_config": …, "state_dict": …}``) or a training
-    checkpoint; ``None`` loads the shipped weights.
-
-    Raises:
-        FileNotFoundError: no such file (or no shipped weights).
-    """
-    p = resolve_weights(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"genflow weights not found at {p}; train them with `meshpose train genflow`")
-    blob = torch.load(p, map_location="cpu", weights_only=False)
-    net_cfg = blob.get("net_config")
-    if net_cfg is None and (p.parent / "config.json").is_file():
-        net_cfg = json.loads((p.parent / "config.json").read_text())["net"]
-    net = GenFlowNet(GenFlowNetConfig.from_dict(net_cfg or {}))
-    state = blob.get("state_dict", blob.get("model"))
-    net.load_state_dict({k.removeprefix("module."): v.float() for k, v in state.items()})
-    return net.to(device).eval()
-
-
-@dataclass(frozen=True, eq=False)
-class CropBatch:
-    """Network-ready tensors of ``B`` crops (float32 unless said).
-
-    Args:
-        obs_rgb: ``(B, 3, S, S)`` observed colour in [0, 1].
-        obs_depth: ``(B, 1, S, S)`` observed depth, metres (0 = none).
-        ren_rgb: ``(B, 3, S, S)`` rendered colour.
-        ren_depth: ``(B, 1, S, S)`` rendered depth, metres.
-        ren_xyz: ``(B, 3, S, S)`` rendered object coordinates, metres.
-        ren_mask: ``(B, 1, S, S)`` bool rendered mask.
-        K: ``(B, 3, 3)`` crop intrinsics.
-        pose: ``(B,)`` the rendered poses (float64).
-        diameter: ``(B,)`` object diameters, metres.
-    """
-
-    obs_rgb: torch.Tensor
-    obs_depth: torch.Tensor
-    ren_rgb: torch.Tensor
-    ren_depth: torch.Tensor
-    ren_xyz: torch.Tensor
-    ren_mask: torch.Tensor
-    K: torch.Tensor
-    pose: Pose
-    diameter: torch.Tensor
-
-    def to(self, device: torch.device | str) -> CropBatch:
-        tensors = ("obs_rgb", "obs_depth", "ren_rgb", "ren_depth", "ren_xyz", "ren_mask", "K", "diameter")
-        return dataclasses.replace(
-            self, **{k: getattr(self, k).to(device) for k in tensors}, pose=self.pose.to(device=device)
-        )
-
-
-class RenderedCrops(Protocol):
-    """What :func:`make_crop_batch` reads of a rendering: a :class:`RenderOutput` or training items' arrays."""
-
-    @property
-    def rgb(self) -> np.ndarray: ...  # (B, S, S, 3) float32 in [0, 1]
-    @property
-    def depth(self) -> np.ndarray: ...  # (B, S, S) float32 metres
-    @property
-    def xyz(self) -> np.ndarray: ...  # (B, S, S, 3) float32 object coordinates, metres
-    @property
-    def mask(self) -> np.ndarray: ...  # (B, S, S) bool
-
-
-def make_crop_batch(
-    rgb: np.ndarray,
-    depth: np.ndarray | None,
-    render: RenderedCrops,
-    cameras: Sequence[Camera],
-    poses: Pose,
-    diameters: Sequence[float],
-) -> CropBatch:
-    """Assemble a :class:`CropBatch` from numpy crops.
-
-    Args:
-        rgb: ``(B, S, S, 3)`` uint8 observed crops.
-        depth: ``(B, S, S)`` float32 observed depth crops (metres, 0 = none), or ``None``.
-        render: the rendering of each crop (:func:`render_alone`).
-        cameras: the ``B`` crop cameras.
-        poses: ``(B,)`` rendered poses.
-        diameters: object diameters, metres.
-    """
-    b, s = rgb.shape[0], rgb.shape[1]
-
-    def chw(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
-
-    obs_depth = (
-        torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[:, None]
-        if depth is not None
-        else torch.zeros(b, 1, s, s)
-    )
-    return CropBatch(
-        obs_rgb=chw(rgb).float() / 255.0,
-        obs_depth=obs_depth,
-        ren_rgb=chw(render.rgb).float(),
-        ren_depth=torch.from_numpy(np.ascontiguousarray(render.depth))[:, None].float(),
-        ren_xyz=chw(render.xyz).float(),
-        ren_mask=torch.from_numpy(np.ascontiguousarray(render.mask))[:, None],
-        K=torch.from_numpy(np.stack([c.K for c in cameras])).float(),
-        pose=poses.to(torch.float64),
-        diameter=torch.tensor(list(diameters), dtype=torch.float32),
-    )
-
-
-def run_network(
-    net: GenFlowNet | torch.nn.Module,
-    batch: CropBatch,
-    iterations: int,
-    *,
-    use_depth: bool = True,
-    depth_prior: torch.Tensor | None = None,
-    depth_prior_weight: float = 0.0,
-) -> GenFlowOutput:
-    """Run ``net`` (a :class:`GenFlowNet`, possibly DDP-wrapped) on a :class:`CropBatch`; observed depth is zeroed
-    out when ``use_depth`` is false; ``depth_prior`` (``(B,)`` metres) and its weight go to the PnP layer."""
-    z_ref = batch.pose.t[:, 2].to(torch.float32)
-    obs_depth = batch.obs_depth if use_depth else torch.zeros_like(batch.obs_depth)
-    has_depth = bool((obs_depth > 0).any())
-    observed = make_input(batch.obs_rgb, obs_depth, None, z_ref, batch.diameter)
-    rendered = make_input(batch.ren_rgb, batch.ren_depth, batch.ren_mask, z_ref, batch.diameter)
-    return net(
-        rendered,
-        observed,
-        batch.ren_xyz,
-        batch.ren_mask,
-        batch.K,
-        batch.pose.to(torch.float32),
-        iterations=iterations,
-        observed_depth=obs_depth if has_depth else None,
-        depth_prior=depth_prior,
-        depth_prior_weight=depth_prior_weight,
-    )
 
 
 class GenFlowRefiner(LazyRenderer):
@@ -350,10 +183,10 @@ class GenFlowRefiner(LazyRenderer):
         n = len(objects)
         current = Pose(poses0.R.clone(), poses0.t.clone())
         history = [poses0]
-        failure: list[str | None] = [None] * n
+        failure: list[Failure | None] = [None] * n
+        dropped = np.zeros(n, bool)  # no crop around the pose: the instance is left as it is
         score = np.zeros(n)
         use_depth = cfg.use_depth and obs.depth is not None
-        in_image = np.ones(obs.rgb.shape[:2], bool)
 
         def prior_weight(stage: GenFlowStage) -> float:  # RGB only: with depth, the depth residual decides
             if use_depth:
@@ -367,7 +200,7 @@ class GenFlowRefiner(LazyRenderer):
             for it, stage in enumerate(self._schedule(iterations), start=1):
                 active, boxes = [], []
                 for i in range(n):
-                    if failure[i] is not None and failure[i].startswith("cannot crop"):  # type: ignore[union-attr]
+                    if dropped[i]:
                         continue
                     try:
                         boxes.append(
@@ -375,26 +208,22 @@ class GenFlowRefiner(LazyRenderer):
                         )
                         active.append(i)
                     except ValueError as exc:
-                        failure[i] = f"cannot crop around the pose: {exc}"
+                        failure[i] = Failure(FailureCode.BEHIND_CAMERA, f"cannot crop around the pose: {exc}")
+                        dropped[i] = True
                 if active:
                     with timer("crop"):
-                        s = stage.size
-                        cams, rgbs, depths, insides = [], [], [], []
-                        for box in boxes:
-                            rgb, cam = crop_image(obs.rgb, obs.camera, box, s, s)
-                            cams.append(cam)
-                            rgbs.append(rgb)
-                            insides.append(crop_image(in_image, obs.camera, box, s, s, interpolation="nearest")[0])
-                            if use_depth:
-                                assert obs.depth is not None
-                                depths.append(crop_image(obs.depth, obs.camera, box, s, s, interpolation="nearest")[0])
+                        crops = [
+                            cut_crop(obs, box, stage.size, index=i, depth=use_depth, mask=False)
+                            for i, box in zip(active, boxes, strict=True)
+                        ]
+                        cams = [c.camera for c in crops]
                     idx = torch.tensor(active)
                     sub = current[idx]
                     with timer("render"):
                         rend = render_alone(self.renderer, [objects[i] for i in active], sub, cams, cfg.lighting)
                     batch = make_crop_batch(
-                        np.stack(rgbs),
-                        np.stack(depths) if use_depth else None,
+                        np.stack([c.rgb for c in crops]),
+                        np.stack([c.depth for c in crops if c.depth is not None]) if use_depth else None,
                         rend,
                         cams,
                         sub,
@@ -416,20 +245,23 @@ class GenFlowRefiner(LazyRenderer):
                     R, t = current.R.clone(), current.t.clone()
                     for k, i in enumerate(active):
                         silhouette = rend.mask[k]
-                        seen = float((silhouette & insides[k]).sum()) / max(float(silhouette.sum()), 1.0)
+                        seen = float((silhouette & crops[k].valid).sum()) / max(float(silhouette.sum()), 1.0)
                         if seen < cfg.min_in_image:
-                            failure[i] = f"the object is not in the image at this pose ({100 * seen:.0f}% of it inside)"
+                            msg = f"the object is not in the image at this pose ({100 * seen:.0f}% of it inside)"
+                            failure[i] = Failure(FailureCode.OUTSIDE_IMAGE, msg)
                             continue
-                        step_deg = math.degrees(float(rotation_angle(current.R[i], new.R[k])))
-                        step_m = float((new.t[k] - current.t[i]).norm())
-                        ok = bool(torch.isfinite(new.R[k]).all() and torch.isfinite(new.t[k]).all())
-                        if not ok or new.t[k, 2] <= 0:
-                            failure[i] = "the network's pose is invalid"
+                        check = guard_update(
+                            current.R[i],
+                            current.t[i],
+                            new.R[k],
+                            new.t[k],
+                            diameter=objects[i].diameter,
+                            max_rot_deg=cfg.max_step_deg,
+                            max_trans_frac=cfg.max_step_frac,
+                        )
+                        failure[i] = check.failure
+                        if not check.ok:
                             continue
-                        if step_deg > cfg.max_step_deg or step_m > cfg.max_step_frac * objects[i].diameter:
-                            failure[i] = f"implausible update rejected ({step_deg:.1f}°, {step_m * 1e3:.1f} mm)"
-                            continue
-                        failure[i] = None
                         R[i], t[i] = new.R[k], new.t[k]
                         score[i] = float(w[k][valid[k]].mean()) if valid[k].any() else 0.0
                     current = Pose(R, t)
@@ -457,21 +289,18 @@ class GenFlowRefiner(LazyRenderer):
         self, obs: Observation, objects: Sequence[ObjectModel], history: list[Pose], margin: float
     ) -> tuple[Pose, np.ndarray]:
         """The visited pose of each instance whose outline fits the image edges best (see ``select_by_edges``)."""
-        n, size = len(objects), 128
+        n, m = len(objects), len(history)
         R, t = history[-1].R.clone(), history[-1].t.clone()
         chosen = np.full(n, np.nan)
         for i in range(n):
             try:
-                box = crop_box_around_object(obs.camera, history[0][i], objects[i].points, padding=1.6)
+                judge = EdgeJudge.around(obs, history[0][i], objects[i].points)
             except ValueError:
                 continue
-            rgb, cam = crop_image(obs.rgb, obs.camera, box, size, size)
-            grad = observed_gradients(rgb)
             visited = Pose.stack([h[i] for h in history])
-            masks = render_alone(self.renderer, [objects[i]] * len(history), visited, [cam] * len(history), None).mask
-            scores = np.array([edge_alignment_score(grad, m) for m in masks])
-            best = int(np.argmax(scores))
-            pick = best if scores[best] > scores[-1] + margin else len(history) - 1
+            masks = render_alone(self.renderer, [objects[i]] * m, visited, [judge.crop.camera] * m, None).mask
+            scores = [judge.score(mask) for mask in masks]
+            pick = pick_by_edges(scores, margin)
             R[i], t[i] = visited.R[pick], visited.t[pick]
             chosen[i] = scores[pick]
         return Pose(R, t), chosen

@@ -160,7 +160,7 @@ def stable_pixels(
     return stable
 
 
-GOLDEN_PATH = Path(__file__).parent / "data" / "render_golden.npz"
+GOLDEN_PATH = Path(__file__).parent.parent / "data" / "render_golden.npz"
 
 
 def golden_scene() -> tuple[list[ObjectModel], Pose, Camera, Lighting]:

@@ -1,0 +1,116 @@
+"""The ``contour`` preset: region (contour) + colour render-and-compare, damped Gauss–Newton on se(3).
+
+See :mod:`meshpose.refine.contour` for the method.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+from meshpose.refine.base import LazyRenderer, RefinerError, check_refine_inputs
+from meshpose.refine.contour.config import ContourConfig
+from meshpose.refine.contour.run import ContourRun
+from meshpose.render.base import Renderer
+from meshpose.types import ObjectModel, Observation, Pose, RefineResult
+
+__all__ = ["ContourRefiner"]
+
+
+class ContourRefiner(LazyRenderer):
+    """The ``contour`` preset: region (contour) + colour render-and-compare, damped Gauss–Newton on se(3).
+
+    Args:
+        config: options (default ``ContourConfig()``).
+        renderer: a :class:`~meshpose.render.base.Renderer` (default: the calling thread's GL renderer).
+
+    ``refine`` returns per object the best pose found by the method's own energy at the finest level (the initial
+    pose is one of the candidates), a score in [0, 1] — the geometric mean of three agreements at that pose: of
+    the silhouette with the foreground posterior, the fraction of correspondence lines that find the contour
+    where it is rendered, and the fraction of the object's pixels whose colour is explained (neighbourhood-min
+    L*a*b* distance); 0 for a failure — and a failure reason where the object could not be refined (it projects
+    outside the image, crosses the camera plane, or is hidden). ``history`` holds the iterates (the pose after
+    each iteration's step), so ``pose`` may differ from ``history[-1]``.
+
+    Example:
+        >>> from meshpose.refine.registry import make_refiner
+        >>> refiner = make_refiner("contour", iterations=(3, 3))
+        >>> refiner.name, refiner.modality
+        ('contour', 'rgb')
+    """
+
+    Config = ContourConfig
+    name: str = "contour"
+    modality: Literal["rgb", "rgbd"] = "rgb"
+
+    def __init__(self, config: ContourConfig | None = None, *, renderer: Renderer | None = None) -> None:
+        self.config = config if config is not None else ContourConfig()
+        self._renderer = renderer
+        self._light_meshes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    def render_model(self, obj: ObjectModel) -> ObjectModel:
+        """The model drawn in the crops: ``obj`` with its render mesh decimated to ``config.render_faces``.
+
+        The decimated mesh is made once per render mesh (and kept while both the refiner and the mesh live), so
+        object models that share a cached mesh share it too.
+        """
+        limit = int(self.config.render_faces)
+        mesh = obj.render_mesh
+        if limit <= 0 or len(mesh.faces) <= limit:
+            return obj
+        light = self._light_meshes.get(mesh)
+        if light is None:
+            from meshpose.mesh.simplify import simplify_mesh
+
+            light = simplify_mesh(mesh, limit)
+            self._light_meshes[mesh] = light
+        return replace(obj, render_mesh=light)
+
+    def schedule(self, iterations: int | None = None) -> list[tuple[int, int]]:
+        """``(level, iterations)`` pairs, coarse to fine (levels without iterations left out).
+
+        ``iterations=None`` gives the configured counts; a total ``n`` is shared out in the configured
+        proportions, the rounding remainder going to the finest level.
+        """
+        base = [int(k) for k in self.config.iterations]
+        if iterations is None:
+            counts = base
+        else:
+            total = int(iterations)
+            if total < 0:
+                raise RefinerError(f"{self.name}: iterations must be ≥ 0, got {iterations}")
+            s = max(1, sum(base))
+            counts = [math.floor(b * total / s) for b in base]
+            counts[-1] += total - sum(counts)
+        return [(lv, c) for lv, c in enumerate(counts) if c > 0]
+
+    def refine(
+        self,
+        obs: Observation,
+        objects: Sequence[ObjectModel],
+        init: Pose,
+        *,
+        iterations: int | None = None,
+        callback: Callable[[int, Pose], None] | None = None,
+    ) -> RefineResult:
+        """Refine the ``N`` poses jointly (see :class:`~meshpose.refine.base.Refiner`).
+
+        Args:
+            obs: the image (depth is not used); ``obs.mask``, if given, fixes the foreground colour models.
+            objects: the ``N`` object models.
+            init: ``(N,)`` initial ``cam_from_obj`` poses.
+            iterations: total iterations (renders); ``None`` for the configured schedule.
+            callback: called as ``callback(iteration, poses)`` after each iteration with the ``(N,)`` iterates.
+
+        Raises:
+            RefinerError: bad inputs only (no objects, a pose count that does not match, NaN or non-rotation
+                poses, a pose behind the camera, masks that do not match the objects, negative ``iterations``).
+                A refinement that goes wrong is reported in ``info.failure`` and by a low score instead.
+        """
+        poses0 = check_refine_inputs(obs, objects, init, self.modality, self.name)
+        plan = self.schedule(iterations)
+        run = ContourRun(self.config, self.renderer, obs, list(objects), poses0, self.render_model)
+        return run.execute(plan, callback)

@@ -1,0 +1,106 @@
+"""The guard every refiner puts on a pose update: finite, in front of the camera, and not implausibly large.
+
+A refiner proposes a new pose per instance in each outer iteration (a network's answer, a PnP or ICP solution, a
+Gauss-Newton step); :func:`guard_update` measures the step and says whether to take it, with a
+:class:`~meshpose.types.Failure` when not. The limits are each preset's own (its config); the checks and their
+order are the same everywhere:
+
+1. a pose with a non-finite entry is rejected (``NUMERICAL``);
+2. a pose that puts the pivot point (the object origin, or a point of the method's choosing) at or behind the
+   camera plane is rejected (``BEHIND_CAMERA``);
+3. a step that turns the object by more than ``max_rot_deg`` or moves the pivot by more than
+   ``max_trans_frac × diameter`` is rejected (``IMPLAUSIBLE_UPDATE``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from meshpose.geometry.lie import rotation_angle
+from meshpose.types import Failure, FailureCode
+
+__all__ = ["StepCheck", "guard_update"]
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """The size of a pose update and the verdict on it.
+
+    Args:
+        rot_deg: rotation of the update (angle of ``R_oldᵀ R_new``), degrees (NaN for a non-finite pose).
+        trans_m: displacement of the pivot point, metres (NaN for a non-finite pose).
+        failure: ``None`` if the update may be taken, else why not.
+    """
+
+    rot_deg: float
+    trans_m: float
+    failure: Failure | None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def _f64(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return x.to(torch.float64) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
+
+
+def guard_update(
+    R_old: torch.Tensor | np.ndarray,
+    t_old: torch.Tensor | np.ndarray,
+    R_new: torch.Tensor | np.ndarray,
+    t_new: torch.Tensor | np.ndarray,
+    *,
+    diameter: float,
+    max_rot_deg: float = math.inf,
+    max_trans_frac: float = math.inf,
+    pivot: np.ndarray | None = None,
+) -> StepCheck:
+    """Check one instance's update ``(R_old, t_old) → (R_new, t_new)`` (``cam_from_obj``, metres).
+
+    Args:
+        R_old: ``(3, 3)`` current rotation.
+        t_old: ``(3,)`` current translation, metres.
+        R_new: ``(3, 3)`` proposed rotation.
+        t_new: ``(3,)`` proposed translation, metres.
+        diameter: the object's diameter, metres.
+        max_rot_deg: largest rotation of one update, degrees (``inf``: no limit).
+        max_trans_frac: largest displacement of the pivot in one update, fraction of the diameter.
+        pivot: ``(3,)`` object-frame point whose displacement is measured and which must stay in front of the
+            camera (default: the object origin, i.e. the displacement is ``|t_new - t_old|``).
+
+    Returns:
+        The step's size and the verdict (checks in the order of the module docstring).
+
+    Example:
+        >>> import numpy as np
+        >>> check = guard_update(np.eye(3), [0, 0, 0.5], np.eye(3), [0.1, 0, 0.5], diameter=0.1, max_trans_frac=0.5)
+        >>> check.failure.code.name, round(check.trans_m, 3)
+        ('IMPLAUSIBLE_UPDATE', 0.1)
+    """
+    Ro, to, Rn, tn = _f64(R_old), _f64(t_old), _f64(R_new), _f64(t_new)
+    if not bool(torch.isfinite(Rn).all() and torch.isfinite(tn).all()):
+        return StepCheck(
+            math.nan, math.nan, Failure(FailureCode.NUMERICAL, "update rejected: the new pose is not finite")
+        )
+    if pivot is None:
+        z_new = float(tn[2])
+        step = tn - to
+    else:
+        p = _f64(pivot)
+        new = Rn @ p + tn
+        z_new = float(new[2])
+        step = new - (Ro @ p + to)
+    rot_deg = math.degrees(float(rotation_angle(Ro, Rn)))
+    trans_m = float(step.norm())
+    if z_new <= 0:
+        failure = Failure(FailureCode.BEHIND_CAMERA, "update rejected: it puts the object behind the camera")
+        return StepCheck(rot_deg, trans_m, failure)
+    if rot_deg > max_rot_deg or trans_m > max_trans_frac * diameter:
+        msg = f"implausible update rejected ({rot_deg:.1f}°, {trans_m * 1e3:.1f} mm)"
+        return StepCheck(rot_deg, trans_m, Failure(FailureCode.IMPLAUSIBLE_UPDATE, msg))
+    return StepCheck(rot_deg, trans_m, None)
