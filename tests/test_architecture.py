@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     # the core types; ``meshpose`` itself only re-exports them
     "": 0,
     "types": 0,
+    "errors": 0,  # the typed input errors every part raises; imports nothing from meshpose
     # building blocks
     "geometry": 1,
     "mesh": 1,

@@ -111,7 +111,8 @@ def test_refine_skips_a_corrupt_image_and_keeps_the_rest(tiny_bop: Path, tmp_pat
             ],
             "genflow weights not found",
         ),
-        (["train", "deeprm", "--data", "novel:10", "--out", "{tmp}/run"], "no trainer"),
+        (["train", "abstract", "--data", "novel:10", "--out", "{tmp}/run"], "no trainer"),
+        (["train", "deeprm", "--out", "{tmp}/run"], "give the training objects"),
         (["train", "genflow", "--data", "novel:5010", "--out", "{tmp}/run"], "held out"),
     ],
 )
@@ -221,3 +222,142 @@ def test_train_genflow_resume_then_refine_with_its_weights(tiny_bop: Path, tmp_p
     assert saved["net"]["feature_dim"] == 16 and saved["scene"] == {"blur_probability": 1.0}
     res = runner.invoke(app, [*tune_args, "--config", json.dumps({**tiny, "scene": {"blurr": 1.0}})])
     assert res.exit_code == 2 and "blurr" in res.output
+
+
+# --- issue 16: outputs checked up front, --models-dir, --units of BOP folders, overlay --------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (["--out", "{tmp}"], "is a folder"),
+        (["--out", "{file}/r.json"], "is a file, not a folder"),
+        (["--out", "{tmp}/r.json", "--plots", "{file}"], "--plots: {file} is a file, not a folder"),
+        (["--out", "{tmp}/r.json", "--plots", "{file}/plots"], "--plots: {file} is a file, not a folder"),
+    ],
+)
+def test_eval_checks_its_outputs_before_evaluating(
+    tiny_bop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: list[str], message: str
+) -> None:
+    import meshpose.eval.report as report_mod
+
+    def never(*args: object, **kw: object) -> None:
+        raise AssertionError("the evaluation ran before the outputs were checked")
+
+    monkeypatch.setattr(report_mod, "evaluate_file", never)
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me\n")
+    fmt = {"tmp": str(tmp_path), "file": str(file)}
+    args = ["eval", str(tiny_bop), "--results", str(tmp_path / "res.csv"), *[a.format(**fmt) for a in where]]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert message.format(**fmt) in res.output and "Traceback" not in res.output
+    assert file.read_text() == "keep me\n"
+
+
+def test_eval_into_an_unwritable_folder_is_refused_up_front(tiny_bop: Path, tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        res = runner.invoke(
+            app, ["eval", str(tiny_bop), "--results", str(tmp_path / "r.csv"), "--out", str(locked / "sub" / "r.json")]
+        )
+        assert res.exit_code == 2 and "cannot write into" in res.output
+    finally:
+        locked.chmod(0o700)
+
+
+def test_eval_writes_into_a_missing_folder_atomically_and_draws_plots(tiny_bop: Path, tmp_path: Path) -> None:
+    inits = tmp_path / "inits.csv"
+    _ok(["perturb", str(tiny_bop), "--rot-deg", "5", "--trans-frac", "0.02", "--out", str(inits)])
+    out = tmp_path / "new" / "deeper" / "report.json"
+    plots = tmp_path / "plots" / "here"
+    _ok(["eval", str(tiny_bop), "--results", str(inits), "--out", str(out), "--metrics", "mssd,mspd",
+         "--plots", str(plots)])  # fmt: skip
+    assert json.loads(out.read_text())["overall"]["num_targets"] == 6
+    assert [p.name for p in out.parent.iterdir()] == ["report.json"]  # no temporary file left behind
+    assert {p.name for p in plots.iterdir()} == {"recall_mssd.png", "recall_mspd.png"}
+
+
+def test_models_dir_for_perturb_refine_eval_and_overlay(tiny_bop: Path, tmp_path: Path) -> None:
+    root = tmp_path / "hope_like"
+    shutil.copytree(tiny_bop, root)
+    (root / "models").rename(root / "models_eval")
+    inits = tmp_path / "inits.csv"
+    res = runner.invoke(app, ["perturb", str(root), "--out", str(inits)])
+    assert res.exit_code == 2 and "no models/ folder (model folders found: models_eval)" in res.output
+    md = ["--models-dir", "models_eval"]
+    _ok(["perturb", str(root), *md, "--rot-deg", "5", "--trans-frac", "0.02", "--out", str(inits)])
+    out = tmp_path / "res.csv"
+    _ok(["refine", str(root), *md, "--inits", str(inits), "--method", "flow-pnp", "--iterations", "1",
+         "--max-images", "1", "--out", str(out)])  # fmt: skip
+    assert len(read_results(out)) == 2
+    _ok(["eval", str(root), *md, "--results", str(out), "--metrics", "mssd", "--only-result-images",
+         "--out", str(tmp_path / "r.json")])  # fmt: skip
+    res = runner.invoke(app, ["eval", str(root), "--results", str(out), "--out", str(tmp_path / "r2.json")])
+    assert res.exit_code == 2 and "models_eval" in res.output
+    _ok(["overlay", str(root), *md, "--results", str(out), "--out", str(tmp_path / "ov")])
+
+
+def _metre_bop_folder(tiny_bop: Path, root: Path) -> Path:
+    """A BOP-layout folder (models/ with models_info.json) whose meshes are in metres."""
+    import trimesh
+
+    shutil.copytree(tiny_bop / "models", root / "models")
+    for p in (root / "models").glob("obj_*.ply"):
+        mesh = trimesh.load(p, process=False)
+        mesh.apply_scale(1e-3)
+        mesh.export(p)
+    return root
+
+
+def test_units_of_a_bop_folder_are_honoured(tiny_bop: Path, tmp_path: Path) -> None:
+    from meshpose.mesh.load import MeshError
+    from meshpose.synth.sources import resolve_objects
+
+    metres = _metre_bop_folder(tiny_bop, tmp_path / "metres")
+    size_mm = resolve_objects(str(tiny_bop), units="mm")[0].diameter
+    assert resolve_objects(str(metres), units="m")[0].diameter == pytest.approx(size_mm, rel=1e-6)
+    with pytest.raises(MeshError, match="looks like metres"):  # the default for BOP folders is millimetres
+        resolve_objects(str(metres))[0]
+    with pytest.raises(MeshError, match="looks like millimetres"):  # --units m on a millimetre folder: honoured
+        resolve_objects(str(tiny_bop), units="m")[0]
+    assert resolve_objects(str(tiny_bop))[0].diameter == pytest.approx(size_mm)
+    ds = tmp_path / "syn"
+    args = ["synth", "--objects", str(metres), "--out", str(ds), "--scenes", "1", "--images-per-scene", "1",
+            "--split", "test", "--width", "96", "--height", "72"]  # fmt: skip
+    assert "wrote 1 image(s)" in _ok([*args, "--units", "m"])
+
+
+def test_overlay_draws_results_and_ground_truth(tiny_bop: Path, tmp_path: Path) -> None:
+    from meshpose.io.images import read_rgb
+
+    inits = tmp_path / "inits.csv"
+    _ok(["perturb", str(tiny_bop), "--rot-deg", "10", "--trans-frac", "0.05", "--out", str(inits)])
+    with inits.open("a") as f:
+        f.write("1,0,42,1,1 0 0 0 1 0 0 0 1,0 0 500,0\n")  # an object the dataset has no mesh for: left out
+    out = tmp_path / "overlays"
+    args = ["overlay", str(tiny_bop), "--results", str(inits), "--max-images", "2"]
+    res = runner.invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code == 3, res.output
+    assert "wrote 2 overlay(s)" in res.output and "1 row(s) left out" in res.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["000001_000000.png", "000001_000001.png"]
+    source = read_rgb(next((tiny_bop / "test" / "000001" / "rgb").glob("000000.*")))
+    drawn = read_rgb(out / names[0])
+    assert drawn.shape == source.shape
+    green = (drawn[..., 1] > 200) & (drawn[..., 0] < 80) & (drawn[..., 2] < 80)
+    magenta = (drawn[..., 0] > 200) & (drawn[..., 1] < 80) & (drawn[..., 2] > 200)
+    assert green.sum() > 50 and magenta.sum() > 50  # results and ground truth outlined
+    no_gt = tmp_path / "no_gt"
+    assert runner.invoke(app, [*args, "--out", str(no_gt), "--no-gt"]).exit_code == 3
+    plain = read_rgb(no_gt / names[0])
+    magenta = (plain[..., 0] > 200) & (plain[..., 1] < 80) & (plain[..., 2] > 200)
+    assert magenta.sum() < 5
+    res = runner.invoke(app, ["overlay", str(tiny_bop), "--results", str(inits), "--out", str(inits)])
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output

@@ -44,7 +44,42 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _probe_folder(folder: Path, what: str) -> None:
+    """Check, before any long work and without creating anything, that ``folder`` can be made (a missing folder
+    is made when the output is written) and written: its nearest existing ancestor must be a writable folder."""
+    import tempfile
+
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what}: {existing} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".meshpose-probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot write into {existing} ({exc.strerror or exc})") from exc
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    """Refuse an output file path that is a folder or whose folder cannot be written, before any work is done."""
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file path such as {path / 'report.json'}")
+    _probe_folder(path.parent, f"{option} {path}")
+
+
+def _check_output_dir(path: Path, option: str) -> None:
+    """Refuse an output folder that is a file or cannot be written, before any work is done."""
+    _probe_folder(path, option)
+
+
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")]
+ModelsDir = Annotated[
+    str,
+    typer.Option(
+        "--models-dir", help="Folder of the meshes inside DATASET (BOP ships models, models_eval, models_eval_lowres)."
+    ),
+]
 
 
 @app.callback()
@@ -79,6 +114,7 @@ def perturb(
     trans_frac: Annotated[float, typer.Option(help="Translation error as a fraction of the diameter (exact).")] = 0.1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
+    models_dir: ModelsDir = "models",
     verbose: Verbose = False,
 ) -> None:
     """Write initial poses made from ground truth: exact rotation angle about a random axis, exact shift."""
@@ -88,7 +124,7 @@ def perturb(
     from meshpose.io.results import write_results
 
     try:
-        ds = BopDataset(dataset, split)
+        ds = BopDataset(dataset, split, models_dir=models_dir)
         rows = perturb_dataset(ds, rot_deg=rot_deg, trans_frac=trans_frac, seed=seed)
         write_results(out, rows)
     except (ValueError, OSError) as exc:
@@ -118,6 +154,7 @@ def refine(
         str, typer.Option(help="Refiner preset, or presets joined by '+' run one after the other (genflow+contour).")
     ] = "flow-pnp",
     split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
+    models_dir: ModelsDir = "models",
     iterations: Annotated[
         int | None, typer.Option(min=0, help="Outer iterations (default: the method's; 0 scores the inits).")
     ] = None,
@@ -151,10 +188,11 @@ def refine(
     """Refine initial poses over a BOP dataset; writes each finished image at once and resumes a stopped run.
 
     Exit code: 0 when every item was refined, 3 when some failed (see RESULTS.failures.jsonl), 2 for bad usage.
+    A malformed or implausible inits row, an unknown object or a broken mesh fails its items only.
     """
     _setup_logging(verbose)
     from meshpose.io.bop import BopDataset
-    from meshpose.io.results import read_results
+    from meshpose.io.results import read_inits
     from meshpose.refine.registry import make_refiner
     from meshpose.run import JobSpec, RateLogger, make_executor, refine_dataset
 
@@ -164,8 +202,8 @@ def refine(
 
             torch.set_num_threads(threads)
         ex = make_executor(executor, workers=workers, address=address)
-        ds = BopDataset(dataset, split)
-        rows = read_results(inits)
+        ds = BopDataset(dataset, split, models_dir=models_dir)
+        rows = read_inits(inits)
         try:
             overrides = json.loads(config) if config else {}
         except json.JSONDecodeError as exc:
@@ -183,6 +221,7 @@ def refine(
             iterations=iterations,
             use_depth=not no_depth,
             threads=threads,
+            models_dir=models_dir,
         )
         run_kw: dict[str, Any] = dict(restart=restart, max_images=max_images, inits_path=inits)
         try:
@@ -230,26 +269,70 @@ def eval_cmd(
         bool, typer.Option(help="Score only the images that appear in the results file.")
     ] = False,
     plots: Annotated[Path | None, typer.Option(help="Also draw recall curves into this folder.")] = None,
+    models_dir: ModelsDir = "models",
     verbose: Verbose = False,
 ) -> None:
-    """Score a BOP results file: ADD(-S), ADD-S AUC, MSSD/MSPD/VSD recalls and BOP AR, per object and overall."""
+    """Score a BOP results file: ADD(-S), ADD-S AUC, MSSD/MSPD/VSD recalls and BOP AR, per object and overall.
+
+    Where the report and the plots go is checked before the evaluation runs; the report is written to a temporary
+    file and renamed, so a failure never leaves half a report.
+    """
     _setup_logging(verbose)
     from meshpose.eval.report import EvalConfig, evaluate_file
+    from meshpose.io.bop import BopDataset
+    from meshpose.io.jsonfile import write_json_atomic
 
     names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip())
     try:
+        _check_output_file(out, "--out")
+        if plots is not None:
+            _check_output_dir(plots, "--plots")
         config = EvalConfig(metrics=names, min_visib=min_visib, only_result_images=only_result_images)
-        report = evaluate_file(dataset, results, config, split=split)
+        ds = BopDataset(dataset, split, models_dir=models_dir)
+        report = evaluate_file(ds, results, config, split=split)
+        write_json_atomic(out, report)
+        if plots is not None:
+            from meshpose.viz.plots import plot_report
+
+            plot_report(report, plots)
     except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    if plots is not None:
-        from meshpose.viz.plots import plot_report
-
-        plot_report(report, plots)
     typer.echo(json.dumps(report["overall"], indent=1))
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+def overlay(
+    dataset: Annotated[Path, typer.Argument(help="BOP dataset folder.")],
+    results: Annotated[Path, typer.Option(help="BOP results CSV to draw.")],
+    out: Annotated[Path, typer.Option(help="Output folder: one SCENE_IMAGE.png per image.")],
+    split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
+    models_dir: ModelsDir = "models",
+    max_images: Annotated[int | None, typer.Option(min=0, help="Draw at most this many images.")] = None,
+    gt: Annotated[bool, typer.Option("--gt/--no-gt", help="Also draw the ground truth (magenta) when there.")] = True,
+    verbose: Verbose = False,
+) -> None:
+    """Draw the results on the images: each pose's rendered silhouette outline and axes (green), over the ground
+    truth (magenta) when the dataset has it. Exit code 3 when some images could not be drawn."""
+    _setup_logging(verbose)
+    from meshpose.io.bop import BopDataset
+    from meshpose.io.results import read_inits
+    from meshpose.viz.overlay import overlay_results
+
+    try:
+        _check_output_dir(out, "--out")
+        ds = BopDataset(dataset, split, models_dir=models_dir)
+        rows = read_inits(results)  # a malformed row is left out (and said), not fatal
+        for problem in rows.problems:
+            log.warning("left out: %s", problem)
+        summary = overlay_results(ds, rows.rows, out, max_images=max_images, with_gt=gt)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"wrote {len(summary.written)} overlay(s) to {out}")
+    left_out = summary.skipped_rows + len(rows.problems)
+    if summary.failed or left_out:
+        typer.echo(f"{len(summary.failed)} image(s) could not be drawn, {left_out} row(s) left out (see the log)")
+        raise typer.Exit(code=3)
 
 
 @app.command()
@@ -310,9 +393,18 @@ def synth(
 
 @app.command()
 def train(
-    method: Annotated[str, typer.Argument(help="Learned preset to train (genflow).")],
-    data: Annotated[str, typer.Option(help="Training objects: novel:N (generated) or a mesh folder / BOP dataset.")],
+    method: Annotated[str, typer.Argument(help="Learned preset to train (genflow, deeprm).")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, config.json, train_log.jsonl.")],
+    data: Annotated[
+        str | None, typer.Option(help="Training objects: novel:N (generated) or a mesh folder / BOP dataset.")
+    ] = None,
+    objects: Annotated[
+        Path | None,
+        typer.Option(
+            help="Known-object training: a mesh folder or BOP dataset; scenes of these objects only, validation "
+            "on held-out scenes of them."
+        ),
+    ] = None,
     steps: Annotated[
         int | None,
         typer.Option(help="Total optimiser steps of the run (LR schedule length); on --resume, a new length."),
@@ -337,8 +429,17 @@ def train(
     ``config.json`` and ``train_log.jsonl``.
     """
     _setup_logging(verbose)
-    if method != "genflow":
-        raise _fail(f"no trainer for '{method}' (trainable: genflow)")
+    if method not in ("genflow", "deeprm"):
+        raise _fail(f"no trainer for '{method}' (trainable: genflow, deeprm)")
+    if (data is None) == (objects is None):
+        raise _fail("give the training objects: --data novel:N (generated) or --objects MESHES_OR_BOP_DATASET")
+    source = str(data if data is not None else objects)
+    if method == "deeprm":
+        if workers:
+            raise _fail("deeprm draws its data in the training process: --workers is not an option of it")
+        opts = dict(batch_size=batch_size, threads=threads, val_every=val_every, seed=seed)
+        _train_deeprm(source, objects is not None, out, opts, config, resume=resume, steps=steps, max_steps=max_steps)
+        return
     from dataclasses import replace
 
     from meshpose.nets.genflow import GenFlowNet
@@ -353,7 +454,9 @@ def train(
         if v is not None
     }
     try:
-        base = GenFlowTrainConfig(data=data).to_dict()
+        base = GenFlowTrainConfig(data=source).to_dict()
+        if objects is not None:  # known objects: validate on held-out scenes of them
+            base["val_objects"] = source
         if config:
             try:
                 extra = json.loads(config)
@@ -387,6 +490,58 @@ def train(
             cfg, out, refiner=refiner, resume=resume, steps=steps, max_steps=max_steps, progress=show
         )
     except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"stopped at step {result.step}; last validation {result.val}; run folder {out}")
+
+
+def _train_deeprm(
+    source: str,
+    known: bool,
+    out: Path,
+    opts: dict[str, Any],
+    config: str | None,
+    *,
+    resume: bool,
+    steps: int | None,
+    max_steps: int | None,
+) -> None:
+    """``meshpose train deeprm``: build a :class:`DeepRMTrainConfig` from the options and run it."""
+    from dataclasses import replace
+
+    from meshpose.train.deeprm import DeepRMTrainConfig, train_deeprm
+
+    try:
+        base = DeepRMTrainConfig(data=source).to_dict()
+        if known:  # known objects: validate on held-out scenes of them
+            base["val_objects"] = source
+        if config:
+            try:
+                extra = json.loads(config)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--config is not valid JSON: {exc}") from exc
+            if not isinstance(extra, dict):
+                raise ValueError("--config must be a JSON object of training options")
+            unknown = sorted(set(extra) - set(base)) + sorted(set(extra.get("net", {})) - set(base["net"]))
+            if unknown:
+                raise ValueError(f"unknown training option(s) {unknown}")
+            base.update({k: v for k, v in extra.items() if k != "net"})
+            base["net"].update(extra.get("net", {}))
+        cfg = replace(DeepRMTrainConfig.from_dict(base), **{k: v for k, v in opts.items() if v is not None})
+
+        def show(step: int, stats: dict[str, float]) -> None:
+            log.info(
+                "step %d loss %.4f dpml %.4f epe %.4f ok %.2f→%.2f %.2f items/s",
+                step,
+                stats["loss"],
+                stats["dpml"],
+                stats["epe"],
+                stats["ok_init"],
+                stats["ok_last"],
+                stats["items_per_s"],
+            )
+
+        result = train_deeprm(cfg, out, resume=resume, steps=steps, max_steps=max_steps, progress=show)
+    except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"stopped at step {result.step}; last validation {result.val}; run folder {out}")
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from meshpose.errors import CameraError, FormatError, ImageError
 from meshpose.io.images import image_size, read_depth, read_mask, read_rgb
 from meshpose.io.models_info import ModelInfo, read_models_info
 from meshpose.types import Camera, ObjectModel, Observation, Pose
@@ -36,7 +37,7 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif")
 _MESH_EXTS = (".ply", ".obj", ".glb", ".gltf", ".off", ".stl")
 
 
-class BopFormatError(ValueError):
+class BopFormatError(FormatError):
     """A BOP dataset that is missing a required part or has a malformed file; the message names it."""
 
 
@@ -323,23 +324,43 @@ class BopDataset:
         return dict(cams[im_id])
 
     def camera(self, scene_id: int, im_id: int) -> Camera:
-        """The camera of an image: ``cam_K`` from ``scene_camera.json``, size from ``camera.json`` or the image."""
+        """The camera of an image: ``cam_K`` from ``scene_camera.json``, size from ``camera.json`` or the image.
+
+        Raises:
+            CameraError: intrinsics that are missing, malformed, NaN or with a non-positive focal length; the
+                message names the file and the value.
+        """
         entry = self._scene_camera_entry(scene_id, im_id)
+        cam_json = self.root / "camera.json"
+        what = f"scene {scene_id} image {im_id}"
         if "cam_K" in entry:
-            K = np.asarray(entry["cam_K"], dtype=np.float64).reshape(3, 3)
+            source, value = self.scene_path(scene_id) / "scene_camera.json", entry["cam_K"]
         elif self._camera_json is not None:
-            c = self._camera_json
-            K = np.array([[c["fx"], 0.0, c["cx"]], [0.0, c["fy"], c["cy"]], [0.0, 0.0, 1.0]])
+            source, value = cam_json, {k: self._camera_json.get(k) for k in ("fx", "fy", "cx", "cy")}
         else:
-            raise BopFormatError(f"no intrinsics for scene {scene_id} image {im_id} (no cam_K, no camera.json)")
-        if self._camera_json is not None and "width" in self._camera_json:
-            w, h = int(self._camera_json["width"]), int(self._camera_json["height"])
-        else:
-            w, h = image_size(self.rgb_path(scene_id, im_id))
+            raise CameraError(f"no intrinsics for {what} (no cam_K in scene_camera.json, no camera.json)")
         try:
-            return Camera(K, w, h)
-        except ValueError as exc:
-            raise BopFormatError(f"bad intrinsics for scene {scene_id} image {im_id}: {exc}") from exc
+            if isinstance(value, dict):
+                fx, fy, cx, cy = (float(value[k]) for k in ("fx", "fy", "cx", "cy"))
+                K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+            else:
+                K = np.asarray(value, dtype=np.float64).reshape(3, 3)
+            Camera(K, 1, 1)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CameraError(
+                f"bad intrinsics for {what} in {source}: {exc} (value: {value!r})", path=source, value=value
+            ) from exc
+        if self._camera_json is not None and "width" in self._camera_json:
+            size = (self._camera_json.get("width"), self._camera_json.get("height"))
+            try:
+                w, h = int(size[0]), int(size[1])  # type: ignore[arg-type]
+                return Camera(K, w, h)
+            except (TypeError, ValueError) as exc:
+                raise CameraError(
+                    f"bad image size in {cam_json}: {exc} (width, height = {size!r})", path=cam_json, value=size
+                ) from exc
+        w, h = image_size(self.rgb_path(scene_id, im_id))
+        return Camera(K, w, h)
 
     def depth_scale_mm(self, scene_id: int, im_id: int) -> float:
         entry = self._scene_camera_entry(scene_id, im_id)
@@ -352,12 +373,29 @@ class BopDataset:
     def observation(self, scene_id: int, im_id: int, *, with_depth: bool = True) -> Observation:
         """The image as an :class:`Observation` (depth in metres when the dataset has it and ``with_depth``)."""
         camera = self.camera(scene_id, im_id)
-        rgb = read_rgb(self.rgb_path(scene_id, im_id))
+        rgb_path = self.rgb_path(scene_id, im_id)
+        rgb = read_rgb(rgb_path)
+        if rgb.shape[:2] != (camera.height, camera.width):
+            raise ImageError(
+                f"image {rgb_path} is {rgb.shape[1]}×{rgb.shape[0]} but its camera is {camera.width}×{camera.height} "
+                "(width/height of camera.json): an image of another camera or resolution?",
+                path=rgb_path,
+                value=(rgb.shape[1], rgb.shape[0]),
+                cause="size mismatch",
+            )
         depth = None
         if with_depth:
             dp = self.depth_path(scene_id, im_id)
             if dp is not None:
                 depth = read_depth(dp, self.depth_scale_mm(scene_id, im_id))
+                if depth.shape != rgb.shape[:2]:
+                    raise ImageError(
+                        f"depth image {dp} is {depth.shape[1]}×{depth.shape[0]} but the colour image {rgb_path.name} "
+                        f"is {rgb.shape[1]}×{rgb.shape[0]}: a depth map of another camera or resolution?",
+                        path=dp,
+                        value=(depth.shape[1], depth.shape[0]),
+                        cause="size mismatch",
+                    )
         return Observation(rgb=rgb, camera=camera, depth=depth)
 
     def gt(self, scene_id: int, im_id: int) -> list[GtInstance]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from meshpose.errors import ImageError
+
 __all__ = [
     "ImageError",
     "image_size",
@@ -21,10 +23,6 @@ __all__ = [
     "write_mask",
     "write_rgb",
 ]
-
-
-class ImageError(ValueError):
-    """An image file that is missing, unreadable or of the wrong kind; the message names the file."""
 
 
 def _open(path: str | Path) -> Image.Image:

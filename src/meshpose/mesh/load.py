@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 import trimesh
 
+from meshpose.errors import MeshError
+
 __all__ = ["MAX_EXTENT_M", "MeshError", "Units", "load_mesh"]
 
 logger = logging.getLogger(__name__)
@@ -25,10 +27,6 @@ Units = Literal["m", "mm", "auto"]
 MAX_EXTENT_M = 5.0
 #: Smallest bounding-box extent accepted as millimetres (a 1 mm object is implausible for pose estimation).
 MIN_EXTENT_MM = 1.0
-
-
-class MeshError(ValueError):
-    """A mesh file (or mesh) that meshpose cannot use; the message names the file and the problem."""
 
 
 def load_mesh(path: str | os.PathLike[str], *, units: Units = "m") -> trimesh.Trimesh:

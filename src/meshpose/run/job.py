@@ -7,14 +7,16 @@ another ships it to Ray actors on other machines; both give the same rows for th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshpose.errors import InputError
 from meshpose.io.bop import BopDataset
-from meshpose.io.results import ResultRow
+from meshpose.io.results import InitsFile, ResultRow, ResultsFormatError, check_init_row, format_results_line
 from meshpose.refine.base import Refiner, RefinerError
 from meshpose.refine.registry import make_refiner
 from meshpose.types import ObjectModel, Pose
@@ -44,6 +46,8 @@ InstanceKey = tuple[int, int, int, int]
 #: Failure codes the runner itself gives (a refiner's own codes pass through unchanged).
 UNKNOWN_OBJECT = "unknown_object"
 BAD_INIT = "bad_init"
+MALFORMED_ROW = "malformed_row"
+DUPLICATE_INIT = "duplicate_init"
 MESH_UNREADABLE = "mesh_unreadable"
 IMAGE_FAILED = "image_failed"
 REFINER_FAILURE = "refiner_failure"
@@ -86,18 +90,19 @@ class ItemFailure:
     """One failed item of a run, as the failures log records it.
 
     Args:
-        scene_id: BOP scene id.
-        im_id: BOP image id.
-        obj_id: the object, ``None`` when the whole image failed.
+        scene_id: BOP scene id (``None`` for an inits row too malformed to tell).
+        im_id: BOP image id (likewise).
+        obj_id: the object, ``None`` when the whole image failed (or a malformed row does not tell).
         instance: the instance of ``obj_id`` in the image's initial poses (0 = its first row), ``None`` for an
             image.
-        code: a short machine-readable code (``"bad_init"``, ``"image_failed"``, or the refiner's own).
-        message: what went wrong, for people.
+        code: a short machine-readable code (``"bad_init"``, ``"malformed_row"``, ``"image_failed"``, or the
+            refiner's own).
+        message: what went wrong, for people (a rejected inits row: its ``file:line`` first).
         row_written: whether the results hold a row for the item anyway (a refiner failure keeps its best pose).
     """
 
-    scene_id: int
-    im_id: int
+    scene_id: int | None
+    im_id: int | None
     obj_id: int | None
     instance: int | None
     code: str
@@ -179,46 +184,114 @@ def failure_code_and_message(failure: Any) -> tuple[str, str]:
     return str(code), str(message if message is not None else failure)
 
 
-def plan_tasks(dataset: BopDataset, inits: Iterable[ResultRow]) -> tuple[list[ImageTask], list[ItemFailure]]:
-    """Group initial poses by image and set aside the rows no method can work with.
+def _object_problem(dataset: BopDataset, obj_id: int, check_meshes: bool) -> tuple[str, str] | None:
+    """``(code, message)`` when ``obj_id`` has no usable mesh in ``dataset``, else ``None``."""
+    try:
+        path = dataset.model_path(obj_id)
+    except ValueError as exc:
+        return UNKNOWN_OBJECT, f"{exc} (ids there: {', '.join(map(str, dataset.object_ids))})"
+    if check_meshes:
+        from meshpose.mesh.load import load_mesh
 
-    A row whose object has no mesh in the dataset, or whose pose is not a rotation (beyond the 1e-2 that real
-    annotations need) or puts the object behind the camera, becomes an :class:`ItemFailure`; the other rows of its
-    image are refined as usual. The check is deterministic, so a resumed run plans the same tasks.
+        t0 = time.perf_counter()
+        try:
+            mesh = load_mesh(path, units=dataset.units)
+        except (ValueError, OSError) as exc:
+            log.warning("object %d: its mesh cannot be used, every instance of it fails: %s", obj_id, exc)
+            return MESH_UNREADABLE, str(exc)
+        log.info(
+            "checked the mesh of object %d (%s, %d faces) in %.2f s",
+            obj_id,
+            path.name,
+            len(mesh.faces),
+            time.perf_counter() - t0,
+        )
+    return None
+
+
+def plan_tasks(
+    dataset: BopDataset, inits: Iterable[ResultRow] | InitsFile, *, check_meshes: bool = True
+) -> tuple[list[ImageTask], list[ItemFailure]]:
+    """Group initial poses by image and set aside the rows no method can work with, each as an
+    :class:`ItemFailure` naming the row (``file:line`` when ``inits`` is an :class:`InitsFile`):
+
+    * a malformed row of the file (:attr:`InitsFile.problems`): ``"malformed_row"``;
+    * an object without a mesh in the dataset (``"unknown_object"``) or whose mesh cannot be read (empty,
+      unreadable, NaN vertices: ``"mesh_unreadable"``, every instance of that object);
+    * a pose that is not a rotation (beyond the repair :func:`~meshpose.io.results.check_init_row` makes), or
+      that puts the object behind the camera or at a depth that betrays wrong units (``"bad_init"``);
+    * an exact duplicate of an earlier row of the image (same object, ``R`` and ``t``): refined and written once,
+      the copy logged (``"duplicate_init"``); refining both jointly would let them hide each other.
+
+    The other rows of an image are refined as usual. Every rejected row counts in the instance numbers of its
+    object (so failures name the row the user wrote). The check is deterministic, so a resumed run plans the same
+    tasks.
+
+    Args:
+        dataset: the dataset (its meshes).
+        inits: initial poses, or an inits file read by :func:`~meshpose.io.results.read_inits`.
+        check_meshes: read each needed mesh once now, so that a broken one fails its instances here rather than
+            in every image.
 
     Returns:
         The images to refine (first-seen order, images without any valid row left out) and the rejected rows.
     """
-    by_image: dict[ImageKey, list[ResultRow]] = {}
-    for r in inits:
-        by_image.setdefault(r.image_key, []).append(r)
-    known: dict[int, str | None] = {}
-    tasks: list[ImageTask] = []
+    entries: list[tuple[int | None, ResultRow | ResultsFormatError]]
+    if isinstance(inits, InitsFile):
+        entries = [(line, r) for line, r in zip(inits.lines, inits.rows, strict=True)]
+        entries += [(e.line, e) for e in inits.problems]
+        entries.sort(key=lambda e: e[0] or 0)
+        source = str(inits.path)
+    else:
+        entries = [(None, r) for r in inits]
+        source = ""
     failures: list[ItemFailure] = []
-    for key, rows in by_image.items():
-        seen: dict[int, int] = {}
+    by_image: dict[ImageKey, list[tuple[int | None, ResultRow | ResultsFormatError]]] = {}
+    for line, e in entries:
+        if isinstance(e, ResultsFormatError) and (e.scene_id is None or e.im_id is None):
+            failures.append(ItemFailure(e.scene_id, e.im_id, None, None, MALFORMED_ROW, str(e)))
+            continue
+        key = (e.scene_id, e.im_id) if isinstance(e, ResultsFormatError) else e.image_key
+        by_image.setdefault(key, []).append((line, e))  # type: ignore[arg-type]
+    objects: dict[int, tuple[str, str] | None] = {}
+    tasks: list[ImageTask] = []
+    for key, items in by_image.items():
+        seen: dict[int | None, int] = {}
+        firsts: dict[tuple[int, str], str] = {}
         keep: list[ResultRow] = []
         instances: list[int] = []
-        for r in rows:
-            inst = seen.get(r.obj_id, 0)
-            seen[r.obj_id] = inst + 1
-            if r.obj_id not in known:
-                try:
-                    dataset.model_path(r.obj_id)
-                    known[r.obj_id] = None
-                except ValueError as exc:
-                    known[r.obj_id] = str(exc)
-            problem = known[r.obj_id]
-            code = UNKNOWN_OBJECT
-            if problem is None:
-                code = BAD_INIT
-                try:
-                    r.pose.check(f"initial pose of object {r.obj_id}", in_front=True, atol=1e-2)
-                except ValueError as exc:
-                    problem = str(exc)
-            if problem is not None:
-                failures.append(ItemFailure(key[0], key[1], r.obj_id, inst, code, problem))
+        for line, e in items:
+            inst: int | None = None
+            if e.obj_id is not None:
+                inst = seen.get(e.obj_id, 0)
+                seen[e.obj_id] = inst + 1
+            if isinstance(e, ResultsFormatError):
+                failures.append(ItemFailure(key[0], key[1], e.obj_id, inst, MALFORMED_ROW, str(e)))
                 continue
+            assert inst is not None
+            where = f"{source}:{line}" if line is not None else f"scene {key[0]} image {key[1]} object {e.obj_id}"
+            if e.obj_id not in objects:
+                objects[e.obj_id] = _object_problem(dataset, e.obj_id, check_meshes)
+            problem = objects[e.obj_id]
+            if problem is not None:
+                failures.append(ItemFailure(key[0], key[1], e.obj_id, inst, problem[0], f"{where}: {problem[1]}"))
+                continue
+            try:
+                r = check_init_row(e, where, path=source or None, line=line)
+            except InputError as exc:
+                failures.append(ItemFailure(key[0], key[1], e.obj_id, inst, BAD_INIT, str(exc)))
+                continue
+            pose_key = (r.obj_id, format_results_line(dataclasses.replace(r, score=0.0, time_s=-1.0)))
+            if pose_key in firsts:
+                msg = (
+                    f"{where}: the same initial pose of object {r.obj_id} as {firsts[pose_key]} (scene {key[0]} "
+                    f"image {key[1]}): refined and written once (refining both copies jointly would make them hide "
+                    "each other)"
+                )
+                log.warning("%s", msg)
+                failures.append(ItemFailure(key[0], key[1], r.obj_id, inst, DUPLICATE_INIT, msg))
+                continue
+            firsts[pose_key] = where
             keep.append(r)
             instances.append(inst)
         if keep:
@@ -306,9 +379,12 @@ def process_image(state: WorkerState, task: ImageTask) -> ImageOutcome:
         obs = state.dataset.observation(scene_id, im_id, with_depth=want_depth)
         init = Pose.stack([r.pose for r in rows])
         result = state.refiner.refine(obs, objects, init, iterations=spec.iterations)
-    except (ValueError, OSError, RuntimeError) as exc:
+    except Exception as exc:  # one image's problem never stops the run (Ctrl-C, a BaseException, does)
         what = "refiner" if isinstance(exc, RefinerError) else type(exc).__name__
-        log.warning("scene %d image %d failed: %s", scene_id, im_id, exc)
+        if isinstance(exc, ValueError | OSError | RuntimeError):
+            log.warning("scene %d image %d failed: %s", scene_id, im_id, exc)
+        else:  # not a bad input: a bug, whose traceback the log keeps
+            log.error("scene %d image %d failed unexpectedly: %s: %s", scene_id, im_id, what, exc, exc_info=True)
         fail = ItemFailure(scene_id, im_id, None, None, IMAGE_FAILED, f"{what}: {exc}")
         return ImageOutcome(task.key, (), (*failures, fail), time.perf_counter() - t0)
     elapsed = time.perf_counter() - t0

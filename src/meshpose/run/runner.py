@@ -4,6 +4,7 @@ finished image at once through the one :class:`~meshpose.run.writer.RunWriter`."
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshpose.io.bop import BopDataset
-from meshpose.io.results import ResultRow
+from meshpose.io.results import InitsFile, ResultRow
 from meshpose.run.executors import Executor, SerialExecutor
 from meshpose.run.job import InstanceKey, ItemFailure, JobSpec, plan_tasks
 from meshpose.run.writer import RunMeta, RunWriter, inits_checksum
@@ -64,7 +65,7 @@ class RunSummary:
 
 def refine_dataset(
     spec: JobSpec,
-    inits: Iterable[ResultRow],
+    inits: Iterable[ResultRow] | InitsFile,
     out_path: str | Path,
     *,
     executor: Executor | None = None,
@@ -75,15 +76,17 @@ def refine_dataset(
 ) -> RunSummary:
     """Refine every initial pose of ``inits`` and write BOP results image by image.
 
-    All valid instances of one image are refined in one ``refine`` call. Rejected initial poses (unknown object,
-    not a rotation, behind the camera) and failing images go to the failures log and the rest goes on. The
+    All valid instances of one image are refined in one ``refine`` call. Rejected initial poses (malformed rows,
+    unknown objects, broken meshes, not a rotation, behind the camera, duplicates: see
+    :func:`~meshpose.run.job.plan_tasks`) and failing images go to the failures log and the rest goes on. The
     results file resumes exactly (see :class:`~meshpose.run.writer.RunWriter`): a re-run skips finished images
     and retries the others. Ctrl-C (``KeyboardInterrupt``) stops the executor and closes the writer; every image
     finished before it is on disk.
 
     Args:
         spec: the job (dataset, method, config, iterations, depth use).
-        inits: initial poses (e.g. from ``meshpose perturb`` or a detector + coarse estimator).
+        inits: initial poses (e.g. from ``meshpose perturb`` or a detector + coarse estimator), or an inits file
+            read by :func:`~meshpose.io.results.read_inits` (its malformed rows are logged as failures).
         out_path: results CSV.
         executor: where images run (default: a :class:`~meshpose.run.executors.SerialExecutor`, closed at the
             end; one given is left open for the caller).
@@ -99,7 +102,8 @@ def refine_dataset(
     if max_images is not None and max_images < 0:
         raise ValueError(f"max_images must be >= 0, got {max_images}")
     t0 = time.perf_counter()
-    inits = list(inits)
+    if not isinstance(inits, InitsFile):
+        inits = list(inits)
     dataset = BopDataset(spec.dataset, spec.split, models_dir=spec.models_dir)
     tasks, rejected = plan_tasks(dataset, inits)
     meta = RunMeta(
@@ -107,7 +111,7 @@ def refine_dataset(
         config=spec.config,
         iterations=spec.iterations,
         use_depth=spec.use_depth,
-        inits_sha256=inits_checksum(inits),
+        inits_sha256=inits_checksum(inits.rows if isinstance(inits, InitsFile) else inits),
         inits=str(inits_path) if inits_path is not None else "",
         dataset=str(spec.dataset),
         split=spec.split,
@@ -119,6 +123,7 @@ def refine_dataset(
     try:
         with RunWriter(out_path, meta, expected, restart=restart, inits_path=inits_path) as writer:
             logged = writer.failures.recorded_instance_keys()
+            logged_rows = _logged_row_failures(writer.failures.path)
             finished = [t for t in tasks if t.key in writer.done]
             earlier = len(
                 writer.failures.recorded_instance_keys(row_written_only=True)
@@ -126,9 +131,13 @@ def refine_dataset(
             )
             for f in rejected:
                 inst_fail += 1
-                if _key(f) not in logged:
+                if f.obj_id is None:  # a malformed row: known by its message (file:line first)
+                    if (f.code, f.message) not in logged_rows:
+                        writer.log_failure(f)
+                        log.warning("%s", f.message)
+                elif _key(f) not in logged:
                     writer.log_failure(f)
-                    log.warning("scene %d image %d object %d: %s", f.scene_id, f.im_id, f.obj_id, f.message)
+                    log.warning("scene %s image %s object %d: %s", f.scene_id, f.im_id, f.obj_id, f.message)
             todo = [t for t in tasks if t.key not in writer.done]
             skipped = len(tasks) - len(todo)
             if max_images is not None:
@@ -162,4 +171,23 @@ def refine_dataset(
 
 
 def _key(f: ItemFailure) -> InstanceKey:
-    return (f.scene_id, f.im_id, -1 if f.obj_id is None else f.obj_id, -1 if f.instance is None else f.instance)
+    def known(v: int | None) -> int:
+        return -1 if v is None else v
+
+    return (known(f.scene_id), known(f.im_id), known(f.obj_id), known(f.instance))
+
+
+def _logged_row_failures(path: Path) -> set[tuple[str, str]]:
+    """``(code, message)`` of the failures without an object in a failures log (malformed rows, images), so that
+    a resumed run does not log a malformed inits row again."""
+    out: set[tuple[str, str]] = set()
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            if rec.get("obj_id") is None:
+                out.add((str(rec["code"]), str(rec["message"])))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # a line torn by a crash
+    return out

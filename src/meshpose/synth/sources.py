@@ -120,8 +120,8 @@ def resolve_objects(spec: str, seed: int = 0, *, units: Units = "auto", novel: N
             * a BOP dataset folder (it has ``models/``): its models and ``models_info.json``.
 
         seed: generator seed of ``novel`` presets.
-        units: units of mesh files (``"auto"``: millimetres if larger than 5 units; BOP folders are always read
-            in millimetres).
+        units: units of mesh files (``"auto"``: millimetres if larger than 5 units, and always for a BOP
+            folder; an explicit ``"m"`` or ``"mm"`` is honoured, BOP folders included).
         novel: generator settings.
 
     Returns:
@@ -185,7 +185,9 @@ def _resolve_objects(spec: str, seed: int, *, units: Units, novel: NovelConfig |
     if not folder.is_dir():
         raise ValueError(f"--objects must be a folder or a preset, got the file {folder}")
     if (folder / "models").is_dir():
-        folder, units = folder / "models", "mm"
+        folder = folder / "models"
+        if units == "auto":
+            units = "mm"  # BOP models are millimetres; an explicit --units is honoured
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _MESH_EXTS)
     if not files:
         raise ValueError(f"object folder {folder} holds no meshes ({', '.join(_MESH_EXTS)})")
@@ -198,8 +200,8 @@ def _resolve_objects(spec: str, seed: int, *, units: Units, novel: NovelConfig |
     info_path = folder / "models_info.json"
     if info_path.is_file():
         info = read_models_info(info_path)
-        if info and all(bop_names):
-            units = "mm"  # BOP models are millimetres
+        if info and all(bop_names) and units == "auto":
+            units = "mm"  # BOP models are millimetres; an explicit --units is honoured
 
     def make_file(path: Path, obj_id: int) -> Callable[[], tuple[ObjectModel, np.ndarray, Any]]:
         def load() -> tuple[ObjectModel, np.ndarray, Any]:

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
+from meshpose.io.bop import BopDataset, GtInstance
+from meshpose.io.images import write_rgb
+from meshpose.io.results import ResultRow, group_by_image
 from meshpose.render.base import Renderer
 from meshpose.types import Camera, ObjectModel, Pose
 
-__all__ = ["draw_axes", "draw_contours", "draw_label", "draw_pose_overlay", "side_by_side"]
+__all__ = [
+    "OverlaySummary",
+    "draw_axes",
+    "draw_contours",
+    "draw_label",
+    "draw_pose_overlay",
+    "overlay_results",
+    "side_by_side",
+]
+
+log = logging.getLogger(__name__)
+
+#: Colours (RGB) of :func:`overlay_results`: the results, and the ground truth under them.
+RESULT_COLOR = (0, 255, 0)
+GT_COLOR = (255, 0, 255)
 
 
 def draw_contours(
@@ -135,3 +156,104 @@ def side_by_side(*images: np.ndarray, gap: int = 4) -> np.ndarray:
         if i + 1 < len(images):
             parts.append(np.full((h, gap, 3), 255, np.uint8))
     return np.concatenate(parts, axis=1)
+
+
+@dataclass
+class OverlaySummary:
+    """What :func:`overlay_results` drew.
+
+    Args:
+        written: the PNG files, one per image.
+        failed: ``((scene_id, im_id), reason)`` of the images that could not be drawn.
+        skipped_rows: result rows left out (object without a usable mesh).
+    """
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[tuple[int, int], str]] = field(default_factory=list)
+    skipped_rows: int = 0
+
+
+def overlay_results(
+    dataset: BopDataset,
+    rows: Sequence[ResultRow],
+    out_dir: str | Path,
+    *,
+    max_images: int | None = None,
+    with_gt: bool = True,
+    renderer: Renderer | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> OverlaySummary:
+    """Draw each result's silhouette outline and axes (green) on its image, over the ground truth (magenta) when
+    the dataset has it; one PNG per image, ``OUT/SCENE_IMAGE.png`` (``meshpose overlay``).
+
+    A row whose object has no usable mesh is left out (logged); an image that cannot be read is reported in the
+    summary and the others are drawn.
+
+    Args:
+        dataset: the dataset the results are of.
+        rows: result rows (e.g. :func:`~meshpose.io.results.read_results`).
+        out_dir: the folder of the PNGs (created).
+        max_images: draw at most this many images (in the results' order).
+        with_gt: draw the ground truth too, where the dataset has ``scene_gt.json``.
+        renderer: renderer of the silhouettes (default: the process-wide GL renderer).
+        progress: called as ``progress(done, total)`` after each image.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = OverlaySummary()
+    images = list(group_by_image(rows).items())[:max_images]
+    bad_objects: dict[int, str] = {}
+
+    def objects_of(obj_ids: Sequence[int]) -> list[ObjectModel | None]:
+        models: list[ObjectModel | None] = []
+        for obj_id in obj_ids:
+            model = None
+            if obj_id not in bad_objects:
+                try:
+                    model = dataset.object(obj_id)
+                except (ValueError, OSError) as exc:
+                    bad_objects[obj_id] = str(exc)
+                    log.warning("object %d is left out of the overlays: %s", obj_id, exc)
+            models.append(model)
+        return models
+
+    for n, ((scene_id, im_id), image_rows) in enumerate(images, start=1):
+        try:
+            obs = dataset.observation(scene_id, im_id, with_depth=False)
+            image = obs.rgb
+            layers: list[tuple[str, list[int], Pose, tuple[int, int, int]]] = []
+            if with_gt:
+                gts = _ground_truth(dataset, scene_id, im_id)
+                if gts:
+                    gt_poses = Pose.stack([g.pose for g in gts])
+                    layers.append(("ground truth", [g.obj_id for g in gts], gt_poses, GT_COLOR))
+            layers.append(
+                ("result", [r.obj_id for r in image_rows], Pose.stack([r.pose for r in image_rows]), RESULT_COLOR)
+            )
+            for k, (label, obj_ids, poses, color) in enumerate(layers):
+                models = objects_of(obj_ids)
+                keep = [i for i, m in enumerate(models) if m is not None]
+                if label == "result":
+                    summary.skipped_rows += len(models) - len(keep)
+                if keep:
+                    objs = [m for m in models if m is not None]
+                    sel = poses.reshape(-1)[torch.as_tensor(keep)]
+                    image = draw_contours(image, obs.camera, objs, sel, color=color, renderer=renderer)
+                    image = draw_axes(image, obs.camera, sel, [0.5 * o.diameter for o in objs], alpha=0.7)
+                image = draw_label(image, f"{label} ({len(keep)})", (10, 22 + 20 * k), color)
+            path = out / f"{scene_id:06d}_{im_id:06d}.png"
+            write_rgb(path, image)
+            summary.written.append(path)
+        except (ValueError, OSError, RuntimeError) as exc:
+            log.warning("scene %d image %d: no overlay: %s", scene_id, im_id, exc)
+            summary.failed.append(((scene_id, im_id), str(exc)))
+        if progress is not None:
+            progress(n, len(images))
+    return summary
+
+
+def _ground_truth(dataset: BopDataset, scene_id: int, im_id: int) -> list[GtInstance]:
+    """The image's ground truth, or none when its scene has no ``scene_gt.json``."""
+    if not (dataset.scene_path(scene_id) / "scene_gt.json").is_file():
+        return []
+    return dataset.gt(scene_id, im_id)
