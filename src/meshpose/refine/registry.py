@@ -30,6 +30,7 @@ PRESETS: dict[str, tuple[str, str]] = {
     "contour": ("meshpose.refine.contour", "ContourRefiner"),
     "icp": ("meshpose.refine.icp", "ICPRefiner"),
     "genflow": ("meshpose.refine.genflow", "GenFlowRefiner"),
+    "deeprm": ("meshpose.refine.deeprm", "DeepRMRefiner"),
 }
 
 

@@ -224,7 +224,7 @@ def multiscale_epe(
     v = valid.to(target.dtype)
     total = torch.zeros((), dtype=target.dtype, device=target.device)
     for wk, pred in zip(w, preds, strict=True):
-        size = pred.shape[-2:]
+        size = (int(pred.shape[-2]), int(pred.shape[-1]))
         num = torch.nn.functional.adaptive_avg_pool2d(target * v, size)
         den = torch.nn.functional.adaptive_avg_pool2d(v, size)
         tgt = num / den.clamp_min(1e-6)
