@@ -35,7 +35,7 @@ from meshpose.geometry.crop import crop_box_around_object
 from meshpose.nets.checkpoint import WeightsSpec
 from meshpose.nets.deeprm import DeepRMNet, RecurrentState, apply_update, load_deeprm_model, make_input
 from meshpose.refine.base import LazyRenderer, StageTimer, check_refine_inputs, make_result
-from meshpose.refine.guards import guard_update
+from meshpose.refine.guards import guard_update, in_image_failure
 from meshpose.refine.views import CropView, cut_crop
 from meshpose.render.base import Lighting, Renderer, render_alone
 from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineResult
@@ -186,11 +186,9 @@ class DeepRMRefiner(LazyRenderer):
                     R, t = current.R.clone(), current.t.clone()
                     keep = []
                     for k, i in enumerate(active):
-                        sil = rend.mask[k]
-                        seen = float((sil & crops[i].valid).sum()) / max(float(sil.sum()), 1.0)
-                        if seen < cfg.min_in_image:
-                            msg = f"the object is not in the image at this pose ({100 * seen:.0f}% of it inside)"
-                            failure[i] = Failure(FailureCode.OUTSIDE_IMAGE, msg)
+                        outside = in_image_failure(rend.mask[k], crops[i].valid, cfg.min_in_image)
+                        if outside is not None:
+                            failure[i] = outside
                             continue
                         check = guard_update(
                             current.R[i],

@@ -46,7 +46,7 @@ from meshpose.geometry.crop import crop_box_around_object
 from meshpose.nets.batch import load_genflow_model, make_crop_batch, run_network
 from meshpose.nets.genflow import GenFlowNet
 from meshpose.refine.base import LazyRenderer, StageTimer, check_refine_inputs, make_result, stage_schedule
-from meshpose.refine.guards import guard_update
+from meshpose.refine.guards import guard_update, in_image_failure
 from meshpose.refine.select import EdgeJudge, pick_by_edges
 from meshpose.refine.views import cut_crop
 from meshpose.render.base import Lighting, Renderer, render_alone
@@ -244,11 +244,9 @@ class GenFlowRefiner(LazyRenderer):
                     valid = out.valid.cpu().numpy()
                     R, t = current.R.clone(), current.t.clone()
                     for k, i in enumerate(active):
-                        silhouette = rend.mask[k]
-                        seen = float((silhouette & crops[k].valid).sum()) / max(float(silhouette.sum()), 1.0)
-                        if seen < cfg.min_in_image:
-                            msg = f"the object is not in the image at this pose ({100 * seen:.0f}% of it inside)"
-                            failure[i] = Failure(FailureCode.OUTSIDE_IMAGE, msg)
+                        outside = in_image_failure(rend.mask[k], crops[k].valid, cfg.min_in_image)
+                        if outside is not None:
+                            failure[i] = outside
                             continue
                         check = guard_update(
                             current.R[i],

@@ -23,7 +23,7 @@ import torch
 from meshpose.geometry.lie import rotation_angle
 from meshpose.types import Failure, FailureCode
 
-__all__ = ["StepCheck", "guard_update"]
+__all__ = ["StepCheck", "guard_update", "in_image_failure"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +104,26 @@ def guard_update(
         msg = f"implausible update rejected ({rot_deg:.1f}°, {trans_m * 1e3:.1f} mm)"
         return StepCheck(rot_deg, trans_m, Failure(FailureCode.IMPLAUSIBLE_UPDATE, msg))
     return StepCheck(rot_deg, trans_m, None)
+
+
+def in_image_failure(silhouette: np.ndarray, valid: np.ndarray, min_in_image: float) -> Failure | None:
+    """``OUTSIDE_IMAGE`` when less than ``min_in_image`` of a rendered silhouette lies inside the observed image.
+
+    Args:
+        silhouette: ``(S, S)`` bool, the object rendered at the current pose into the crop.
+        valid: ``(S, S)`` bool, crop pixels that lie inside the observed image.
+        min_in_image: smallest fraction of the silhouette that must be inside, in [0, 1].
+
+    Returns:
+        ``None`` if enough of the object is inside the image, else the failure.
+
+    Example:
+        >>> sil = np.ones((4, 4), bool); valid = np.zeros((4, 4), bool); valid[:, :1] = True
+        >>> in_image_failure(sil, valid, 0.5).code.name, in_image_failure(sil, valid, 0.2)
+        ('OUTSIDE_IMAGE', None)
+    """
+    seen = float((silhouette & valid).sum()) / max(float(silhouette.sum()), 1.0)
+    if seen >= min_in_image:
+        return None
+    msg = f"the object is not in the image at this pose ({100 * seen:.0f}% of it inside)"
+    return Failure(FailureCode.OUTSIDE_IMAGE, msg)
