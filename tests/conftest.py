@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,18 @@ def make_tiny_bop(root: Path, *, n_images: int = 3, width: int = 200, height: in
 def tiny_bop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a tiny generated BOP dataset (read-only: copy it if a test must change it)."""
     return make_tiny_bop(tmp_path_factory.mktemp("tiny_bop"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Caches (template banks) go to a temporary folder, never to the user's ``~/.cache``."""
+    old = os.environ.get("MESHPOSE_CACHE_DIR")
+    os.environ["MESHPOSE_CACHE_DIR"] = str(tmp_path_factory.mktemp("meshpose-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MESHPOSE_CACHE_DIR", None)
+    else:
+        os.environ["MESHPOSE_CACHE_DIR"] = old
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from typing import Any
 from meshpose.refine.base import Refiner
 from meshpose.refine.chain import ChainRefiner
 
-__all__ = ["PRESETS", "available_methods", "make_refiner"]
+__all__ = ["PRESETS", "available_methods", "build_preset", "make_refiner"]
 
 
 #: Preset name → (module, class). The class is constructed as ``cls(config)`` with its own ``Config`` dataclass.
@@ -62,19 +62,37 @@ def make_refiner(name: str, config: Any = None, **overrides: Any) -> Refiner:
         return _make_chain(name, config, overrides)
     if name not in PRESETS:
         raise ValueError(f"unknown refiner '{name}'; choose from {', '.join(sorted(PRESETS))}")
-    module_name, cls_name = PRESETS[name]
+    refiner: Refiner = build_preset(PRESETS[name], name, config, overrides, kind="refiner")
+    return refiner
+
+
+def build_preset(
+    where: tuple[str, str], name: str, config: Any, overrides: dict[str, Any], *, kind: str = "preset"
+) -> Any:
+    """Import a preset's class and build it as ``cls(config)`` (shared by the refiner and estimator registries).
+
+    Args:
+        where: ``(module, class name)``; the class has a ``Config`` dataclass.
+        name: the preset name (for messages).
+        config: a ``Config`` instance, or ``None`` for the defaults.
+        overrides: config fields to replace.
+        kind: ``"refiner"``, ``"estimator"``… (for messages).
+
+    Raises:
+        ValueError: an override that is not a field of the config.
+    """
+    module_name, cls_name = where
     cls = getattr(importlib.import_module(module_name), cls_name)
     cfg = config if config is not None else cls.Config()
     if overrides:
         if not is_dataclass(cfg):
-            raise ValueError(f"refiner '{name}' has no dataclass config to override")
+            raise ValueError(f"{kind} '{name}' has no dataclass config to override")
         known = {f.name for f in fields(cfg)}
         bad = sorted(set(overrides) - known)
         if bad:
-            raise ValueError(f"refiner '{name}' has no option(s) {bad}; options: {', '.join(sorted(known))}")
+            raise ValueError(f"{kind} '{name}' has no option(s) {bad}; options: {', '.join(sorted(known))}")
         cfg = replace(cfg, **overrides)  # type: ignore[type-var]
-    refiner: Refiner = cls(cfg)
-    return refiner
+    return cls(cfg)
 
 
 def _make_chain(name: str, config: Any, overrides: dict[str, Any]) -> Refiner:

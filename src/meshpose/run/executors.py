@@ -17,11 +17,10 @@ from typing import Any, Protocol
 from meshpose.refine.base import Refiner
 from meshpose.run.job import (
     WORKER_DIED,
+    ImageJob,
     ImageOutcome,
-    ImageTask,
+    ImageWorker,
     ItemFailure,
-    JobSpec,
-    WorkerState,
     object_ids_of,
 )
 
@@ -34,11 +33,16 @@ EXECUTORS = ("serial", "ray")
 
 
 class Executor(Protocol):
-    """Runs the per-image jobs of a run and yields their outcomes as they finish (in any order)."""
+    """Runs the per-image jobs of a run and yields their outcomes as they finish (in any order).
+
+    A job is any :class:`~meshpose.run.job.ImageJob` (``refine``'s :class:`~meshpose.run.job.JobSpec`,
+    ``estimate``'s :class:`~meshpose.run.estimate_job.EstimateSpec`); a task anything with ``key`` and ``obj_ids``
+    that the job's worker state processes.
+    """
 
     name: str
 
-    def run(self, spec: JobSpec, tasks: Sequence[ImageTask]) -> Generator[ImageOutcome, None, None]:
+    def run(self, spec: ImageJob, tasks: Sequence[Any]) -> Generator[ImageOutcome, None, None]:
         """Process ``tasks``; closing the iterator early stops the work still queued."""
         ...
 
@@ -61,7 +65,7 @@ class _ContextMixin:
 
 
 class SerialExecutor(_ContextMixin):
-    """Runs every image in the calling process, in order, with one :class:`~meshpose.run.job.WorkerState`.
+    """Runs every image in the calling process, in order, with one worker state (``spec.make_state``).
 
     Args:
         refiner: a ready refiner to use instead of building the job's preset (e.g. a custom one).
@@ -71,32 +75,35 @@ class SerialExecutor(_ContextMixin):
 
     def __init__(self, refiner: Refiner | None = None) -> None:
         self.refiner = refiner
-        self._state: WorkerState | None = None
+        self._state: ImageWorker | None = None
+        self._spec: ImageJob | None = None
 
-    def run(self, spec: JobSpec, tasks: Sequence[ImageTask]) -> Generator[ImageOutcome, None, None]:
+    def run(self, spec: ImageJob, tasks: Sequence[Any]) -> Generator[ImageOutcome, None, None]:
         if not tasks:
             return
-        if self._state is None or self._state.spec != spec:
-            self._state = WorkerState(spec, self.refiner)
+        if self._state is None or self._spec != spec:
+            self._state = spec.make_state(self.refiner)
+            self._spec = spec
             self._state.preload(object_ids_of(tasks))
         for task in tasks:
             yield self._state.process(task)
 
     def close(self) -> None:
         self._state = None
+        self._spec = None
 
 
 class _RayWorker:
-    """The body of a Ray actor: one :class:`WorkerState`, loaded once."""
+    """The body of a Ray actor: one worker state (``spec.make_state()``), loaded once."""
 
-    def __init__(self, spec: JobSpec, obj_ids: list[int]) -> None:
-        self.state = WorkerState(spec)
+    def __init__(self, spec: ImageJob, obj_ids: list[int]) -> None:
+        self.state = spec.make_state()
         self.state.preload(obj_ids)
 
     def ready(self) -> bool:
         return True
 
-    def process(self, task: ImageTask) -> ImageOutcome:
+    def process(self, task: Any) -> ImageOutcome:
         return self.state.process(task)
 
 
@@ -153,12 +160,12 @@ class RayExecutor(_ContextMixin):
             self._started = True
         return ray
 
-    def run(self, spec: JobSpec, tasks: Sequence[ImageTask]) -> Generator[ImageOutcome, None, None]:
+    def run(self, spec: ImageJob, tasks: Sequence[Any]) -> Generator[ImageOutcome, None, None]:
         if not tasks:
             return
         ray = self._ray()
         if spec.threads is None:
-            spec = dataclasses.replace(spec, threads=self.cpus_per_worker)
+            spec = dataclasses.replace(spec, threads=self.cpus_per_worker)  # type: ignore[type-var]  # a dataclass
         actor_cls = ray.remote(num_cpus=self.cpus_per_worker)(_RayWorker)
         obj_ids = object_ids_of(tasks)
         n = min(self.workers, len(tasks))
@@ -170,7 +177,7 @@ class RayExecutor(_ContextMixin):
                 ray.kill(a)
             raise RuntimeError(f"Ray workers could not start: {exc}") from exc
         queue = deque(tasks)
-        pending: dict[Any, tuple[int, Any, ImageTask]] = {}  # ref -> (slot, actor, task)
+        pending: dict[Any, tuple[int, Any, Any]] = {}  # ref -> (slot, actor, task)
         replacements = 0
 
         def submit(slot: int) -> None:
@@ -188,7 +195,8 @@ class RayExecutor(_ContextMixin):
                 try:
                     outcome = ray.get(ready[0])
                 except ray.exceptions.RayActorError as exc:
-                    fail = ItemFailure(*task.key, None, None, WORKER_DIED, f"Ray worker died: {exc}")
+                    scene_id, im_id = task.key
+                    fail = ItemFailure(scene_id, im_id, None, None, WORKER_DIED, f"Ray worker died: {exc}")
                     outcome = ImageOutcome(task.key, (), (fail,), 0.0)
                     if actors[slot] is actor:
                         replacements += 1

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from meshpose.errors import InputError
 from meshpose.io.bop import BopDataset
@@ -22,9 +22,11 @@ from meshpose.refine.registry import make_refiner
 from meshpose.types import ObjectModel, Pose
 
 __all__ = [
+    "ImageJob",
     "ImageKey",
     "ImageOutcome",
     "ImageTask",
+    "ImageWorker",
     "InstanceKey",
     "ItemFailure",
     "JobSpec",
@@ -52,6 +54,31 @@ MESH_UNREADABLE = "mesh_unreadable"
 IMAGE_FAILED = "image_failed"
 REFINER_FAILURE = "refiner_failure"
 WORKER_DIED = "worker_died"
+
+
+class ImageWorker(Protocol):
+    """What a worker holds once and runs every image with (:class:`WorkerState` for ``refine``,
+    :class:`~meshpose.run.estimate_job.EstimateWorkerState` for ``estimate``)."""
+
+    def preload(self, obj_ids: Iterable[int]) -> None:
+        """Load the object models of ``obj_ids`` now."""
+        ...
+
+    def process(self, task: Any) -> ImageOutcome:
+        """Run one image's task."""
+        ...
+
+
+class ImageJob(Protocol):
+    """What an executor runs (:class:`JobSpec`, :class:`~meshpose.run.estimate_job.EstimateSpec`): picklable, with
+    the torch threads of each worker and the worker state it needs."""
+
+    @property
+    def threads(self) -> int | None: ...
+
+    def make_state(self, refiner: Refiner | None = None) -> ImageWorker:
+        """The worker state of this job (each worker builds it once)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -83,6 +110,10 @@ class JobSpec:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    def make_state(self, refiner: Refiner | None = None) -> WorkerState:
+        """The :class:`WorkerState` of this job (``refiner``: a ready one instead of building :attr:`method`)."""
+        return WorkerState(self, refiner)
 
 
 @dataclass(frozen=True)
@@ -130,6 +161,11 @@ class ImageTask:
         """The keys the results hold when this image is finished: instance ``k`` is the ``k``-th written row of
         an object in the image (the order :func:`process_image` writes them)."""
         return instance_keys(self.rows)
+
+    @property
+    def obj_ids(self) -> list[int]:
+        """The objects of the task (sorted, each once)."""
+        return sorted({r.obj_id for r in self.rows})
 
 
 @dataclass(frozen=True)
@@ -398,6 +434,6 @@ def process_image(state: WorkerState, task: ImageTask) -> ImageOutcome:
     return ImageOutcome(task.key, tuple(out_rows), tuple(failures), elapsed)
 
 
-def object_ids_of(tasks: Sequence[ImageTask]) -> list[int]:
-    """The objects the tasks need (to preload them)."""
-    return sorted({r.obj_id for t in tasks for r in t.rows})
+def object_ids_of(tasks: Sequence[Any]) -> list[int]:
+    """The objects the tasks need (to preload them); a task has ``obj_ids`` (:attr:`ImageTask.obj_ids`)."""
+    return sorted({o for t in tasks for o in t.obj_ids})

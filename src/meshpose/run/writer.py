@@ -333,7 +333,8 @@ class RunWriter:
         has_meta = self.meta_path.is_file()
         if has_rows and not has_meta:
             raise RunConfigError(
-                f"{self.path} exists and was not written by meshpose refine (it has no {self.meta_path.name}); "
+                f"{self.path} exists and was not written by meshpose (refine or estimate; it has no "
+                f"{self.meta_path.name}); "
                 "it is left untouched: choose another --out, or delete the file yourself to reuse its name"
             )
         if has_meta and not restart:

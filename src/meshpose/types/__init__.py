@@ -12,16 +12,20 @@ Conventions (see ``DESIGN.md``; they are fixed here and never re-decided elsewhe
 The types are frozen dataclasses of arrays/tensors; none is an ``nn.Module`` and none does work at import time.
 This package sits at the bottom of the import graph: it imports no other meshpose module. Submodules by concern:
 :mod:`~meshpose.types.camera`, :mod:`~meshpose.types.pose` (with the SE(3) maths), :mod:`~meshpose.types.model`
-(objects and observations), :mod:`~meshpose.types.results`; everything is importable from ``meshpose.types``.
+(objects and observations), :mod:`~meshpose.types.results`, :mod:`~meshpose.types.detection`; everything is
+importable from ``meshpose.types``.
 """
 
 from meshpose.types.camera import Camera
+from meshpose.types.detection import Detection, EstimateResult
 from meshpose.types.model import ObjectModel, Observation
 from meshpose.types.pose import Pose, se3_exp, se3_log, skew
 from meshpose.types.results import Failure, FailureCode, PoseEstimate, RefineInfo, RefineResult
 
 __all__ = [
     "Camera",
+    "Detection",
+    "EstimateResult",
     "Failure",
     "FailureCode",
     "ObjectModel",

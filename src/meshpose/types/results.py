@@ -28,6 +28,9 @@ class FailureCode(enum.Enum):
         SOLVER_FAILED: the pose solver found no pose (e.g. PnP-RANSAC without a consensus).
         NUMERICAL: a numerical breakdown (non-finite values, a degenerate system).
         IMPLAUSIBLE_UPDATE: an update larger than the method's step limits was rejected.
+        BAD_DETECTION: a coarse estimator's detection is unusable (a box off the image or of no area, an empty
+            mask).
+        UNKNOWN_OBJECT: a detection names an object whose model was not given.
     """
 
     BEHIND_CAMERA = "behind_camera"
@@ -38,6 +41,8 @@ class FailureCode(enum.Enum):
     SOLVER_FAILED = "solver_failed"
     NUMERICAL = "numerical"
     IMPLAUSIBLE_UPDATE = "implausible_update"
+    BAD_DETECTION = "bad_detection"
+    UNKNOWN_OBJECT = "unknown_object"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,199 @@
+"""The ``picopose`` coarse estimator: templates → (1) patch-feature matching → (2) 2D similarity → (3) local
+offsets → PnP-RANSAC, after PicoPose (Liu et al., 2025), for novel objects from RGB or RGB-D.
+
+Per detection: the query is cut square around the detection box; its patch features, at ``rotations`` in-plane
+rotations, are compared with those of the object's templates (:mod:`~meshpose.coarse.templates`, rendered once per
+mesh and cached on disk); each of the ``candidates`` best (template, rotation) pairs gets a similarity transform
+(stage 2), the template is warped by it and matched densely to the query (stage 3), and PnP-RANSAC on the
+template's object coordinates gives a pose (with depth, its distance is taken from the observed depth). The poses
+are ranked by :func:`~meshpose.coarse.score.score_hypotheses` (silhouette/mask agreement and edges).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from meshpose.coarse.base import estimate_each
+from meshpose.coarse.picopose.features import XFeatFeatures
+from meshpose.coarse.picopose.local import local_matches, pose_from_matches, scale_to_depth
+from meshpose.coarse.picopose.matching import fit_similarity, foreground_patches, match_templates
+from meshpose.coarse.picopose.views import TemplateViews, cut_query, cut_templates, rotate_about_centre
+from meshpose.coarse.score import score_hypotheses
+from meshpose.coarse.templates import TemplateConfig, load_templates
+from meshpose.types import (
+    Detection,
+    EstimateResult,
+    Failure,
+    FailureCode,
+    ObjectModel,
+    Observation,
+    Pose,
+    PoseEstimate,
+)
+
+__all__ = ["PicoPoseConfig", "PicoPoseEstimator"]
+
+
+@dataclass(frozen=True)
+class PicoPoseConfig:
+    """Options of :class:`PicoPoseEstimator`.
+
+    Args:
+        templates: viewpoints of the template bank (12, 42, 162 or 642).
+        template_size: side of the rendered templates, pixels (they are cut around the object afterwards).
+        size: side of the object-centred crops that are matched (templates and query), pixels.
+        padding: those crops' side over the object's (detection's) box side.
+        rotations: in-plane rotations of the query that are matched (the features are not rotation-invariant).
+        candidates: (template, rotation) pairs taken from stage 1 to stages 2-3 per detection.
+        min_similarity: stage-2 correspondences need this cosine similarity.
+        local: stage 3: ``"dis"`` (flow offsets with forward-backward certainty) or ``"none"`` (the warp only).
+        pnp_threshold_px: PnP-RANSAC inlier threshold in crop pixels.
+        use_depth: with an observed depth, take the distance from it.
+        cache_dir: template cache folder (default: ``$MESHPOSE_CACHE_DIR`` or the user cache).
+    """
+
+    templates: int = 162
+    template_size: int = 192
+    size: int = 128
+    padding: float = 1.2
+    rotations: int = 16
+    candidates: int = 6
+    min_similarity: float = 0.5
+    local: Literal["dis", "none"] = "dis"
+    pnp_threshold_px: float = 2.0
+    use_depth: bool = True
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class _ObjectData:
+    views: TemplateViews
+    feats: torch.Tensor  # (N, C, h, w)
+    fg: torch.Tensor  # (N, h, w)
+
+
+class PicoPoseEstimator:
+    """The ``picopose`` preset (see the module docstring). RGB; uses depth when the observation has it."""
+
+    name = "picopose"
+    modality: Literal["rgb", "rgbd"] = "rgb"
+    Config = PicoPoseConfig
+
+    def __init__(self, config: PicoPoseConfig | None = None) -> None:
+        self.config = config if config is not None else PicoPoseConfig()
+        if self.config.local not in ("dis", "none"):
+            raise ValueError(f"picopose: local must be 'dis' or 'none', got {self.config.local!r}")
+        self.features = XFeatFeatures()
+        self._objects: dict[tuple[int, int], _ObjectData] = {}
+
+    def _object(self, model: ObjectModel) -> _ObjectData:
+        key = (model.obj_id, id(model))
+        if key not in self._objects:
+            cfg = self.config
+            bank = load_templates(
+                model, TemplateConfig(views=cfg.templates, size=cfg.template_size), cache_dir=cfg.cache_dir
+            )
+            poses = Pose(bank.rotations.copy(), bank.translations.copy())
+            views = cut_templates(
+                model.obj_id, bank.rgb, bank.mask, bank.xyz, bank.camera, poses, cfg.size, cfg.padding
+            )
+            feats = self.features(views.rgb)
+            fg = foreground_patches(views.mask, self.features.stride)
+            self._objects[key] = _ObjectData(views, feats, fg)
+        return self._objects[key]
+
+    def estimate(
+        self,
+        obs: Observation,
+        objects: Sequence[ObjectModel],
+        detections: Sequence[Detection],
+        *,
+        hypotheses: int = 1,
+    ) -> list[EstimateResult]:
+        """Pose hypotheses per detection, best first (see :class:`~meshpose.coarse.base.Estimator`)."""
+
+        def one(det: Detection, model: ObjectModel) -> tuple[list[PoseEstimate], Failure | None, dict[str, Any]]:
+            return self._estimate_one(obs, det, model, hypotheses)
+
+        return estimate_each(obs, objects, detections, one, method=self.name)
+
+    def _estimate_one(
+        self, obs: Observation, det: Detection, model: ObjectModel, hypotheses: int
+    ) -> tuple[list[PoseEstimate], Failure | None, dict[str, Any]]:
+        cfg = self.config
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        data = self._object(model)
+        timings["templates"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        q = cut_query(obs, det, cfg.size, cfg.padding)
+        angles = np.arange(cfg.rotations) * (360.0 / cfg.rotations)
+        q_rgb = np.stack([rotate_about_centre(q.rgb, a) for a in angles])
+        q_mask = np.stack([rotate_about_centre(q.mask, a, nearest=True) for a in angles])
+        q_feats = self.features(q_rgb)
+        q_fg = foreground_patches(q_mask, self.features.stride)
+        cands = match_templates(q_feats, q_fg, data.feats, data.fg, angles, max(cfg.candidates, hypotheses))
+        timings["stage1"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        poses: list[Pose] = []
+        extras: list[dict[str, Any]] = []
+        for c in cands:
+            A, n_sim = fit_similarity(
+                q_feats[c.rotation],
+                q_fg[c.rotation],
+                data.feats[c.template],
+                data.fg[c.template],
+                c.angle_deg,
+                cfg.size,
+                self.features.stride,
+                min_similarity=cfg.min_similarity,
+            )
+            v = data.views
+            m = local_matches(
+                q.rgb, q.mask, v.rgb[c.template], v.mask[c.template], v.xyz[c.template], A, method=cfg.local
+            )
+            pose, n_inl = pose_from_matches(m, q.camera, threshold_px=cfg.pnp_threshold_px)
+            if pose is None and cfg.local != "none":  # the flow offsets failed: the warp alone
+                m = local_matches(
+                    q.rgb, q.mask, v.rgb[c.template], v.mask[c.template], v.xyz[c.template], A, method="none"
+                )
+                pose, n_inl = pose_from_matches(m, q.camera, threshold_px=cfg.pnp_threshold_px)
+            if pose is None:
+                continue
+            if cfg.use_depth and q.depth is not None:
+                pose = scale_to_depth(pose, m, q.depth)
+            R, t = pose.numpy()
+            if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t)) and t[2] > 0):
+                continue
+            poses.append(Pose(R, t))
+            extras.append(
+                {
+                    "template": c.template,
+                    "angle_deg": c.angle_deg,
+                    "similarity": c.score,
+                    "sim_inliers": n_sim,
+                    "pnp_inliers": n_inl,
+                }
+            )
+        timings["stage23"] = time.perf_counter() - t0
+        if not poses:
+            return (
+                [],
+                Failure(FailureCode.SOLVER_FAILED, f"no pose from {len(cands)} matched templates"),
+                {"timings": timings},
+            )
+
+        t0 = time.perf_counter()
+        scores = score_hypotheses(obs, model, det, poses)
+        timings["score"] = time.perf_counter() - t0
+        order = np.argsort(-scores, kind="stable")[:hypotheses]
+        out = [PoseEstimate(model.obj_id, poses[i], float(scores[i]), 0.0, extras[i]) for i in order]
+        return out, None, {"timings": timings, "candidates": len(cands)}

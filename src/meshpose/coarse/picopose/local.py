@@ -1,0 +1,116 @@
+"""PicoPose stage 3 and the pose: local offsets between the warped template and the query, 2D-3D matches from
+the template's object coordinates, PnP-RANSAC, and (with depth) the distance from the observed depth.
+
+The seed paper predicts the local offsets and their certainty with a RAFT-style network; here the offsets come
+from OpenCV's DIS optical flow between the similarity-warped template and the query, and the certainty from the
+forward-backward agreement of the two flows (a classical stand-in that needs no training; ``local="none"`` keeps
+the stage-2 warp alone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from meshpose.geometry.pnp import pnp_ransac
+from meshpose.types import Camera, Pose
+
+__all__ = ["LocalMatches", "local_matches", "pose_from_matches", "scale_to_depth"]
+
+_DIS = {"fast": 1, "medium": 2}
+
+
+@dataclass(frozen=True, eq=False)
+class LocalMatches:
+    """2D-3D matches of one hypothesis: ``uv (M, 2)`` query-crop pixels, ``xyz (M, 3)`` object points (metres)."""
+
+    uv: np.ndarray
+    xyz: np.ndarray
+
+
+def local_matches(
+    query_rgb: np.ndarray,
+    query_mask: np.ndarray,
+    tmpl_rgb: np.ndarray,
+    tmpl_mask: np.ndarray,
+    tmpl_xyz: np.ndarray,
+    A: np.ndarray,
+    *,
+    method: str = "dis",
+    fb_threshold_px: float = 1.5,
+    step: int = 2,
+) -> LocalMatches:
+    """Warp the template into the query by ``A`` and match its pixels to the query.
+
+    Args:
+        query_rgb: ``(S, S, 3)`` uint8 query crop.
+        query_mask: ``(S, S)`` bool query region.
+        tmpl_rgb, tmpl_mask, tmpl_xyz: the template view (``S × S``).
+        A: ``(2, 3)`` template → query pixel map (stage 2).
+        method: ``"dis"`` (flow offsets with forward-backward certainty) or ``"none"`` (the warp alone).
+        fb_threshold_px: a flow offset is certain when the backward flow returns within this many pixels.
+        step: use every ``step``-th pixel in each direction (matches are highly redundant).
+
+    Returns:
+        The matches (possibly empty).
+    """
+    s = query_rgb.shape[0]
+    w_rgb = cv2.warpAffine(tmpl_rgb, A, (s, s), flags=cv2.INTER_LINEAR)
+    w_mask = cv2.warpAffine(tmpl_mask.astype(np.uint8), A, (s, s), flags=cv2.INTER_NEAREST) > 0
+    w_xyz = cv2.warpAffine(tmpl_xyz, A, (s, s), flags=cv2.INTER_NEAREST)
+    sel = np.zeros((s, s), bool)
+    sel[::step, ::step] = True
+    sel &= w_mask
+    vv, uu = np.nonzero(sel)
+    uv = np.stack([uu, vv], 1).astype(np.float64)
+    if method == "dis" and len(uu) > 0:
+        g_t = cv2.cvtColor(w_rgb, cv2.COLOR_RGB2GRAY)
+        g_q = cv2.cvtColor(query_rgb, cv2.COLOR_RGB2GRAY)
+        dis = cv2.DISOpticalFlow_create(_DIS["medium"])  # type: ignore[attr-defined]
+        fwd = dis.calc(g_t, g_q, None)
+        bwd = dis.calc(g_q, g_t, None)
+        f = fwd[vv, uu].astype(np.float64)
+        tgt = uv + f
+        ti = np.clip(np.round(tgt).astype(int), 0, s - 1)
+        back = bwd[ti[:, 1], ti[:, 0]].astype(np.float64)
+        certain = np.linalg.norm(f + back, axis=1) < fb_threshold_px
+        inside = (tgt >= 0).all(1) & (tgt <= s - 1).all(1)
+        keep = certain & inside & query_mask[ti[:, 1], ti[:, 0]]
+        uv, vv, uu = tgt[keep], vv[keep], uu[keep]
+    elif method != "none" and method != "dis":
+        raise ValueError(f"local method must be 'dis' or 'none', got {method!r}")
+    return LocalMatches(uv, w_xyz[vv, uu].astype(np.float64))
+
+
+def pose_from_matches(matches: LocalMatches, camera: Camera, *, threshold_px: float = 2.0) -> tuple[Pose | None, int]:
+    """PnP-RANSAC (poselib) on the matches in the query crop's camera; ``(pose or None, inliers)``."""
+    if len(matches.uv) < 6:
+        return None, 0
+    res = pnp_ransac(matches.uv, matches.xyz, camera, max_reprojection_error_px=threshold_px, min_inliers=6)
+    if not res.success or res.pose is None:
+        return None, 0
+    return res.pose, int(res.num_inliers)
+
+
+def scale_to_depth(pose: Pose, matches: LocalMatches, depth: np.ndarray) -> Pose:
+    """Move the object along the viewing rays so that its matched points lie at the observed depth.
+
+    The translation is scaled by ``1 + (median(observed z) - median(predicted z)) / t_z`` over the matches with
+    depth: that moves the matched surface's median depth onto the observed one, keeps the projection of the object
+    origin (and nearly the 2D fit), and fixes the distance that a monocular fit measures worst.
+    """
+    R, t = pose.numpy()
+    uv = np.round(matches.uv).astype(int)
+    s = depth.shape[0]
+    ok = (uv >= 0).all(1) & (uv < s).all(1)
+    z_obs = depth[uv[ok, 1], uv[ok, 0]]
+    z_pred = (matches.xyz[ok] @ R.T + t)[:, 2]
+    good = (z_obs > 0) & (z_pred > 0)
+    if good.sum() < 10:
+        return pose
+    k = 1.0 + float(np.median(z_obs[good]) - np.median(z_pred[good])) / float(t[2])
+    if not 0.5 < k < 2.0:
+        return pose
+    return Pose(R, t * k)
