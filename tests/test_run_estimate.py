@@ -155,3 +155,29 @@ def test_ray_writes_the_same_poses_as_serial(tiny_bop: Path, tmp_path: Path) -> 
         np.testing.assert_allclose(x.t, y.t, atol=1e-4)
         np.testing.assert_allclose(x.R, y.R, atol=1e-3)
     assert len(read_hypotheses(tmp_path / "ray.jsonl")) == len(read_hypotheses(tmp_path / "serial.jsonl"))
+
+
+def test_the_refiner_sees_the_detection_mask(tiny_bop: Path) -> None:
+    """With ``--refine``, each hypothesis is refined with the detection's modal mask as ``obs.mask`` (the refiners
+    use it to tell the object from occluders); a box-only detection gives no mask."""
+    from meshpose.refine.base import StageTimer, make_result
+    from meshpose.run.estimate_job import process_estimate
+
+    seen: list[np.ndarray | None] = []
+
+    class Recorder:
+        name = "recorder"
+        modality = "rgb"
+
+        def refine(self, obs, objects, init, *, iterations=None, callback=None):  # type: ignore[no-untyped-def]
+            seen.append(None if obs.mask is None else obs.mask.copy())
+            n = len(init)
+            return make_result([init], np.ones(n), timer=StageTimer(), converged=np.ones(n, bool), failure=[None] * n)
+
+    ds = BopDataset(tiny_bop)
+    tasks, _ = plan_estimate_tasks(ds, "gt")
+    state = _spec(tiny_bop).make_state(refiner=Recorder())
+    process_estimate(state, tasks[0])
+    assert len(seen) == len(tasks[0].detections) >= 1
+    for m in seen:
+        assert m is not None and m.ndim == 3 and m.shape[0] == 1 and m.any()

@@ -3,12 +3,24 @@
 Import what you need from the subpackages; importing ``meshpose`` itself loads only the core types.
 """
 
-from meshpose.types import Camera, ObjectModel, Observation, Pose, PoseEstimate, RefineInfo, RefineResult
+from meshpose.types import (
+    Camera,
+    Detection,
+    EstimateResult,
+    ObjectModel,
+    Observation,
+    Pose,
+    PoseEstimate,
+    RefineInfo,
+    RefineResult,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Camera",
+    "Detection",
+    "EstimateResult",
     "ObjectModel",
     "Observation",
     "Pose",

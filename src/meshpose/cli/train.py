@@ -15,11 +15,11 @@ __all__ = ["train"]
 C = TypeVar("C")
 
 #: Learned presets with a trainer.
-TRAINABLE = ("genflow", "deeprm")
+TRAINABLE = ("genflow", "deeprm", "picopose")
 
 
 def train(
-    method: Annotated[str, typer.Argument(help="Learned preset to train (genflow, deeprm).")],
+    method: Annotated[str, typer.Argument(help="Learned preset to train (genflow, deeprm, picopose).")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, config.json, train_log.jsonl.")],
     data: Annotated[
         str | None, typer.Option(help="Training objects: novel:N (generated) or a mesh folder / BOP dataset.")
@@ -67,6 +67,8 @@ def train(
         if workers:
             raise fail("deeprm draws its data in the training process: --workers is not an option of it")
         _train_deeprm(source, known, out, opts, config, run_kw)
+    elif method == "picopose":
+        _train_picopose(source, known, out, {**opts, "workers": workers}, config, run_kw)
     else:
         _train_genflow(source, known, out, {**opts, "workers": workers}, config, run_kw)
 
@@ -145,6 +147,31 @@ def _train_deeprm(
             )
 
         result = train_deeprm(cfg, out, progress=show, **run_kw)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(f"stopped at step {result.step}; last validation {result.val}; run folder {out}")
+
+
+def _train_picopose(
+    source: str, known: bool, out: Path, opts: dict[str, Any], config: str | None, run_kw: dict[str, Any]
+) -> None:
+    """``meshpose train picopose``: the stage-1 patch features of the ``picopose`` coarse estimator."""
+    from meshpose.train.picopose import PicoPoseTrainConfig, train_picopose
+
+    try:
+        cfg = _train_config(PicoPoseTrainConfig, source, known, config, opts)
+
+        def show(step: int, stats: dict[str, float]) -> None:
+            log.info(
+                "step %d loss %.4f acc %.3f tau %.3f %.2f pairs/s",
+                step,
+                stats["loss"],
+                stats["acc"],
+                stats["temperature"],
+                stats["items_per_s"],
+            )
+
+        result = train_picopose(cfg, out, progress=show, **run_kw)
     except (ValueError, OSError, RuntimeError) as exc:
         raise fail(str(exc)) from exc
     typer.echo(f"stopped at step {result.step}; last validation {result.val}; run folder {out}")

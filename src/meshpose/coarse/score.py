@@ -9,14 +9,19 @@ object rarely looks like its photo:
 * **edges**: :func:`~meshpose.refine.select.edge_alignment_score`, how well the silhouette's outline lies on
   image edges of the right orientation.
 
-``score = (1 - EDGE_WEIGHT) · region + EDGE_WEIGHT · edges``, in [0, 1]. Under occlusion the full silhouette is
-larger than the modal mask for *every* hypothesis alike, so the ranking holds.
+* **shading layout**: the normalised cross-correlation of the rendered and the observed grey levels over the
+  pixels both cover, blurred to a coarse scale (what tells an object's front from its back when both have the same
+  outline), mapped to [0, 1].
+
+``score = REGION_WEIGHT · region + EDGE_WEIGHT · edges + LAYOUT_WEIGHT · layout``, in [0, 1]. Under occlusion the
+full silhouette is larger than the modal mask for *every* hypothesis alike, so the ranking holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from meshpose.geometry.crop import crop_image
@@ -24,13 +29,17 @@ from meshpose.refine.select import edge_alignment_score, observed_gradients
 from meshpose.render.base import Renderer, render_alone
 from meshpose.types import Detection, ObjectModel, Observation, Pose
 
-__all__ = ["EDGE_WEIGHT", "SCORE_CROP", "score_hypotheses"]
+__all__ = ["EDGE_WEIGHT", "LAYOUT_WEIGHT", "REGION_WEIGHT", "SCORE_CROP", "score_hypotheses"]
 
 #: Side (pixels) of the scoring crop and its padding over the detection box.
 SCORE_CROP = 128
 SCORE_PADDING = 1.5
-#: Weight of the edge cue against the region cue.
+#: Weights of the cues (they sum to 1).
+REGION_WEIGHT = 0.7
 EDGE_WEIGHT = 0.3
+LAYOUT_WEIGHT = 0.0
+#: Gaussian blur (pixels of the scoring crop) before the layout correlation.
+LAYOUT_SIGMA = 3.0
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,6 +67,7 @@ def score_hypotheses(
     poses: Sequence[Pose],
     *,
     renderer: Renderer | None = None,
+    cues: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Render-and-compare scores of pose hypotheses of one detection, higher is better.
 
@@ -67,6 +77,7 @@ def score_hypotheses(
         detection: the detection (its box, and its modal mask when given).
         poses: ``K`` single ``cam_from_obj`` poses.
         renderer: the renderer (default: this thread's GL renderer).
+        cues: if given, filled with each cue's ``(K,)`` values (``region``, ``edges``, ``layout``).
 
     Returns:
         ``(K,)`` float64 scores in [0, 1]; 0 for a pose with nothing in the crop (e.g. behind the camera).
@@ -91,8 +102,12 @@ def score_hypotheses(
     t = np.stack([np.asarray(p.numpy()[1]).reshape(3) for p in poses])
     ok = t[:, 2] > 1e-3
     scores = np.zeros(len(poses))
+    cue = {k: np.zeros(len(poses)) for k in ("region", "edges", "layout")}
+    if cues is not None:
+        cues.update(cue)
     if not ok.any():
         return scores
+    grey = cv2.GaussianBlur(cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), LAYOUT_SIGMA)
     idx = np.nonzero(ok)[0]
     out = render_alone(renderer, [model] * len(idx), Pose(R[idx], t[idx]), [cam] * len(idx), None)
     for j, k in enumerate(idx):
@@ -105,5 +120,16 @@ def score_hypotheses(
         else:
             ys, xs = np.nonzero(sil)
             region = _box_iou(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float), det_box)
-        scores[k] = (1 - EDGE_WEIGHT) * region + EDGE_WEIGHT * edge_alignment_score(grad, sil)
+        both = sil if det_mask is None else np.logical_and(sil, det_mask)
+        layout = 0.5
+        if both.sum() >= 16:
+            ren = cv2.GaussianBlur((out.rgb[j].mean(-1) * 255.0).astype(np.float32), (0, 0), LAYOUT_SIGMA)[both]
+            obs_g = grey[both]
+            a, b = ren - ren.mean(), obs_g - obs_g.mean()
+            den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+            layout = 0.5 * (1.0 + float((a * b).sum()) / den) if den > 1e-6 else 0.5
+        cue["region"][k], cue["edges"][k], cue["layout"][k] = region, edge_alignment_score(grad, sil), layout
+        scores[k] = REGION_WEIGHT * region + EDGE_WEIGHT * cue["edges"][k] + LAYOUT_WEIGHT * layout
+    if cues is not None:
+        cues.update(cue)
     return scores

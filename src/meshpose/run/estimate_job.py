@@ -11,6 +11,7 @@ and runs the same in the calling process and on Ray actors.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -232,8 +233,15 @@ def _refine_hypotheses(
     state: EstimateWorkerState, obs: Observation, model: ObjectModel, det: Detection, hyps: Sequence[PoseEstimate]
 ) -> tuple[list[Pose], list[tuple[str, str] | None], np.ndarray]:
     """Refine each hypothesis alone (hypotheses of one object refined jointly would hide each other) and score
-    the refined poses; a refinement that raises keeps its coarse pose with a failure."""
+    the refined poses; a refinement that raises keeps its coarse pose with a failure.
+
+    The detection's modal mask, when it has one, goes to the refiner as ``obs.mask``: the refiners use it to tell
+    the object's pixels from those of occluders and background (``contour``'s colour models, ``icp``'s and
+    ``flow-pnp``'s match regions).
+    """
     assert state.refiner is not None
+    if det.mask is not None and det.mask.shape == obs.rgb.shape[:2]:
+        obs = dataclasses.replace(obs, mask=det.mask[None])
     poses: list[Pose] = []
     fails: list[tuple[str, str] | None] = []
     for h in hyps:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from meshpose.coarse.base import estimate_each
-from meshpose.coarse.picopose.features import XFeatFeatures
+from meshpose.coarse.picopose.features import make_features
 from meshpose.coarse.picopose.local import local_matches, pose_from_matches, scale_to_depth
 from meshpose.coarse.picopose.matching import fit_similarity, foreground_patches, match_templates
 from meshpose.coarse.picopose.views import TemplateViews, cut_query, cut_templates, rotate_about_centre
@@ -56,6 +56,9 @@ class PicoPoseConfig:
         pnp_threshold_px: PnP-RANSAC inlier threshold in crop pixels.
         use_depth: with an observed depth, take the distance from it.
         cache_dir: template cache folder (default: ``$MESHPOSE_CACHE_DIR`` or the user cache).
+        features: stage-1 patch features: ``"xfeat"``, ``"trained"`` or ``"classical"``
+            (:func:`~meshpose.coarse.picopose.features.make_features`).
+        feature_weights: weights spec of ``"trained"`` features (``None``: the shipped ones).
     """
 
     templates: int = 162
@@ -69,6 +72,8 @@ class PicoPoseConfig:
     pnp_threshold_px: float = 2.0
     use_depth: bool = True
     cache_dir: str | None = None
+    features: str = "xfeat"
+    feature_weights: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +94,7 @@ class PicoPoseEstimator:
         self.config = config if config is not None else PicoPoseConfig()
         if self.config.local not in ("dis", "none"):
             raise ValueError(f"picopose: local must be 'dis' or 'none', got {self.config.local!r}")
-        self.features = XFeatFeatures()
+        self.features = make_features(self.config.features, self.config.feature_weights)
         self._objects: dict[tuple[int, int], _ObjectData] = {}
 
     def _object(self, model: ObjectModel) -> _ObjectData:
@@ -192,7 +197,10 @@ class PicoPoseEstimator:
             )
 
         t0 = time.perf_counter()
-        scores = score_hypotheses(obs, model, det, poses)
+        cues: dict[str, np.ndarray] = {}
+        scores = score_hypotheses(obs, model, det, poses, cues=cues)
+        for i, e in enumerate(extras):
+            e.update({k: float(v[i]) for k, v in cues.items()})
         timings["score"] = time.perf_counter() - t0
         order = np.argsort(-scores, kind="stable")[:hypotheses]
         out = [PoseEstimate(model.obj_id, poses[i], float(scores[i]), 0.0, extras[i]) for i in order]

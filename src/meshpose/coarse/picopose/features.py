@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DenseFeatures", "XFeatFeatures"]
+__all__ = ["FEATURES", "DenseFeatures", "TrainedFeatures", "XFeatFeatures", "make_features"]
 
 
 class DenseFeatures(Protocol):
@@ -74,3 +74,58 @@ class XFeatFeatures:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
         outs = [net(x[i : i + self.batch])[0] for i in range(0, len(x), self.batch)]
         return F.normalize(torch.cat(outs), dim=1)
+
+
+class TrainedFeatures:
+    """Features of a :class:`~meshpose.nets.patchfeat.PatchFeatNet` trained here on generated objects
+    (``meshpose train picopose``): 64-d, stride 8, unit length.
+
+    Args:
+        weights: a weights spec (``None`` / ``"package"``: the shipped ``picopose`` weights, ``"package:NAME"``, or
+            a file such as a run's ``model.pt``).
+        batch: images per forward pass.
+    """
+
+    stride = 8
+
+    def __init__(self, weights: str | None = None, batch: int = 32) -> None:
+        from meshpose.nets.patchfeat import load_patchfeat
+
+        self.net = load_patchfeat(weights)
+        self.batch = int(batch)
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        return torch.cat([self.net(x[i : i + self.batch]) for i in range(0, len(x), self.batch)])
+
+
+#: Names :func:`make_features` knows.
+FEATURES = ("xfeat", "trained", "classical")
+
+
+def make_features(name: str = "xfeat", weights: str | None = None) -> DenseFeatures:
+    """A dense feature extractor by name.
+
+    Args:
+        name: ``"xfeat"`` (pretrained XFeat, :class:`XFeatFeatures`), ``"trained"`` (:class:`TrainedFeatures`, the
+            network of ``weights``) or ``"classical"`` (LINE-2D-like gradient orientations,
+            :class:`~meshpose.coarse.picopose.classical.GradientOrientationFeatures`).
+        weights: the weights spec of ``"trained"`` (ignored by the others).
+
+    Raises:
+        ValueError: an unknown name.
+
+    Example:
+        >>> make_features("classical").stride
+        8
+    """
+    if name == "xfeat":
+        return XFeatFeatures()
+    if name == "trained":
+        return TrainedFeatures(weights)
+    if name == "classical":
+        from meshpose.coarse.picopose.classical import GradientOrientationFeatures
+
+        return GradientOrientationFeatures()
+    raise ValueError(f"unknown picopose features {name!r} (known: {', '.join(FEATURES)})")

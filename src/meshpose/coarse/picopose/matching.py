@@ -58,20 +58,25 @@ def match_templates(
     Returns:
         Candidates, best first.
     """
-    n = tmpl_feats.shape[0]
-    t = tmpl_feats.flatten(2).transpose(1, 2)  # (N, P, C)
+    n, c = tmpl_feats.shape[:2]
+    # Pack each template's foreground patches (the background ones never count) into (N, Pmax, C).
     tfg = tmpl_fg.flatten(1)  # (N, P)
+    counts = tfg.sum(1)
+    pmax = max(int(counts.max()), 1)
+    order = torch.argsort(tfg.to(torch.int8), dim=1, descending=True, stable=True)[:, :pmax]
+    t = torch.gather(tmpl_feats.flatten(2).transpose(1, 2), 1, order[..., None].expand(n, pmax, c))
+    valid = torch.arange(pmax)[None, :] < counts[:, None]  # (N, Pmax)
     neg = torch.tensor(-2.0)
     scores = torch.full((len(query_feats), n), -1.0)
     for r in range(len(query_feats)):
         q = query_feats[r].flatten(1).T[query_fg[r].flatten()]  # (Q, C)
         if len(q) == 0:
             continue
-        sim = torch.einsum("qc,npc->nqp", q, t)  # (N, Q, P)
-        sim = torch.where(tfg[:, None, :], sim, neg)
+        sim = torch.einsum("qc,npc->nqp", q, t)  # (N, Q, Pmax)
+        sim = torch.where(valid[:, None, :], sim, neg)
         q_to_t = sim.max(dim=2).values.mean(dim=1)  # (N,)
-        t_best = sim.max(dim=1).values  # (N, P)
-        t_to_q = (t_best * tfg).sum(1) / tfg.sum(1).clamp(min=1)
+        t_best = sim.max(dim=1).values  # (N, Pmax)
+        t_to_q = (t_best * valid).sum(1) / counts.clamp(min=1)
         scores[r] = 0.5 * (q_to_t + t_to_q)
     best_r = scores.argmax(dim=0)  # per template, its best rotation
     per_t = scores.max(dim=0).values
