@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from meshpose.cli.common import Verbose, fail, json_object, log, setup_logging
+
+if TYPE_CHECKING:
+    from meshpose.train.loop import LoopResult
 
 __all__ = ["train"]
 
@@ -62,19 +67,22 @@ def train(
     source = str(data if data is not None else objects)
     known = objects is not None
     opts: dict[str, Any] = dict(batch_size=batch_size, threads=threads, val_every=val_every, seed=seed)
-    run_kw: dict[str, Any] = dict(resume=resume, steps=steps, max_steps=max_steps)
     if method == "deeprm":
         if workers:
             raise fail("deeprm draws its data in the training process: --workers is not an option of it")
-        _train_deeprm(source, known, out, opts, config, run_kw)
-    elif method == "picopose":
-        _train_picopose(source, known, out, {**opts, "workers": workers}, config, run_kw)
     else:
-        _train_genflow(source, known, out, {**opts, "workers": workers}, config, run_kw)
+        opts["workers"] = workers
+    trainer = _TRAINERS[method]()
+    try:
+        cfg = _train_config(trainer.config, source, known, config, opts)
+        result = trainer.run(cfg, out, progress=trainer.progress, resume=resume, steps=steps, max_steps=max_steps)
+    except trainer.errors as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(f"stopped at step {result.step}; last validation {result.val}; run folder {out}")
 
 
 def _train_config(cls: type[C], source: str, known: bool, config: str | None, opts: dict[str, Any]) -> C:
-    """A training config of class ``cls`` (``GenFlowTrainConfig``, ``DeepRMTrainConfig``: ``to_dict``/``from_dict``
+    """A training config of class ``cls`` (a :class:`~meshpose.train.common.TrainOptions`: ``to_dict``/``from_dict``
     with a nested ``net``) from the defaults, the ``--config`` JSON and the command-line options given.
 
     Raises:
@@ -93,85 +101,64 @@ def _train_config(cls: type[C], source: str, known: bool, config: str | None, op
     return replace(cfg, **{k: v for k, v in opts.items() if v is not None})  # type: ignore[type-var]
 
 
-def _train_genflow(
-    source: str, known: bool, out: Path, opts: dict[str, Any], config: str | None, run_kw: dict[str, Any]
-) -> None:
-    """``meshpose train genflow``."""
+@dataclass(frozen=True)
+class _Trainer:
+    """A method's trainer as the command runs it.
+
+    Args:
+        config: its options class.
+        run: ``run(cfg, out, *, progress, resume, steps, max_steps)`` trains (:func:`meshpose.train.genflow.
+            train_genflow` and the others).
+        progress: shows a log line.
+        errors: the exceptions reported as a failure message (others end with a traceback).
+    """
+
+    config: type[Any]
+    run: Callable[..., LoopResult]
+    progress: Callable[[int, dict[str, float]], None]
+    errors: tuple[type[Exception], ...] = (ValueError, OSError, RuntimeError)
+
+
+def _show(fmt: str, *keys: str) -> Callable[[int, dict[str, float]], None]:
+    """A progress callback that logs ``fmt % (step, stats[key] for key in keys)``."""
+
+    def show(step: int, stats: dict[str, float]) -> None:
+        log.info(fmt, step, *(stats[k] for k in keys))
+
+    return show
+
+
+def _genflow() -> _Trainer:
+    """``meshpose train genflow``: validation measures the refiner with the network being trained."""
     from meshpose.nets.genflow import GenFlowNet
     from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner
     from meshpose.train.genflow import GenFlowTrainConfig, train_genflow
 
-    try:
-        cfg = _train_config(GenFlowTrainConfig, source, known, config, opts)
+    def refiner(net: GenFlowNet) -> GenFlowRefiner:
+        return GenFlowRefiner(GenFlowConfig(device=str(next(net.parameters()).device)), model=net)
 
-        def show(step: int, stats: dict[str, float]) -> None:
-            log.info(
-                "step %d loss %.4f flow %.4f pose %.4f ok %.2f→%.2f %.2f samples/s",
-                step,
-                stats["loss"],
-                stats["flow"],
-                stats["pose"],
-                stats["ok_init"],
-                stats["ok_last"],
-                stats["items_per_s"],
-            )
-
-        def refiner(net: GenFlowNet) -> GenFlowRefiner:  # what validation measures: the refiner with this network
-            return GenFlowRefiner(GenFlowConfig(device=str(next(net.parameters()).device)), model=net)
-
-        result = train_genflow(cfg, out, refiner=refiner, progress=show, **run_kw)
-    except (ValueError, OSError) as exc:
-        raise fail(str(exc)) from exc
-    typer.echo(f"stopped at step {result.step}; last validation {result.val}; run folder {out}")
+    fmt = "step %d loss %.4f flow %.4f pose %.4f ok %.2f→%.2f %.2f samples/s"
+    show = _show(fmt, "loss", "flow", "pose", "ok_init", "ok_last", "items_per_s")
+    return _Trainer(GenFlowTrainConfig, partial(train_genflow, refiner=refiner), show, (ValueError, OSError))
 
 
-def _train_deeprm(
-    source: str, known: bool, out: Path, opts: dict[str, Any], config: str | None, run_kw: dict[str, Any]
-) -> None:
+def _deeprm() -> _Trainer:
     """``meshpose train deeprm``."""
     from meshpose.train.deeprm import DeepRMTrainConfig, train_deeprm
 
-    try:
-        cfg = _train_config(DeepRMTrainConfig, source, known, config, opts)
-
-        def show(step: int, stats: dict[str, float]) -> None:
-            log.info(
-                "step %d loss %.4f dpml %.4f epe %.4f ok %.2f→%.2f %.2f items/s",
-                step,
-                stats["loss"],
-                stats["dpml"],
-                stats["epe"],
-                stats["ok_init"],
-                stats["ok_last"],
-                stats["items_per_s"],
-            )
-
-        result = train_deeprm(cfg, out, progress=show, **run_kw)
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise fail(str(exc)) from exc
-    typer.echo(f"stopped at step {result.step}; last validation {result.val}; run folder {out}")
+    fmt = "step %d loss %.4f dpml %.4f epe %.4f ok %.2f→%.2f %.2f items/s"
+    return _Trainer(
+        DeepRMTrainConfig, train_deeprm, _show(fmt, "loss", "dpml", "epe", "ok_init", "ok_last", "items_per_s")
+    )
 
 
-def _train_picopose(
-    source: str, known: bool, out: Path, opts: dict[str, Any], config: str | None, run_kw: dict[str, Any]
-) -> None:
+def _picopose() -> _Trainer:
     """``meshpose train picopose``: the stage-1 patch features of the ``picopose`` coarse estimator."""
     from meshpose.train.picopose import PicoPoseTrainConfig, train_picopose
 
-    try:
-        cfg = _train_config(PicoPoseTrainConfig, source, known, config, opts)
+    fmt = "step %d loss %.4f acc %.3f tau %.3f %.2f pairs/s"
+    return _Trainer(PicoPoseTrainConfig, train_picopose, _show(fmt, "loss", "acc", "temperature", "items_per_s"))
 
-        def show(step: int, stats: dict[str, float]) -> None:
-            log.info(
-                "step %d loss %.4f acc %.3f tau %.3f %.2f pairs/s",
-                step,
-                stats["loss"],
-                stats["acc"],
-                stats["temperature"],
-                stats["items_per_s"],
-            )
 
-        result = train_picopose(cfg, out, progress=show, **run_kw)
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise fail(str(exc)) from exc
-    typer.echo(f"stopped at step {result.step}; last validation {result.val}; run folder {out}")
+#: the trainer of each trainable preset (imported when used)
+_TRAINERS: dict[str, Callable[[], _Trainer]] = {"genflow": _genflow, "deeprm": _deeprm, "picopose": _picopose}

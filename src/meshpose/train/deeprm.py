@@ -29,10 +29,8 @@ Running: single process (:mod:`meshpose.train.loop`; ``torchrun`` works, each ra
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,18 +50,19 @@ from meshpose.nets.deeprm import (
 )
 from meshpose.nets.genflow import project_points
 from meshpose.render.base import Lighting, Renderer, render_alone
+from meshpose.train.common import (
+    batch_to_device,
+    initial_weights,
+    lazy_validation,
+    loop_config,
+    method_task,
+    resume_config,
+    training_process,
+    with_weights,
+)
 from meshpose.train.deeprm_config import DeepRMTrainConfig
 from meshpose.train.deeprm_data import batches, collate, validation_items
-from meshpose.train.loop import (
-    LoopConfig,
-    LoopResult,
-    Schedule,
-    TrainTask,
-    open_run,
-    setup_distributed,
-    teardown_distributed,
-    train_loop,
-)
+from meshpose.train.loop import LoopResult, train_loop
 from meshpose.train.losses import disentangled_point_matching_loss, multiscale_epe, point_matching_loss, sample_nearest
 from meshpose.types import Pose
 
@@ -260,7 +259,7 @@ def validate_items(
     per_it = np.zeros(iterations)
     with torch.no_grad():
         for a in range(0, len(items), batch_size):
-            data = _to(collate(items[a : a + batch_size], light), device)
+            data = batch_to_device(collate(items[a : a + batch_size], light), device)
             ones = torch.ones(len(data["models"]))
             its = unroll(net, data, iterations, renderer, lighting=light, gain=ones, render_first=True)
             args = (data["gt"], data["points"], data["symmetries"], data["diameter"])
@@ -283,17 +282,6 @@ def validate_items(
         "ms_per_iteration": 1e3 * secs / max(n * iterations, 1),
         "seconds": secs,
     }
-
-
-def _to(data: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """A :func:`collate` batch on ``device`` (models, cameras and the light stay)."""
-    out = dict(data)
-    for k, v in data.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = v.to(device)
-        elif isinstance(v, Pose):
-            out[k] = v.to(device=device)
-    return out
 
 
 def train_deeprm(
@@ -319,60 +307,20 @@ def train_deeprm(
         FileExistsError: ``run_dir`` holds a run and ``resume`` is false.
     """
     run = Path(run_dir)
-    ck = open_run(run, resume, METHOD)
-    if ck is not None:
-        assert ck.training is not None
-        saved = DeepRMTrainConfig.from_dict(ck.training["config"])
-        cfg = dataclasses.replace(saved, threads=cfg.threads)
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, steps=steps)
-    start: DeepRMNet | None = None
-    if ck is None and cfg.init_weights is not None:
-        start = load_deeprm_model(cfg.init_weights)
-        cfg = dataclasses.replace(cfg, net=start.config)
-    ctx = setup_distributed()
-    try:
-        if ctx.rank == 0:
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        torch.set_num_threads(max(1, cfg.threads))
-        torch.manual_seed(cfg.seed + ctx.rank)
-        net = DeepRMNet(cfg.net)
-        if start is not None:
-            net.load_state_dict(start.state_dict())
-        val: list[dict[str, Any]] = []
-
-        def data(start_step: int, rank: int) -> Iterator[dict[str, Any]]:
-            return batches(cfg, rank, start_step)
-
-        def validation(model: torch.nn.Module, step: int) -> dict[str, Any]:
-            if not val:
-                val.extend(validation_items(cfg))
-            return validate_items(model, val, cfg.val_iterations)
-
-        task: TrainTask[dict[str, Any]] = TrainTask(
-            method=METHOD,
-            model=net,
-            net_config=cfg.net.to_dict(),
-            make_optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
-            data=data,
+    cfg, ck = resume_config(cfg, run, METHOD, resume=resume, steps=steps)
+    cfg, start = initial_weights(cfg, ck, load_deeprm_model)
+    with training_process(cfg, run) as ctx:
+        task = method_task(
+            cfg,
+            METHOD,
+            with_weights(DeepRMNet(cfg.net), start),
+            cfg.net.to_dict(),
+            data=lambda start_step, rank: batches(cfg, rank, start_step),
             loss=lambda m, batch: deeprm_losses(m, batch, cfg),
-            to_device=_to,
-            validate=validation if cfg.val_every else None,
-            data_spec=cfg.data,
-            run_config=cfg.to_dict(),
+            to_device=batch_to_device,
+            validate=lazy_validation(
+                lambda: validation_items(cfg), lambda m, val: validate_items(m, val, cfg.val_iterations)
+            ),
         )
-        loop = LoopConfig(
-            schedule=Schedule(lr=cfg.lr, steps=cfg.steps, warmup=cfg.warmup, kind="cosine", floor=0.1),
-            grad_clip=cfg.grad_clip,
-            log_every=cfg.log_every,
-            val_every=cfg.val_every,
-            ckpt_every=cfg.ckpt_every,
-            items_per_step=cfg.batch_size,
-            val_metric="pm_mean",
-            higher_is_better=False,
-            seed=cfg.seed,
-        )
+        loop = loop_config(cfg, val_metric="pm_mean", higher_is_better=False)
         return train_loop(task, loop, run, resume_from=ck, max_steps=max_steps, progress=progress, ctx=ctx)
-    finally:
-        teardown_distributed(ctx)

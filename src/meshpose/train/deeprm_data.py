@@ -11,7 +11,6 @@ camera and a renderer brightness gain. The data are therefore drawn in the train
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,10 +18,11 @@ import numpy as np
 import torch
 
 from meshpose.render.base import Lighting
-from meshpose.synth import SceneSampler, SyntheticSample, default_distractors, resolve_objects
+from meshpose.synth import SyntheticSample, resolve_objects
+from meshpose.train.common import draw_held_out, scene_items
 from meshpose.train.deeprm_config import DeepRMTrainConfig
 from meshpose.train.genflow_config import GenFlowTrainConfig, PerturbRegime, training_scene_config
-from meshpose.train.genflow_data import make_items
+from meshpose.train.genflow_data import make_items, pad_symmetries, random_lighting
 from meshpose.types import Camera, Pose
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
     "random_lighting",
     "validation_items",
 ]
-
-log = logging.getLogger(__name__)
 
 #: an object with more symmetry transforms than this has a continuous symmetry (its finite set samples it: the
 #: expansion of a continuous symmetry has hundreds; discrete sets of real objects have a handful)
@@ -82,17 +80,6 @@ def deeprm_items(
     return items
 
 
-def random_lighting(rng: np.random.Generator) -> Lighting:
-    """A random light for the renderings of the unrolled iterations (the brightness varies further per item)."""
-    d = rng.normal(0.0, 0.6, 3) + np.array([0.0, 0.0, -1.0])
-    return Lighting(
-        ambient=float(rng.uniform(0.3, 0.75)),
-        diffuse=float(rng.uniform(0.2, 0.7)),
-        direction=(float(d[0]), float(d[1]), float(d[2])),
-        specular=float(rng.uniform(0.0, 0.2)),
-    )
-
-
 def collate(items: list[dict[str, Any]], lighting: Lighting | None = None) -> dict[str, Any]:
     """Stack items into tensors (symmetries padded with the identity) plus the models and crop cameras.
 
@@ -103,11 +90,7 @@ def collate(items: list[dict[str, Any]], lighting: Lighting | None = None) -> di
         ``symmetries`` ``(B, S_max, 4, 4)``; ``diameter``, ``gain`` ``(B,)``; ``nearest`` ``(B,)`` bool;
         ``models``, ``cameras``, ``obj_ids`` lists; ``lighting`` of the later renderings.
     """
-    b = len(items)
-    s_max = max(len(it["symmetries"]) for it in items)
-    sym = np.tile(np.eye(4, dtype=np.float32), (b, s_max, 1, 1))
-    for k, it in enumerate(items):
-        sym[k, : len(it["symmetries"])] = it["symmetries"]
+    sym = pad_symmetries(items)
 
     def st(key: str) -> np.ndarray:
         return np.stack([it[key] for it in items])
@@ -147,25 +130,15 @@ def batches(cfg: DeepRMTrainConfig, rank: int = 0, start_step: int = 0) -> Itera
     rng = np.random.default_rng([cfg.seed, rank, start_step, 0xDE])
     icfg = item_config(cfg)
     objects = resolve_objects(cfg.data, cfg.seed)
-    distractors = default_distractors(cfg.seed)
-    scene = training_scene_config(icfg)
     pending: list[dict[str, Any]] = []
-    while True:
-        pool_idx = rng.choice(len(objects), size=min(cfg.object_pool, len(objects)), replace=False)
-        sampler = SceneSampler([objects[int(i)] for i in pool_idx], scene, distractors=distractors)
-        for _ in range(cfg.pool_scenes):
-            try:
-                layout = sampler.layout(rng)
-                for _ in range(cfg.views_per_scene):
-                    pending.extend(deeprm_items(sampler.view(layout, rng), rng, cfg, icfg))
-            except (RuntimeError, ValueError) as exc:  # a scene that cannot be drawn: draw another
-                log.debug("skipped a scene: %s", exc)
-            while len(pending) >= cfg.batch_size:
-                # shuffle across the images in hand so that a batch mixes scenes
-                order = rng.permutation(len(pending))
-                pending = [pending[int(k)] for k in order]
-                batch, pending = pending[: cfg.batch_size], pending[cfg.batch_size :]
-                yield collate(batch, random_lighting(rng))
+    for items in scene_items(cfg, objects, training_scene_config(icfg), rng, lambda s: deeprm_items(s, rng, cfg, icfg)):
+        pending.extend(items)
+        while len(pending) >= cfg.batch_size:
+            # shuffle across the images in hand so that a batch mixes scenes
+            order = rng.permutation(len(pending))
+            pending = [pending[int(k)] for k in order]
+            batch, pending = pending[: cfg.batch_size], pending[cfg.batch_size :]
+            yield collate(batch, random_lighting(rng))
 
 
 def validation_items(cfg: DeepRMTrainConfig) -> list[dict[str, Any]]:
@@ -176,17 +149,5 @@ def validation_items(cfg: DeepRMTrainConfig) -> list[dict[str, Any]]:
     regime = PerturbRegime(1.0, (cfg.val_rot_deg, cfg.val_rot_deg), (cfg.val_trans_frac, cfg.val_trans_frac), pad)
     vcfg = DeepRMTrainConfig.from_dict({**cfg.to_dict(), "data": cfg.val_objects, "brightness": [1.0, 1.0]})
     icfg = item_config(vcfg, (regime,))
-    objects = resolve_objects(cfg.val_objects, cfg.seed)
-    rng = np.random.default_rng([cfg.seed + 1, 0x7A1])
-    sampler = SceneSampler(list(objects), training_scene_config(icfg), distractors=default_distractors(cfg.seed + 1))
-    out: list[dict[str, Any]] = []
-    tries = 0
-    while len(out) < cfg.val_items:
-        tries += 1
-        if tries > 20 * cfg.val_items:
-            raise RuntimeError(f"could not draw {cfg.val_items} validation items of {cfg.val_objects}")
-        try:
-            out.extend(deeprm_items(sampler.sample(rng), rng, vcfg, icfg))
-        except (RuntimeError, ValueError) as exc:
-            log.debug("skipped a validation scene: %s", exc)
-    return out[: cfg.val_items]
+    scene = training_scene_config(icfg)
+    return draw_held_out(cfg, cfg.val_items, scene, lambda smp, rng: deeprm_items(smp, rng, vcfg, icfg))

@@ -26,8 +26,6 @@ or of ``last.pt`` when nothing was validated — written when a call ends), ``co
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import pickle
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,18 +40,18 @@ from meshpose.eval.metrics import add_or_adds
 from meshpose.nets.batch import METHOD, CropBatch, load_genflow_model, run_network
 from meshpose.nets.genflow import STRIDE, GenFlowNet, project_points
 from meshpose.synth import resolve_objects
+from meshpose.train.common import (
+    initial_weights,
+    lazy_validation,
+    loop_config,
+    method_task,
+    resume_config,
+    training_process,
+    with_weights,
+)
 from meshpose.train.genflow_config import GenFlowTrainConfig, PerturbRegime, training_scene_config
 from meshpose.train.genflow_data import ItemStream, appearance_gap, collate_items, make_items, make_validation_set
-from meshpose.train.loop import (
-    LoopConfig,
-    LoopResult,
-    Schedule,
-    TrainTask,
-    open_run,
-    setup_distributed,
-    teardown_distributed,
-    train_loop,
-)
+from meshpose.train.loop import LoopResult, Schedule, train_loop
 from meshpose.train.losses import end_point_error, point_matching_loss, sample_nearest, sequence_loss
 from meshpose.types import Camera, ObjectModel, Observation, Pose, RefineResult
 
@@ -243,29 +241,12 @@ def train_genflow(
         ValueError: validation is asked for (``val_every > 0``) but no ``refiner`` given.
     """
     run = Path(run_dir)
-    ck = open_run(run, resume, METHOD)
-    if ck is not None:
-        assert ck.training is not None
-        saved = GenFlowTrainConfig.from_dict(ck.training["config"])
-        cfg = dataclasses.replace(saved, workers=cfg.workers, threads=cfg.threads)
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, steps=steps)
+    cfg, ck = resume_config(cfg, run, METHOD, resume=resume, steps=steps)
     if cfg.val_every and refiner is None:
         raise ValueError("validation runs the genflow refiner: pass refiner=… (or set val_every to 0)")
-    start: GenFlowNet | None = None
-    if ck is None and cfg.init_weights is not None:
-        start = load_genflow_model(cfg.init_weights)
-        cfg = dataclasses.replace(cfg, net=start.config)
-    ctx = setup_distributed()
-    try:
-        if ctx.rank == 0:
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        torch.set_num_threads(max(1, cfg.threads))
-        torch.manual_seed(cfg.seed + ctx.rank)
-        net = GenFlowNet(cfg.net)
-        if start is not None:
-            net.load_state_dict(start.state_dict())
+    cfg, start = initial_weights(cfg, ck, load_genflow_model)
+    with training_process(cfg, run) as ctx:
+        net = with_weights(GenFlowNet(cfg.net), start)
 
         def data(start_step: int, rank: int) -> Iterator[dict[str, Any]]:
             loader = torch.utils.data.DataLoader(
@@ -279,36 +260,19 @@ def train_genflow(
             )
             return iter(loader)
 
-        val: list[dict[str, Any]] = []
-
-        def validation(model: torch.nn.Module, step: int) -> dict[str, Any]:
+        def measure(model: torch.nn.Module, val: list[dict[str, Any]]) -> dict[str, Any]:
             assert refiner is not None and isinstance(model, GenFlowNet)
-            if not val:
-                val.extend(_validation_set(run, cfg))
             return validate(refiner(model), val, cfg.val_objects, cfg.seed + 1)
 
-        task: TrainTask[dict[str, Any]] = TrainTask(
-            method=METHOD,
-            model=net,
-            net_config=cfg.net.to_dict(),
-            make_optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        task = method_task(
+            cfg,
+            METHOD,
+            net,
+            cfg.net.to_dict(),
             data=data,
             loss=lambda m, batch: genflow_losses(m, batch, cfg),
             to_device=batch_to,
-            validate=validation if cfg.val_every else None,
-            data_spec=cfg.data,
-            run_config=cfg.to_dict(),
+            validate=lazy_validation(lambda: _validation_set(run, cfg), measure),
         )
-        loop = LoopConfig(
-            schedule=genflow_schedule(cfg),
-            grad_clip=cfg.grad_clip,
-            log_every=cfg.log_every,
-            val_every=cfg.val_every,
-            ckpt_every=cfg.ckpt_every,
-            items_per_step=cfg.batch_size,
-            val_metric="add_recall",
-            seed=cfg.seed,
-        )
+        loop = loop_config(cfg, val_metric="add_recall")  # the schedule: genflow_schedule(cfg)
         return train_loop(task, loop, run, resume_from=ck, max_steps=max_steps, progress=progress, ctx=ctx)
-    finally:
-        teardown_distributed(ctx)

@@ -10,7 +10,6 @@ endlessly (one stream per data worker and rank), :func:`collate_items` stacks th
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -26,22 +25,40 @@ from meshpose.geometry.lie import perturb_pose
 from meshpose.nets.batch import make_crop_batch
 from meshpose.render.base import Lighting, render_alone
 from meshpose.synth import SceneConfig, SceneSampler, SyntheticSample, default_distractors, resolve_objects
+from meshpose.train.common import scene_items
 from meshpose.train.genflow_config import GenFlowTrainConfig, training_scene_config
 from meshpose.types import Camera, Pose
 
-__all__ = ["ItemStream", "appearance_gap", "collate_items", "make_items", "make_validation_set"]
+__all__ = [
+    "ItemStream",
+    "appearance_gap",
+    "collate_items",
+    "make_items",
+    "make_validation_set",
+    "pad_symmetries",
+    "random_lighting",
+]
 
-log = logging.getLogger(__name__)
 
-
-def _random_light(rng: np.random.Generator) -> Lighting:
+def random_lighting(rng: np.random.Generator) -> Lighting:
+    """A random light for the renderings of the items (ambient, diffuse and specular shares, a direction around the
+    viewing direction)."""
     d = rng.normal(0.0, 0.6, 3) + np.array([0.0, 0.0, -1.0])
     return Lighting(
         ambient=float(rng.uniform(0.3, 0.75)),
         diffuse=float(rng.uniform(0.2, 0.7)),
-        direction=tuple(float(x) for x in d),  # type: ignore[arg-type]
+        direction=(float(d[0]), float(d[1]), float(d[2])),
         specular=float(rng.uniform(0.0, 0.2)),
     )
+
+
+def pad_symmetries(items: list[dict[str, Any]]) -> np.ndarray:
+    """``(B, S_max, 4, 4)`` float32: the items' ``symmetries`` stacked, each padded with the identity."""
+    s_max = max(len(it["symmetries"]) for it in items)
+    sym = np.tile(np.eye(4, dtype=np.float32), (len(items), s_max, 1, 1))
+    for k, it in enumerate(items):
+        sym[k, : len(it["symmetries"])] = it["symmetries"]
+    return sym
 
 
 def appearance_gap(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -123,7 +140,7 @@ def make_items(
     if not keep:
         return []
     init_poses = Pose.stack(inits)
-    rend = render_alone(renderer, [sample.objects[i] for i in keep], init_poses, cams, _random_light(rng))
+    rend = render_alone(renderer, [sample.objects[i] for i in keep], init_poses, cams, random_lighting(rng))
     items = []
     for k, i in enumerate(keep):
         obj = sample.objects[i]
@@ -168,11 +185,7 @@ def make_items(
 def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack items into a :class:`~meshpose.nets.batch.CropBatch` plus supervision tensors (symmetries padded with
     the identity)."""
-    b = len(items)
-    s_max = max(len(it["symmetries"]) for it in items)
-    sym = np.tile(np.eye(4, dtype=np.float32), (b, s_max, 1, 1))
-    for k, it in enumerate(items):
-        sym[k, : len(it["symmetries"])] = it["symmetries"]
+    sym = pad_symmetries(items)
 
     def st(key: str) -> np.ndarray:
         return np.stack([it[key] for it in items])
@@ -217,19 +230,8 @@ class ItemStream(torch.utils.data.IterableDataset):
         worker = 0 if info is None else int(info.id)
         rng = np.random.default_rng([cfg.seed, self.rank, worker, self.start_step, 0x6F])
         objects = resolve_objects(cfg.data, cfg.seed)
-        distractors = default_distractors(cfg.seed)
-        scene = training_scene_config(cfg)
-        while True:
-            pool_idx = rng.choice(len(objects), size=min(cfg.object_pool, len(objects)), replace=False)
-            pool = [objects[int(i)] for i in pool_idx]
-            sampler = SceneSampler(pool, scene, distractors=distractors)
-            for _ in range(cfg.pool_scenes):
-                try:
-                    layout = sampler.layout(rng)
-                    for _ in range(cfg.views_per_scene):
-                        yield from make_items(sampler.view(layout, rng), rng, cfg)
-                except (RuntimeError, ValueError) as exc:  # a scene that cannot be drawn: draw another
-                    log.debug("skipped a scene: %s", exc)
+        for items in scene_items(cfg, objects, training_scene_config(cfg), rng, lambda smp: make_items(smp, rng, cfg)):
+            yield from items
 
 
 def make_validation_set(

@@ -21,9 +21,7 @@ process).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,16 +30,16 @@ from typing import Any
 import torch
 
 from meshpose.nets.patchfeat import METHOD, PatchFeatNet, load_patchfeat
-from meshpose.train.loop import (
-    LoopConfig,
-    LoopResult,
-    Schedule,
-    TrainTask,
-    open_run,
-    setup_distributed,
-    teardown_distributed,
-    train_loop,
+from meshpose.train.common import (
+    adamw,
+    batch_to_device,
+    lazy_validation,
+    loop_config,
+    method_task,
+    resume_config,
+    training_process,
 )
+from meshpose.train.loop import LoopResult, train_loop
 from meshpose.train.picopose_config import PicoPoseTrainConfig
 from meshpose.train.picopose_data import PairStream, collate_pairs, validation_pairs
 
@@ -160,7 +158,7 @@ def validate_pairs(
     losses, accs, weights = [], [], []
     with torch.no_grad():
         for a in range(0, len(items), batch_size):
-            data = _to(collate_pairs(items[a : a + batch_size], cfg, PatchFeatNet.stride), device)
+            data = batch_to_device(collate_pairs(items[a : a + batch_size], cfg, PatchFeatNet.stride), device)
             loss, stats = picopose_losses(net, data, cfg)
             n = float(data["pos"].any(2).sum())
             losses.append(float(loss) * n)
@@ -173,10 +171,6 @@ def validate_pairs(
         "items": len(items),
         "seconds": time.perf_counter() - t0,
     }
-
-
-def _to(data: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in data.items()}
 
 
 def _batches(cfg: PicoPoseTrainConfig, rank: int, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -223,57 +217,18 @@ def train_picopose(
         FileExistsError: ``run_dir`` holds a run and ``resume`` is false.
     """
     run = Path(run_dir)
-    ck = open_run(run, resume, METHOD)
-    if ck is not None:
-        assert ck.training is not None
-        saved = PicoPoseTrainConfig.from_dict(ck.training["config"])
-        cfg = dataclasses.replace(saved, workers=cfg.workers, threads=cfg.threads)
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, steps=steps)
-    ctx = setup_distributed()
-    try:
-        if ctx.rank == 0:
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        torch.set_num_threads(max(1, cfg.threads))
-        torch.manual_seed(cfg.seed + ctx.rank)
-        net = PatchFeatNet(cfg.net)
-        val: list[dict[str, Any]] = []
-
-        def validation(model: torch.nn.Module, step: int) -> dict[str, Any]:
-            if not val:
-                val.extend(validation_pairs(cfg))
-            return validate_pairs(model, val, cfg)
-
-        def make_optimizer(m: torch.nn.Module) -> torch.optim.Optimizer:
-            decay = [p for n, p in m.named_parameters() if p.ndim > 1]
-            rest = [p for n, p in m.named_parameters() if p.ndim <= 1]
-            groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-            return torch.optim.AdamW(groups, lr=cfg.lr)
-
-        task: TrainTask[dict[str, torch.Tensor]] = TrainTask(
-            method=METHOD,
-            model=net,
-            net_config=cfg.net.to_dict(),
-            make_optimizer=make_optimizer,
+    cfg, ck = resume_config(cfg, run, METHOD, resume=resume, steps=steps)
+    with training_process(cfg, run) as ctx:
+        task = method_task(
+            cfg,
+            METHOD,
+            PatchFeatNet(cfg.net),
+            cfg.net.to_dict(),
             data=lambda start, rank: _batches(cfg, rank, start),
             loss=lambda m, batch: picopose_losses(m, batch, cfg),
-            to_device=_to,
-            validate=validation if cfg.val_every else None,
-            data_spec=cfg.data,
-            run_config=cfg.to_dict(),
+            to_device=batch_to_device,
+            validate=lazy_validation(lambda: validation_pairs(cfg), lambda m, val: validate_pairs(m, val, cfg)),
+            make_optimizer=adamw(cfg, decay_groups=True),
         )
-        loop = LoopConfig(
-            schedule=Schedule(lr=cfg.lr, steps=cfg.steps, warmup=cfg.warmup, kind="cosine", floor=0.05),
-            grad_clip=cfg.grad_clip,
-            log_every=cfg.log_every,
-            val_every=cfg.val_every,
-            ckpt_every=cfg.ckpt_every,
-            items_per_step=cfg.batch_size,
-            val_metric="patch_acc",
-            higher_is_better=True,
-            seed=cfg.seed,
-        )
+        loop = loop_config(cfg, val_metric="patch_acc", floor=0.05)
         return train_loop(task, loop, run, resume_from=ck, max_steps=max_steps, progress=progress, ctx=ctx)
-    finally:
-        teardown_distributed(ctx)

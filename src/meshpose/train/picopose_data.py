@@ -21,7 +21,6 @@ are closer than ``match_radius`` · diameter.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -35,7 +34,8 @@ from meshpose.coarse.gt_detections import mask_bbox
 from meshpose.coarse.picopose.views import cut_query, cut_templates, rotate_about_centre
 from meshpose.coarse.templates import POLE_ANGLE_DEG, TemplateConfig
 from meshpose.render.base import render_alone
-from meshpose.synth import SceneConfig, SceneSampler, SyntheticSample, default_distractors, resolve_objects
+from meshpose.synth import SyntheticSample, resolve_objects
+from meshpose.train.common import draw_held_out, scene_items
 from meshpose.train.picopose_config import PicoPoseTrainConfig
 from meshpose.types import Camera, Detection, ObjectModel, Pose
 
@@ -49,8 +49,6 @@ __all__ = [
     "template_pose",
     "validation_pairs",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def _bounding_sphere(model: ObjectModel) -> tuple[np.ndarray, float]:
@@ -280,11 +278,6 @@ def collate_pairs(items: list[dict[str, Any]], cfg: PicoPoseTrainConfig, stride:
     }
 
 
-def _scene_config(cfg: PicoPoseTrainConfig) -> SceneConfig:
-    over: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.scene.items()}
-    return SceneConfig(width=cfg.image_size[0], height=cfg.image_size[1], **over)
-
-
 class PairStream(torch.utils.data.IterableDataset):
     """An endless stream of training pairs from synthetic scenes of ``cfg.data`` (one stream per worker and rank;
     it depends only on ``(cfg.seed, rank, worker, start_step)``, so a resumed run draws new data)."""
@@ -301,34 +294,11 @@ class PairStream(torch.utils.data.IterableDataset):
         worker = 0 if info is None else int(info.id)
         rng = np.random.default_rng([cfg.seed, self.rank, worker, self.start_step, 0x91C0])
         objects = resolve_objects(cfg.data, cfg.seed)
-        distractors = default_distractors(cfg.seed)
-        scene = _scene_config(cfg)
-        while True:
-            pool_idx = rng.choice(len(objects), size=min(cfg.object_pool, len(objects)), replace=False)
-            sampler = SceneSampler([objects[int(i)] for i in pool_idx], scene, distractors=distractors)
-            for _ in range(cfg.pool_scenes):
-                try:
-                    layout = sampler.layout(rng)
-                    for _ in range(cfg.views_per_scene):
-                        yield from make_pairs(sampler.view(layout, rng), rng, cfg)
-                except (RuntimeError, ValueError) as exc:  # a scene that cannot be drawn: draw another
-                    log.debug("skipped a scene: %s", exc)
+        for pairs in scene_items(cfg, objects, cfg.scene_config(), rng, lambda sample: make_pairs(sample, rng, cfg)):
+            yield from pairs
 
 
 def validation_pairs(cfg: PicoPoseTrainConfig) -> list[dict[str, Any]]:
     """``cfg.val_items`` held-out pairs of ``cfg.val_objects`` (the same for every call with one config; seed
     ``cfg.seed + 1``)."""
-    objects = resolve_objects(cfg.val_objects, cfg.seed)
-    rng = np.random.default_rng([cfg.seed + 1, 0x7A1])
-    sampler = SceneSampler(list(objects), _scene_config(cfg), distractors=default_distractors(cfg.seed + 1))
-    out: list[dict[str, Any]] = []
-    tries = 0
-    while len(out) < cfg.val_items:
-        tries += 1
-        if tries > 20 * cfg.val_items:
-            raise RuntimeError(f"could not draw {cfg.val_items} validation pairs of {cfg.val_objects}")
-        try:
-            out.extend(make_pairs(sampler.sample(rng), rng, cfg))
-        except (RuntimeError, ValueError) as exc:
-            log.debug("skipped a validation scene: %s", exc)
-    return out[: cfg.val_items]
+    return draw_held_out(cfg, cfg.val_items, cfg.scene_config(), lambda smp, rng: make_pairs(smp, rng, cfg), "pairs")

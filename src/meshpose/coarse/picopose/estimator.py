@@ -12,6 +12,7 @@ are ranked by :func:`~meshpose.coarse.score.score_hypotheses` (silhouette/mask a
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from meshpose.coarse.picopose.local import local_matches, pose_from_matches, sca
 from meshpose.coarse.picopose.matching import fit_similarity, foreground_patches, match_templates
 from meshpose.coarse.picopose.views import TemplateViews, cut_query, cut_templates, rotate_about_centre
 from meshpose.coarse.score import score_hypotheses
-from meshpose.coarse.templates import TemplateConfig, load_templates
+from meshpose.coarse.templates import TemplateConfig, load_templates, template_cache_key
 from meshpose.types import (
     Detection,
     EstimateResult,
@@ -38,6 +39,9 @@ from meshpose.types import (
 )
 
 __all__ = ["PicoPoseConfig", "PicoPoseEstimator"]
+
+#: Objects whose templates and features an estimator keeps in memory (≈ 20 MB each at the defaults).
+MAX_OBJECTS = 32
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,11 @@ class PicoPoseConfig:
         pnp_threshold_px: PnP-RANSAC inlier threshold in crop pixels.
         use_depth: with an observed depth, take the distance from it.
         cache_dir: template cache folder (default: ``$MESHPOSE_CACHE_DIR`` or the user cache).
-        features: stage-1 patch features: ``"xfeat"``, ``"trained"`` or ``"classical"``
-            (:func:`~meshpose.coarse.picopose.features.make_features`).
+        features: stage-1 patch features: ``"trained"`` (default: the network shipped in
+            ``meshpose/weights/picopose``, trained here on generated objects), ``"xfeat"`` (pretrained XFeat) or
+            ``"classical"`` (:func:`~meshpose.coarse.picopose.features.make_features`). ``"trained"`` won on both
+            held-out sets of generated objects (GL: ADD(-S) 0.766 vs 0.727 on 128 detections; photoreal: AR
+            0.832 vs 0.801 on 126; docs/picopose.md).
         feature_weights: weights spec of ``"trained"`` features (``None``: the shipped ones).
     """
 
@@ -72,7 +79,7 @@ class PicoPoseConfig:
     pnp_threshold_px: float = 2.0
     use_depth: bool = True
     cache_dir: str | None = None
-    features: str = "xfeat"
+    features: str = "trained"
     feature_weights: str | None = None
 
 
@@ -95,15 +102,18 @@ class PicoPoseEstimator:
         if self.config.local not in ("dis", "none"):
             raise ValueError(f"picopose: local must be 'dis' or 'none', got {self.config.local!r}")
         self.features = make_features(self.config.features, self.config.feature_weights)
-        self._objects: dict[tuple[int, int], _ObjectData] = {}
+        # Per object: its cut templates and their features, keyed by the object's *content* (the template cache key;
+        # never ``id(model)``, which Python reuses once a model is freed), least recently used dropped.
+        self._objects: OrderedDict[tuple[int, str], _ObjectData] = OrderedDict()
 
     def _object(self, model: ObjectModel) -> _ObjectData:
-        key = (model.obj_id, id(model))
-        if key not in self._objects:
-            cfg = self.config
-            bank = load_templates(
-                model, TemplateConfig(views=cfg.templates, size=cfg.template_size), cache_dir=cfg.cache_dir
-            )
+        cfg = self.config
+        tcfg = TemplateConfig(views=cfg.templates, size=cfg.template_size)
+        key = (model.obj_id, template_cache_key(model, tcfg))
+        if key in self._objects:
+            self._objects.move_to_end(key)
+        else:
+            bank = load_templates(model, tcfg, cache_dir=cfg.cache_dir)
             poses = Pose(bank.rotations.copy(), bank.translations.copy())
             views = cut_templates(
                 model.obj_id, bank.rgb, bank.mask, bank.xyz, bank.camera, poses, cfg.size, cfg.padding
@@ -111,6 +121,8 @@ class PicoPoseEstimator:
             feats = self.features(views.rgb)
             fg = foreground_patches(views.mask, self.features.stride)
             self._objects[key] = _ObjectData(views, feats, fg)
+            while len(self._objects) > MAX_OBJECTS:
+                self._objects.popitem(last=False)
         return self._objects[key]
 
     def estimate(

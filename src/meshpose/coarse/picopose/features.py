@@ -104,7 +104,7 @@ class TrainedFeatures:
 FEATURES = ("xfeat", "trained", "classical")
 
 
-def make_features(name: str = "xfeat", weights: str | None = None) -> DenseFeatures:
+def make_features(name: str = "trained", weights: str | None = None) -> DenseFeatures:
     """A dense feature extractor by name.
 
     Args:
