@@ -133,13 +133,17 @@ def test_cli_trains_resumes_and_its_weights_are_features(tmp_path: Path) -> None
     res = runner.invoke(app, [*args, "--max-steps", "2", "--config", cfg])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert load_checkpoint(run / "last.pt", "picopose").training["step"] == 2  # type: ignore[index]
-    res = runner.invoke(app, [*args, "--resume"])
+    # --resume takes the run's saved options: the training objects need not be given again.
+    res = runner.invoke(app, ["train", "picopose", "--out", str(run), "--steps", "4", "--resume"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     ck = load_checkpoint(run / "last.pt", "picopose")
     assert ck.training is not None and ck.training["step"] == 4
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in log if r.get("event") in ("start", "resume")] == ["start", "resume"]
     assert any(r.get("event") == "val" and "patch_acc" in r for r in log)
+    # Without objects, --resume of a folder with no run is refused rather than starting one on default objects.
+    res = runner.invoke(app, ["train", "picopose", "--out", str(tmp_path / "empty"), "--resume"])
+    assert res.exit_code == 2 and "no last.pt to resume" in res.output
     feats = make_features("trained", str(run / "model.pt"))
     out = feats(np.zeros((2, 64, 64, 3), np.uint8))
     assert out.shape == (2, 16, 8, 8)

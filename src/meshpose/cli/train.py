@@ -62,9 +62,13 @@ def train(
     setup_logging(verbose)
     if method not in TRAINABLE:
         raise fail(f"no trainer for '{method}' (trainable: {', '.join(TRAINABLE)})")
-    if (data is None) == (objects is None):
-        raise fail("give the training objects: --data novel:N (generated) or --objects MESHES_OR_BOP_DATASET")
-    source = str(data if data is not None else objects)
+    if data is not None and objects is not None:
+        raise fail("give one of --data and --objects, not both")
+    if data is None and objects is None and not (resume and (out / "last.pt").is_file()):
+        hint = f" ({out} has no last.pt to resume)" if resume else ""
+        raise fail(f"give the training objects: --data novel:N (generated) or --objects MESHES_OR_BOP_DATASET{hint}")
+    # On --resume the run's saved options (its objects included) are used, so the objects may be left out.
+    source = str(data if data is not None else objects) if (data or objects) else None
     known = objects is not None
     opts: dict[str, Any] = dict(batch_size=batch_size, threads=threads, val_every=val_every, seed=seed)
     if method == "deeprm":
@@ -81,14 +85,14 @@ def train(
     typer.echo(f"stopped at step {result.step}; last validation {result.val}; run folder {out}")
 
 
-def _train_config(cls: type[C], source: str, known: bool, config: str | None, opts: dict[str, Any]) -> C:
+def _train_config(cls: type[C], source: str | None, known: bool, config: str | None, opts: dict[str, Any]) -> C:
     """A training config of class ``cls`` (a :class:`~meshpose.train.common.TrainOptions`: ``to_dict``/``from_dict``
     with a nested ``net``) from the defaults, the ``--config`` JSON and the command-line options given.
 
     Raises:
         ValueError: ``--config`` is not a JSON object or names unknown options.
     """
-    base = cls(data=source).to_dict()  # type: ignore[call-arg,attr-defined]
+    base = (cls(data=source) if source is not None else cls()).to_dict()  # type: ignore[call-arg,attr-defined]
     if known:  # known objects: validate on held-out scenes of them
         base["val_objects"] = source
     extra = json_object(config, "--config", "training options")
