@@ -18,6 +18,8 @@ import typer
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from meshpose.run.runner import RunSummary
+
 __all__ = [
     "Address",
     "ExecutorName",
@@ -29,6 +31,7 @@ __all__ = [
     "app",
     "check_output_dir",
     "check_output_file",
+    "exit_on_failures",
     "fail",
     "json_object",
     "log",
@@ -179,3 +182,22 @@ Address = Annotated[
     str | None,
     typer.Option(help="Join this Ray cluster (HEAD:6379, or auto) instead of starting a local one."),
 ]
+
+
+def exit_on_failures(summary: RunSummary) -> None:
+    """Print where the failed items of a dataset run are logged and exit with the run's code (3) when there are any.
+
+    Args:
+        summary: a ``refine`` or ``estimate`` run's :class:`~meshpose.run.runner.RunSummary`.
+
+    Raises:
+        typer.Exit: with ``summary.exit_code`` when some items failed.
+    """
+    if summary.failed_items:
+        earlier = f", {summary.earlier_failures} logged by earlier runs" if summary.earlier_failures else ""
+        typer.echo(
+            f"{summary.failed_items} failed item(s){earlier}: images {summary.images_done} done, "
+            f"{summary.images_failed} failed, {summary.images_skipped} skipped; failure reasons: "
+            f"{summary.failures_path}"
+        )
+        raise typer.Exit(code=summary.exit_code)

@@ -15,6 +15,7 @@ from meshpose.cli.common import (
     Threads,
     Verbose,
     Workers,
+    exit_on_failures,
     fail,
     json_object,
     run_with_progress,
@@ -157,11 +158,4 @@ def estimate(
     )
     if summary.hypotheses_path is not None:
         typer.echo(f"hypotheses: {summary.hypotheses_path}")
-    if summary.failed_items:
-        earlier = f", {summary.earlier_failures} logged by earlier runs" if summary.earlier_failures else ""
-        typer.echo(
-            f"{summary.failed_items} failed item(s){earlier}: images {summary.images_done} done, "
-            f"{summary.images_failed} failed, {summary.images_skipped} skipped; failure reasons: "
-            f"{summary.failures_path}"
-        )
-        raise typer.Exit(code=summary.exit_code)
+    exit_on_failures(summary)

@@ -19,6 +19,7 @@ from meshpose.cli.common import (
     Workers,
     check_output_dir,
     check_output_file,
+    exit_on_failures,
     fail,
     json_object,
     log,
@@ -136,14 +137,7 @@ def refine(
         f"({summary.images_skipped} already done, {summary.images_failed} failed, "
         f"{summary.instance_failures} instance failure(s)); results: {summary.results_path}"
     )
-    if summary.failed_items:
-        earlier = f", {summary.earlier_failures} logged by earlier runs" if summary.earlier_failures else ""
-        typer.echo(
-            f"{summary.failed_items} failed item(s){earlier}: images {summary.images_done} done, "
-            f"{summary.images_failed} failed, {summary.images_skipped} skipped; failure reasons: "
-            f"{summary.failures_path}"
-        )
-        raise typer.Exit(code=summary.exit_code)
+    exit_on_failures(summary)
 
 
 def eval_cmd(
