@@ -88,3 +88,19 @@ def test_estimator_runs_with_classical_features(tmp_path: Path) -> None:
     assert 1 <= len(res.hypotheses) <= 2
     t = res.hypotheses[0].pose.numpy()[1]
     assert np.linalg.norm(t - gt.numpy()[1]) < 0.5 * obj.diameter
+
+
+def test_joined_features_are_unit_and_average_the_similarities() -> None:
+    from meshpose.coarse.picopose.features import ConcatFeatures
+
+    imgs = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    a, b = make_features("xfeat"), make_features("classical")
+    joined = make_features("xfeat+classical")
+    assert isinstance(joined, ConcatFeatures) and joined.stride == 8
+    fa, fb, fj = a(imgs), b(imgs), joined(imgs)
+    assert fj.shape == (2, fa.shape[1] + fb.shape[1], 8, 8)
+    assert torch.allclose(fj.norm(dim=1), torch.ones(2, 8, 8), atol=1e-4)
+    cos = lambda f: (f[0, :, 2, 3] * f[1, :, 5, 1]).sum()  # noqa: E731
+    assert torch.isclose(cos(fj), 0.5 * (cos(fa) + cos(fb)), atol=1e-5)
+    with pytest.raises(ValueError, match="two extractors"):
+        ConcatFeatures([a])

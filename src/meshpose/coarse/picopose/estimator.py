@@ -60,11 +60,11 @@ class PicoPoseConfig:
         pnp_threshold_px: PnP-RANSAC inlier threshold in crop pixels.
         use_depth: with an observed depth, take the distance from it.
         cache_dir: template cache folder (default: ``$MESHPOSE_CACHE_DIR`` or the user cache).
-        features: stage-1 patch features: ``"trained"`` (default: the network shipped in
-            ``meshpose/weights/picopose``, trained here on generated objects), ``"xfeat"`` (pretrained XFeat) or
-            ``"classical"`` (:func:`~meshpose.coarse.picopose.features.make_features`). ``"trained"`` won on both
-            held-out sets of generated objects (GL: ADD(-S) 0.766 vs 0.727 on 128 detections; photoreal: AR
-            0.832 vs 0.801 on 126; docs/picopose.md).
+        features: stage-1 patch features: ``"xfeat+trained"`` (default: pretrained XFeat and the network shipped
+            in ``meshpose/weights/picopose``, trained here on generated objects, side by side), ``"trained"``,
+            ``"xfeat"`` or ``"classical"`` (:func:`~meshpose.coarse.picopose.features.make_features`). Chosen on
+            held-out generated objects (docs/picopose.md): photoreal set, AR 0.850 (xfeat+trained) / 0.832
+            (trained) / 0.801 (xfeat); GL set, coarse ADD(-S) 0.773 / 0.711 / 0.727.
         feature_weights: weights spec of ``"trained"`` features (``None``: the shipped ones).
     """
 
@@ -79,7 +79,7 @@ class PicoPoseConfig:
     pnp_threshold_px: float = 2.0
     use_depth: bool = True
     cache_dir: str | None = None
-    features: str = "trained"
+    features: str = "xfeat+trained"
     feature_weights: str | None = None
 
 

@@ -100,11 +100,31 @@ class TrainedFeatures:
         return torch.cat([self.net(x[i : i + self.batch]) for i in range(0, len(x), self.batch)])
 
 
-#: Names :func:`make_features` knows.
+class ConcatFeatures:
+    """Several extractors of one stride side by side: their unit features concatenated and scaled to unit length,
+    so the cosine similarity is the mean of theirs (e.g. pretrained XFeat's robustness to real photos with the
+    trained network's fit to rendered objects).
+
+    Args:
+        parts: the extractors (same stride).
+    """
+
+    def __init__(self, parts: list[DenseFeatures]) -> None:
+        strides = {p.stride for p in parts}
+        if len(parts) < 2 or len(strides) != 1:
+            raise ValueError(f"need at least two extractors of one stride, got strides {sorted(strides)}")
+        self.parts = parts
+        self.stride = strides.pop()
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        return torch.cat([p(images) for p in self.parts], dim=1) / len(self.parts) ** 0.5
+
+
+#: Names :func:`make_features` knows; ``"a+b"`` concatenates them (:class:`ConcatFeatures`).
 FEATURES = ("xfeat", "trained", "classical")
 
 
-def make_features(name: str = "trained", weights: str | None = None) -> DenseFeatures:
+def make_features(name: str = "xfeat+trained", weights: str | None = None) -> DenseFeatures:
     """A dense feature extractor by name.
 
     Args:
@@ -113,6 +133,8 @@ def make_features(name: str = "trained", weights: str | None = None) -> DenseFea
             :class:`~meshpose.coarse.picopose.classical.GradientOrientationFeatures`).
         weights: the weights spec of ``"trained"`` (ignored by the others).
 
+    ``"xfeat+trained"`` (any names joined by ``+``) concatenates them (:class:`ConcatFeatures`).
+
     Raises:
         ValueError: an unknown name.
 
@@ -120,6 +142,8 @@ def make_features(name: str = "trained", weights: str | None = None) -> DenseFea
         >>> make_features("classical").stride
         8
     """
+    if "+" in name:
+        return ConcatFeatures([make_features(part, weights) for part in name.split("+")])
     if name == "xfeat":
         return XFeatFeatures()
     if name == "trained":
