@@ -64,7 +64,8 @@ class PicoPoseConfig:
             in ``meshpose/weights/picopose``, trained here on generated objects, side by side), ``"trained"``,
             ``"xfeat"`` or ``"classical"`` (:func:`~meshpose.coarse.picopose.features.make_features`). Chosen on
             held-out generated objects (docs/picopose.md): photoreal set, AR 0.850 (xfeat+trained) / 0.832
-            (trained) / 0.801 (xfeat); GL set, coarse ADD(-S) 0.773 / 0.711 / 0.727.
+            (trained) / 0.801 (xfeat); GL set, coarse ADD(-S) 0.773 / 0.711 / 0.727 (step-500 weights; those
+            shipped now, step 1400: AR 0.860, ADD(-S) 0.773).
         feature_weights: weights spec of ``"trained"`` features (``None``: the shipped ones).
     """
 
