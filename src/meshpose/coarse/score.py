@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from meshpose.geometry.crop import crop_image
+from meshpose.geometry.crop import crop_image, square_crop_box
 from meshpose.refine.select import edge_alignment_score, observed_gradients
 from meshpose.render.base import Renderer, render_alone
 from meshpose.types import Detection, ObjectModel, Observation, Pose
@@ -55,9 +55,7 @@ def detection_crop_box(det: Detection, padding: float = SCORE_PADDING) -> np.nda
     """A square ``(x0, y0, x1, y1)`` box (continuous pixel coordinates, centres at integers) around a detection,
     ``padding`` × its longer side."""
     x0, y0, x1, y1 = det.box_xyxy() - 0.5  # pixel-edge box → centre-at-integer coordinates
-    cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
-    half = 0.5 * padding * max(x1 - x0, y1 - y0, 1.0)
-    return np.array([cx - half, cy - half, cx + half, cy + half])
+    return square_crop_box((0.5 * (x0 + x1), 0.5 * (y0 + y1)), padding * max(x1 - x0, y1 - y0, 1.0))
 
 
 def score_hypotheses(

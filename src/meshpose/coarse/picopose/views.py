@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from meshpose.geometry.crop import crop_image
+from meshpose.geometry.crop import crop_image, square_crop_box
 from meshpose.types import Camera, Detection, Observation, Pose
 
 __all__ = ["QueryView", "TemplateViews", "cut_query", "cut_templates", "rotate_about_centre"]
@@ -57,9 +57,8 @@ class QueryView:
 
 
 def _square(x0: float, y0: float, x1: float, y1: float, padding: float) -> np.ndarray:
-    cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
-    half = 0.5 * padding * max(x1 - x0, y1 - y0, 1.0)
-    return np.array([cx - half, cy - half, cx + half, cy + half])
+    """The square box ``padding`` × the longer side of ``(x0, y0, x1, y1)``, on its centre."""
+    return square_crop_box((0.5 * (x0 + x1), 0.5 * (y0 + y1)), padding * max(x1 - x0, y1 - y0, 1.0))
 
 
 def cut_templates(
