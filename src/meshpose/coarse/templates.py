@@ -29,13 +29,13 @@ import tempfile
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import trimesh
 from numpy.typing import ArrayLike
 
 from meshpose.render.base import Lighting, Renderer
+from meshpose.render.content import cache_dir, hash_render_mesh
 from meshpose.render.gl import get_default_renderer
 from meshpose.types import Camera, ObjectModel, Pose
 
@@ -64,10 +64,9 @@ POLE_ANGLE_DEG = 10.0
 _FLOAT16_MAX_RADIUS = 1.0
 #: Bank arrays stored as they are (``xyz`` is stored as offsets, ``depth`` recomputed).
 _STORED = ("rotations", "translations", "center", "rgb", "mask")
+
+
 #: Material attributes that colour a textured mesh (see :func:`meshpose.render.base.surface_data`).
-_MATERIAL_ATTRS = ("baseColorTexture", "image", "baseColorFactor", "main_color")
-
-
 @dataclass(frozen=True)
 class TemplateConfig:
     """How a template bank is rendered.
@@ -268,35 +267,7 @@ def build_templates(
 def default_cache_dir() -> Path:
     """``$MESHPOSE_CACHE_DIR/templates``, else ``$XDG_CACHE_HOME/meshpose/templates``, else
     ``~/.cache/meshpose/templates``."""
-    root = os.environ.get("MESHPOSE_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "templates"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "meshpose" / "templates"
-
-
-def _hash_array(h: Any, name: str, value: Any) -> None:
-    arr = np.ascontiguousarray(np.asarray(value))
-    h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
-    h.update(arr.tobytes())
-
-
-def _hash_visual(h: Any, mesh: trimesh.Trimesh) -> None:
-    """Feed what colours the renderer draws (see :func:`meshpose.render.base.surface_data`) into ``h``."""
-    visual = getattr(mesh, "visual", None)
-    kind = getattr(visual, "kind", None)
-    h.update(f"kind:{kind};".encode())
-    if kind == "vertex":
-        _hash_array(h, "vertex_colors", visual.vertex_colors)  # type: ignore[union-attr]
-    elif kind == "face":
-        _hash_array(h, "face_colors", visual.face_colors)  # type: ignore[union-attr]
-    elif kind == "texture":
-        material = getattr(visual, "material", None)
-        for owner, attr in [(visual, "uv"), *((material, a) for a in _MATERIAL_ATTRS)]:
-            value = getattr(owner, attr, None)
-            if value is not None:  # images as RGBA pixels
-                _hash_array(h, attr, value.convert("RGBA") if hasattr(value, "convert") else value)
+    return cache_dir("templates")
 
 
 def template_cache_key(model: ObjectModel, config: TemplateConfig, renderer: Renderer | None = None) -> str:
@@ -310,9 +281,7 @@ def template_cache_key(model: ObjectModel, config: TemplateConfig, renderer: Ren
     renderer = renderer if renderer is not None else get_default_renderer()
     h = hashlib.blake2b(digest_size=20)
     mesh = model.render_mesh
-    _hash_array(h, "vertices", np.asarray(mesh.vertices, dtype=np.float64))
-    _hash_array(h, "faces", np.asarray(mesh.faces, dtype=np.int64))
-    _hash_visual(h, mesh)
+    hash_render_mesh(h, mesh)
     settings = [FORMAT_VERSION, asdict(config), getattr(renderer, "crease_angle", None)]
     settings.append(list(getattr(renderer, "default_color", ()) or ()))
     h.update(json.dumps(settings, sort_keys=True, default=list).encode())

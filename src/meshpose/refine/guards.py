@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from meshpose.geometry.crop import object_box
 from meshpose.geometry.lie import rotation_angle
-from meshpose.types import Failure, FailureCode
+from meshpose.types import Camera, Failure, FailureCode, Pose
 
-__all__ = ["StepCheck", "guard_update", "in_image_failure"]
+__all__ = ["StepCheck", "guard_update", "in_image_failure", "initial_pose_failure"]
 
 
 @dataclass(frozen=True)
@@ -127,3 +128,21 @@ def in_image_failure(silhouette: np.ndarray, valid: np.ndarray, min_in_image: fl
         return None
     msg = f"the object is not in the image at this pose ({100 * seen:.0f}% of it inside)"
     return Failure(FailureCode.OUTSIDE_IMAGE, msg)
+
+
+def initial_pose_failure(camera: Camera, pose: Pose, points: np.ndarray) -> Failure | None:
+    """Why an object cannot be refined from its initial pose, or ``None``: it crosses the camera plane
+    (``BEHIND_CAMERA``) or its points project entirely outside the image (``OUTSIDE_IMAGE``).
+
+    Args:
+        camera: the observation's camera.
+        pose: a single ``cam_from_obj`` pose.
+        points: ``(P, 3)`` the object's surface points, metres.
+    """
+    try:
+        x0, y0, x1, y1 = object_box(camera, pose, points)
+    except ValueError:
+        return Failure(FailureCode.BEHIND_CAMERA, "object crosses the camera plane at the initial pose")
+    if x1 < -0.5 or y1 < -0.5 or x0 > camera.width - 0.5 or y0 > camera.height - 0.5:
+        return Failure(FailureCode.OUTSIDE_IMAGE, "object projects outside the image at the initial pose")
+    return None

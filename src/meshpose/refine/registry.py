@@ -31,6 +31,7 @@ PRESETS: dict[str, tuple[str, str]] = {
     "icp": ("meshpose.refine.icp", "ICPRefiner"),
     "genflow": ("meshpose.refine.genflow", "GenFlowRefiner"),
     "deeprm": ("meshpose.refine.deeprm", "DeepRMRefiner"),
+    "abstract": ("meshpose.refine.abstract", "AbstractRefiner"),
 }
 
 

@@ -19,7 +19,10 @@ from meshpose.refine.contour.terms import rgb_to_lab
 from meshpose.refine.views import CropView, cut_crop
 from meshpose.types import Camera, Observation, Pose
 
-__all__ = ["LevelView", "SceneBoxes", "make_level_view"]
+__all__ = ["HIDDEN_TRANSLATION", "LevelView", "SceneBoxes", "make_level_view"]
+
+#: A translation that puts an object behind the camera, where the renderer skips it (objects left out of a crop).
+HIDDEN_TRANSLATION = np.array([0.0, 0.0, -1000.0])
 
 
 @dataclass
@@ -103,6 +106,25 @@ class SceneBoxes:
             return True  # reaches the camera plane: render it to be safe
         return bool(box[2] > region[0] and box[0] < region[2] and box[3] > region[1] and box[1] < region[3])
 
+    def neighbours(
+        self, i: int, R: np.ndarray, t: np.ndarray, camera: Camera, region: np.ndarray
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Who may show in object ``i``'s crop: ``(hidden, front_ids, behind_ids)`` — the indices of the objects
+        that cannot show inside ``region`` (a pixel box of ``camera``), and the instance ids (``1 + index``) of
+        those that may, in front of ``i`` and behind it (by the depth of their centres) at poses ``(R, t)``."""
+        hidden: list[int] = []
+        front_ids: list[int] = []
+        behind_ids: list[int] = []
+        depth_i = self.center_depth(i, R, t)
+        for j in range(len(R)):
+            if j == i:
+                continue
+            if self.overlaps(j, R, t, camera, region):
+                (front_ids if self.center_depth(j, R, t) < depth_i else behind_ids).append(j + 1)
+            else:
+                hidden.append(j)
+        return hidden, front_ids, behind_ids
+
 
 def make_level_view(
     cfg: ContourConfig,
@@ -147,17 +169,7 @@ def make_level_view(
         if own_box is None
         else own_box + np.array([-reach, -reach, reach, reach])
     )
-    hidden: list[int] = []
-    depth_i = scene.center_depth(i, R_trial, t_trial)
-    front_ids: list[int] = []
-    behind_ids: list[int] = []
-    for j in range(len(R_trial)):
-        if j == i:
-            continue
-        if scene.overlaps(j, R_trial, t_trial, crop.camera, region):
-            (front_ids if scene.center_depth(j, R_trial, t_trial) < depth_i else behind_ids).append(j + 1)
-        else:
-            hidden.append(j)
+    hidden, front_ids, behind_ids = scene.neighbours(i, R_trial, t_trial, crop.camera, region)
     return LevelView(
         crop=crop,
         hidden=hidden,

@@ -15,12 +15,11 @@ import cv2
 import numpy as np
 import torch
 
-from meshpose.geometry.crop import object_box
 from meshpose.refine.base import StageTimer, make_result
 from meshpose.refine.contour.config import ContourConfig
 from meshpose.refine.contour.energy import Evaluation, PosePrior, evaluate
-from meshpose.refine.contour.level import LevelView, SceneBoxes, make_level_view
-from meshpose.refine.guards import guard_update
+from meshpose.refine.contour.level import HIDDEN_TRANSLATION, LevelView, SceneBoxes, make_level_view
+from meshpose.refine.guards import guard_update, initial_pose_failure
 from meshpose.render.base import Renderer
 from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineResult, se3_exp
 
@@ -81,17 +80,8 @@ class ContourRun:
 
     # --- setup --------------------------------------------------------------------------------------------
     def _check_initial(self) -> None:
-        cam = self.obs.camera
         for i, obj in enumerate(self.objects):
-            try:
-                x0, y0, x1, y1 = object_box(cam, _pose(self.R0[i], self.t0[i]), obj.points)
-            except ValueError:
-                msg = "object crosses the camera plane at the initial pose"
-                self.failure[i] = Failure(FailureCode.BEHIND_CAMERA, msg)
-                continue
-            if x1 < -0.5 or y1 < -0.5 or x0 > cam.width - 0.5 or y0 > cam.height - 0.5:
-                msg = "object projects outside the image at the initial pose"
-                self.failure[i] = Failure(FailureCode.OUTSIDE_IMAGE, msg)
+            self.failure[i] = initial_pose_failure(self.obs.camera, _pose(self.R0[i], self.t0[i]), obj.points)
 
     def _active(self) -> list[int]:
         return [i for i in range(self.n) if self.failure[i] is None]
@@ -161,7 +151,7 @@ class ContourRun:
         for b, (view, _, _) in enumerate(scenes):
             if view.hidden:
                 Rs[b, view.hidden] = np.eye(3)
-                ts[b, view.hidden] = _HIDDEN
+                ts[b, view.hidden] = HIDDEN_TRANSLATION
         with self.timer("render"):
             return self.renderer.render(
                 self.drawn,
@@ -311,9 +301,6 @@ class ContourRun:
             extra={"energy": np.array(self.energy_log), "levels": [lv for lv, _ in plan]},
             pose=_pose(self.R_best, self.t_best),
         )
-
-
-_HIDDEN = np.array([0.0, 0.0, -1000.0])  # a translation that puts an object behind the camera
 
 
 def _pose(R: np.ndarray, t: np.ndarray) -> Pose:

@@ -1,0 +1,146 @@
+"""The ``abstract`` preset: render-and-compare in a learned descriptor space, all objects of an image jointly.
+
+See :mod:`meshpose.refine.abstract` for the method.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+from meshpose.refine.abstract.config import AbstractConfig
+from meshpose.refine.abstract.features import DescriptorExtractor, NetExtractor
+from meshpose.refine.abstract.field import DescriptorField
+from meshpose.refine.abstract.fusion import field_cache_key, load_field
+from meshpose.refine.abstract.run import AbstractRun
+from meshpose.refine.base import LazyRenderer, RefinerError, StageTimer, check_refine_inputs
+from meshpose.render.base import Renderer
+from meshpose.types import ObjectModel, Observation, Pose, RefineResult
+
+__all__ = ["AbstractRefiner"]
+
+#: Fused fields kept in memory per refiner (least recently used dropped).
+MAX_FIELDS_IN_MEMORY = 64
+
+
+class AbstractRefiner(LazyRenderer):
+    """The ``abstract`` preset (abstract render-and-compare, RGB).
+
+    Args:
+        config: options (default ``AbstractConfig()``).
+        renderer: a :class:`~meshpose.render.base.Renderer` (default: the calling thread's GL renderer).
+        extractor: the descriptor network (default: :class:`~meshpose.refine.abstract.features.NetExtractor` of
+            ``config.weights``, loaded at the first refinement).
+
+    ``refine`` returns per object the best pose found (by its own crop's descriptor loss at the finest level; the
+    initial pose is one of the candidates), a score in [0, 1] (the share of the object's pixels and of a ring
+    around it whose rendered descriptors match the observed ones), and a failure reason where the object could not
+    be refined. The first refinement of an object fuses its descriptors (≈ 1–2 s; cached on disk by mesh content
+    and network). ``obs.mask`` is not used.
+
+    Example:
+        >>> from meshpose.refine.registry import make_refiner
+        >>> refiner = make_refiner("abstract", iterations=(5, 5))
+        >>> refiner.name, refiner.modality
+        ('abstract', 'rgb')
+    """
+
+    Config = AbstractConfig
+    name: str = "abstract"
+    modality: Literal["rgb", "rgbd"] = "rgb"
+
+    def __init__(
+        self,
+        config: AbstractConfig | None = None,
+        *,
+        renderer: Renderer | None = None,
+        extractor: DescriptorExtractor | None = None,
+    ) -> None:
+        self.config = config if config is not None else AbstractConfig()
+        self._renderer = renderer
+        self._extractor = extractor
+        self._fields: OrderedDict[str, DescriptorField] = OrderedDict()
+        self._light_meshes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    @property
+    def extractor(self) -> DescriptorExtractor:
+        """The descriptor network (loaded on first use)."""
+        if self._extractor is None:
+            self._extractor = NetExtractor(self.config.weights)
+        return self._extractor
+
+    def field(self, obj: ObjectModel) -> DescriptorField:
+        """``obj``'s fused descriptors (memory, then disk cache, else fused now)."""
+        key = field_cache_key(obj, self.extractor, self.renderer, self.config)
+        hit = self._fields.get(key)
+        if hit is not None:
+            self._fields.move_to_end(key)
+            return hit
+        fld = load_field(obj, self.extractor, self.renderer, self.config)
+        self._fields[key] = fld
+        while len(self._fields) > MAX_FIELDS_IN_MEMORY:
+            self._fields.popitem(last=False)
+        return fld
+
+    def render_model(self, obj: ObjectModel) -> ObjectModel:
+        """The model drawn in the crops: the render mesh decimated to ``config.render_faces`` (made once)."""
+        limit = int(self.config.render_faces)
+        mesh = obj.render_mesh
+        if limit <= 0 or len(mesh.faces) <= limit:
+            return obj
+        light = self._light_meshes.get(mesh)
+        if light is None:
+            from meshpose.mesh.simplify import simplify_mesh
+
+            light = simplify_mesh(mesh, limit)
+            self._light_meshes[mesh] = light
+        return replace(obj, render_mesh=light)
+
+    def schedule(self, iterations: int | None = None) -> list[tuple[int, int]]:
+        """``(level, iterations)`` pairs, coarse to fine; a total ``n`` is shared in the configured proportions."""
+        base = [int(k) for k in self.config.iterations]
+        if iterations is None:
+            counts = base
+        else:
+            total = int(iterations)
+            if total < 0:
+                raise RefinerError(f"{self.name}: iterations must be ≥ 0, got {iterations}")
+            s = max(1, sum(base))
+            counts = [math.floor(b * total / s) for b in base]
+            counts[-1] += total - sum(counts)
+        return [(lv, c) for lv, c in enumerate(counts) if c > 0]
+
+    def refine(
+        self,
+        obs: Observation,
+        objects: Sequence[ObjectModel],
+        init: Pose,
+        *,
+        iterations: int | None = None,
+        callback: Callable[[int, Pose], None] | None = None,
+    ) -> RefineResult:
+        """Refine the ``N`` poses jointly (see :class:`~meshpose.refine.base.Refiner`).
+
+        Args:
+            obs: the image (depth and masks are not used).
+            objects: the ``N`` object models.
+            init: ``(N,)`` initial ``cam_from_obj`` poses.
+            iterations: total iterations (renders); ``None`` for the configured schedule.
+            callback: called as ``callback(iteration, poses)`` after each iteration.
+
+        Raises:
+            RefinerError: bad inputs only (see :func:`~meshpose.refine.base.check_refine_inputs`), or no
+                descriptor weights.
+        """
+        poses0 = check_refine_inputs(obs, objects, init, self.modality, self.name)
+        plan = self.schedule(iterations)
+        timer = StageTimer()
+        with timer("fusion"):
+            fields = [self.field(o) for o in objects]
+        drawn = [self.render_model(o) for o in objects]
+        run = AbstractRun(self.config, self.renderer, self.extractor, fields, obs, list(objects), drawn, poses0, timer)
+        return run.execute(plan, callback)

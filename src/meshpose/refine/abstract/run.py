@@ -1,0 +1,283 @@
+"""One ``abstract`` refinement call: crops, the joint AdaGrad loop over all objects, the best poses and scores.
+
+Per level (coarse to fine crop sizes): every active object gets a square crop around its current pose and the
+network's descriptors of it (blurred). Every iteration renders all crops in one batched call with all objects at
+their current poses (objects that cannot reach a crop are left out of it), evaluates LightDR on each
+(:func:`~meshpose.refine.abstract.lightdr.crop_loss`) and sums the gradients every crop gives every object — the
+total loss of the image's crops is minimised over all poses jointly. The step is AdaGrad's, per coordinate of the
+centred increment ``[v / d, ω]`` (translation of the centre in object diameters ``d``, rotation in radians), with
+a step size decayed each iteration. AdaGrad does not decrease the loss monotonically: the pose returned per
+object is the best one (by its own crop's loss) at the finest level, the initial pose among the candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from meshpose.geometry.crop import crop_box_around_object
+from meshpose.refine.abstract.config import AbstractConfig
+from meshpose.refine.abstract.features import DescriptorExtractor
+from meshpose.refine.abstract.field import DescriptorField
+from meshpose.refine.abstract.lightdr import CropLoss, blur, crop_loss
+from meshpose.refine.base import StageTimer, make_result
+from meshpose.refine.contour.level import HIDDEN_TRANSLATION, SceneBoxes
+from meshpose.refine.guards import guard_update, initial_pose_failure
+from meshpose.refine.views import CropView, cut_crop
+from meshpose.render.base import Renderer
+from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineResult, se3_exp
+
+__all__ = ["AbstractRun"]
+
+
+@dataclass
+class _Crop:
+    """One object's crop at one level: the observed crop, its blurred descriptors, who is left out of its render."""
+
+    crop: CropView
+    observed: np.ndarray
+    hidden: list[int]
+
+
+class AbstractRun:
+    """The state of one ``refine`` call of ``abstract`` and its loop.
+
+    Args:
+        cfg: the options.
+        renderer: renders the crops.
+        extractor: the descriptor network.
+        fields: per object, its fused descriptors.
+        obs: the observation.
+        objects: the ``N`` object models.
+        drawn: the models drawn in the crops (decimated render meshes).
+        init: ``(N,)`` initial poses (checked).
+    """
+
+    def __init__(
+        self,
+        cfg: AbstractConfig,
+        renderer: Renderer,
+        extractor: DescriptorExtractor,
+        fields: list[DescriptorField],
+        obs: Observation,
+        objects: list[ObjectModel],
+        drawn: list[ObjectModel],
+        init: Pose,
+        timer: StageTimer,
+    ) -> None:
+        self.cfg = cfg
+        self.renderer = renderer
+        self.extractor = extractor
+        self.fields = fields
+        self.obs = obs
+        self.objects = objects
+        self.drawn = drawn
+        self.n = len(objects)
+        self.timer = timer
+        R0, t0 = init.numpy()
+        self.R0, self.t0 = R0.copy(), t0.copy()
+        self.R, self.t = R0.copy(), t0.copy()  # current iterate
+        self.R_best, self.t_best = R0.copy(), t0.copy()
+        self.E_best = np.full(self.n, np.inf)
+        self.score = np.zeros(self.n)
+        self.failure: list[Failure | None] = [None] * self.n
+        self.centers = np.stack([0.5 * (o.points.min(0) + o.points.max(0)) for o in objects])
+        verts = [np.asarray(o.render_mesh.vertices) for o in objects]
+        self.scene = SceneBoxes([(v.min(0), v.max(0)) for v in verts], list(self.centers))
+        self.diam = np.array([o.diameter for o in objects])
+        self.loss_log: list[list[float]] = []
+        self._check_initial()
+
+    # --- setup --------------------------------------------------------------------------------------------
+    def _check_initial(self) -> None:
+        for i, obj in enumerate(self.objects):
+            self.failure[i] = initial_pose_failure(self.obs.camera, _pose(self.R0[i], self.t0[i]), obj.points)
+
+    def _active(self) -> list[int]:
+        return [i for i in range(self.n) if self.failure[i] is None]
+
+    def _make_crops(self, level: int) -> dict[int, _Crop]:
+        """Every active object's crop at ``level`` around its current pose, with the observed descriptors."""
+        size = int(self.cfg.crop_sizes[level])
+        sigma = float(self.cfg.blur_px[level])
+        crops: dict[int, CropView] = {}
+        for i in self._active():
+            try:
+                box = crop_box_around_object(
+                    self.obs.camera, _pose(self.R[i], self.t[i]), self.objects[i].points, padding=self.cfg.padding
+                )
+            except ValueError:
+                self.failure[i] = Failure(
+                    FailureCode.BEHIND_CAMERA, "object crosses the camera plane during refinement"
+                )
+                continue
+            crops[i] = cut_crop(self.obs, box, size, size, index=i, depth=False, mask=False, valid="centres")
+        if not crops:
+            return {}
+        with self.timer("descriptors"):
+            desc, _ = self.extractor(np.stack([c.rgb for c in crops.values()]))
+        out: dict[int, _Crop] = {}
+        for (i, crop), d in zip(crops.items(), desc, strict=True):
+            own_box = self.scene.projected_box(i, self.R, self.t, crop.camera)
+            reach = 3.0 * sigma + 4.0 + 0.15 * size  # the objects may move during the level
+            region = (
+                np.array([-0.5, -0.5, size - 0.5, size - 0.5])
+                if own_box is None
+                else own_box + np.array([-reach, -reach, reach, reach])
+            )
+            hidden, _, _ = self.scene.neighbours(i, self.R, self.t, crop.camera, region)
+            observed = blur(np.where(crop.valid[..., None], d, 0.0).astype(np.float32), sigma)
+            out[i] = _Crop(crop, observed, hidden)
+        return out
+
+    # --- one evaluation of all crops ----------------------------------------------------------------------
+    def _evaluate(self, crops: dict[int, _Crop], level: int, R: np.ndarray, t: np.ndarray) -> dict[int, CropLoss]:
+        """Render every crop with all objects at ``(R, t)`` and evaluate LightDR on each."""
+        order = list(crops)
+        Rs = np.repeat(R[None], len(order), 0)
+        ts = np.repeat(t[None], len(order), 0)
+        for b, i in enumerate(order):
+            gone = crops[i].hidden + [j for j in range(self.n) if self.failure[j] is not None and j != i]
+            if gone:
+                Rs[b, gone] = np.eye(3)
+                ts[b, gone] = HIDDEN_TRANSLATION
+        with self.timer("render"):
+            out = self.renderer.render(
+                self.drawn,
+                Pose(torch.as_tensor(Rs), torch.as_tensor(ts)),
+                [crops[i].crop.camera for i in order],
+            )
+        sigma = float(self.cfg.blur_px[level])
+        want = set(self._active())
+        res: dict[int, CropLoss] = {}
+        with self.timer("lightdr"):
+            for b, i in enumerate(order):
+                c = crops[i]
+                inst = out.instance[b]
+                if int(np.count_nonzero((inst == i + 1) & c.crop.valid)) < self.cfg.min_visible_px:
+                    continue
+                res[i] = crop_loss(
+                    out.xyz[b],
+                    inst,
+                    out.depth[b],
+                    self.fields,
+                    R,
+                    t,
+                    self.centers,
+                    c.crop.camera.K,
+                    c.observed,
+                    c.crop.valid,
+                    sigma=sigma,
+                    huber=self.cfg.huber,
+                    want=want,
+                )
+        return res
+
+    def _record(self, crops: dict[int, _Crop], losses: dict[int, CropLoss], R: np.ndarray, t: np.ndarray) -> None:
+        """Keep, per object, the poses whose own crop's loss is the lowest so far."""
+        for i in crops:
+            cl = losses.get(i)
+            if cl is not None and cl.loss < self.E_best[i]:
+                self.E_best[i] = cl.loss
+                self.R_best[i], self.t_best[i] = R[i].copy(), t[i].copy()
+
+    def _step(self, i: int, g: np.ndarray, G: np.ndarray, lr: float) -> None:
+        """One AdaGrad step of object ``i`` from its current pose (``G``: its accumulated squared gradients)."""
+        cfg = self.cfg
+        d = self.diam[i]
+        gs = np.concatenate([g[:3] * d, g[3:]])  # gradient w.r.t. [v / d, ω]
+        G += gs * gs
+        step = -lr * gs / (np.sqrt(G) + cfg.adagrad_eps)
+        delta = np.concatenate([step[:3] * d, step[3:]])
+        rot = float(np.linalg.norm(delta[3:]))
+        trans = float(np.linalg.norm(delta[:3]))
+        scale = min(1.0, math.radians(cfg.max_step_deg) / max(rot, 1e-12), cfg.max_step_trans * d / max(trans, 1e-12))
+        delta *= scale
+        c_cam = self.R[i] @ self.centers[i] + self.t[i]
+        Rd, td = se3_exp(torch.as_tensor(delta, dtype=torch.float64))
+        R_new = Rd.numpy() @ self.R[i]
+        t_new = Rd.numpy() @ (self.t[i] - c_cam) + td.numpy() + c_cam
+        check = guard_update(self.R[i], self.t[i], R_new, t_new, diameter=d, pivot=self.centers[i])
+        if check.ok:
+            self.R[i], self.t[i] = R_new, t_new
+
+    def _score(self, crops: dict[int, _Crop], losses: dict[int, CropLoss]) -> None:
+        """Score in [0, 1]: the share of the object's pixels and of a ring around its silhouette whose descriptor
+        difference is under ``score_tol`` (the rendering explains the observation there)."""
+        import cv2
+
+        for i, cl in losses.items():
+            if i not in crops:
+                continue
+            own = np.linalg.norm(cl.rendered, axis=-1) > 0  # blurred: the silhouette and a thin ring
+            ring = cv2.dilate(own.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            region = ring & crops[i].crop.valid
+            if region.any():
+                self.score[i] = float(np.mean(cl.distance[region] < self.cfg.score_tol))
+
+    # --- the loop -----------------------------------------------------------------------------------------
+    def execute(self, plan: list[tuple[int, int]], callback: Callable[[int, Pose], None] | None) -> RefineResult:
+        cfg = self.cfg
+        history = [_pose(self.R0, self.t0)]
+        it = 0
+        levels = plan if plan else [(len(cfg.crop_sizes) - 1, 0)]
+        for li, (level, count) in enumerate(levels):
+            last = li == len(levels) - 1
+            if li > 0:  # go on from the best poses of the previous level
+                self.R[:], self.t[:] = self.R_best, self.t_best
+            with self.timer("crop"):
+                crops = self._make_crops(level)
+            if not crops:
+                break
+            self.E_best[:] = np.inf
+            if last and li > 0:  # the initial poses compete at the finest level
+                self._record(crops, self._evaluate(crops, level, self.R0, self.t0), self.R0, self.t0)
+            G = np.zeros((self.n, 6))
+            lr = cfg.lr
+            for _ in range(count):
+                losses = self._evaluate(crops, level, self.R, self.t)
+                self._record(crops, losses, self.R, self.t)
+                grads = np.zeros((self.n, 6))
+                for cl in losses.values():
+                    for j, g in cl.grads.items():
+                        grads[j] += g
+                with self.timer("solve"):
+                    for i in crops:
+                        if self.failure[i] is None and i in losses:
+                            self._step(i, grads[i], G[i], lr)
+                lr *= cfg.lr_decay
+                self.loss_log.append([losses[i].loss if i in losses else math.nan for i in range(self.n)])
+                it += 1
+                current = _pose(self.R, self.t)
+                history.append(current)
+                if callback is not None:
+                    callback(it, current)
+            final = self._evaluate(crops, level, self.R, self.t)  # the last step's pose competes too
+            self._record(crops, final, self.R, self.t)
+            for i in crops:
+                if not np.isfinite(self.E_best[i]) and self.failure[i] is None:
+                    msg = "object not visible in its crop (outside the image or hidden by other objects)"
+                    self.failure[i] = Failure(FailureCode.NOT_VISIBLE, msg)
+            if last:
+                self._score(crops, self._evaluate(crops, level, self.R_best, self.t_best))
+        for i in range(self.n):
+            if self.failure[i] is not None:
+                self.score[i] = 0.0
+                self.R_best[i], self.t_best[i] = self.R0[i], self.t0[i]
+        return make_result(
+            history,
+            self.score,
+            timer=self.timer,
+            converged=np.array([f is None for f in self.failure]),
+            failure=self.failure,
+            extra={"loss": np.array(self.loss_log), "levels": [lv for lv, _ in plan]},
+            pose=_pose(self.R_best, self.t_best),
+        )
+
+
+def _pose(R: np.ndarray, t: np.ndarray) -> Pose:
+    return Pose(torch.as_tensor(np.array(R, dtype=np.float64)), torch.as_tensor(np.array(t, dtype=np.float64)))
