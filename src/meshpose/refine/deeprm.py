@@ -35,7 +35,7 @@ from meshpose.geometry.crop import crop_box_around_object
 from meshpose.nets.checkpoint import WeightsSpec
 from meshpose.nets.deeprm import DeepRMNet, RecurrentState, apply_update, load_deeprm_model, make_input
 from meshpose.refine.base import LazyRenderer, StageTimer, check_refine_inputs, make_result
-from meshpose.refine.guards import guard_update, in_image_failure
+from meshpose.refine.guards import check_step
 from meshpose.refine.views import CropView, cut_crop
 from meshpose.render.base import Lighting, Renderer, render_alone
 from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineResult
@@ -186,11 +186,10 @@ class DeepRMRefiner(LazyRenderer):
                     R, t = current.R.clone(), current.t.clone()
                     keep = []
                     for k, i in enumerate(active):
-                        outside = in_image_failure(rend.mask[k], crops[i].valid, cfg.min_in_image)
-                        if outside is not None:
-                            failure[i] = outside
-                            continue
-                        check = guard_update(
+                        failure[i] = check_step(
+                            rend.mask[k],
+                            crops[i].valid,
+                            cfg.min_in_image,
                             current.R[i],
                             current.t[i],
                             new.R[k],
@@ -199,8 +198,7 @@ class DeepRMRefiner(LazyRenderer):
                             max_rot_deg=cfg.max_step_deg,
                             max_trans_frac=cfg.max_step_frac,
                         )
-                        failure[i] = check.failure
-                        if not check.ok:
+                        if failure[i] is not None:
                             continue
                         pts = torch.tensor(np.asarray(objects[i].points), dtype=torch.float64)
                         step = (pts @ (new.R[k] - R[i]).T + (new.t[k] - t[i])).norm(dim=-1).mean()

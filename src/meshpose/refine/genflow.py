@@ -46,7 +46,7 @@ from meshpose.geometry.crop import crop_box_around_object
 from meshpose.nets.batch import load_genflow_model, make_crop_batch, run_network
 from meshpose.nets.genflow import GenFlowNet
 from meshpose.refine.base import LazyRenderer, StageTimer, check_refine_inputs, make_result, stage_schedule
-from meshpose.refine.guards import guard_update, in_image_failure
+from meshpose.refine.guards import check_step
 from meshpose.refine.select import EdgeJudge, pick_by_edges
 from meshpose.refine.views import cut_crop
 from meshpose.render.base import Lighting, Renderer, render_alone
@@ -244,11 +244,10 @@ class GenFlowRefiner(LazyRenderer):
                     valid = out.valid.cpu().numpy()
                     R, t = current.R.clone(), current.t.clone()
                     for k, i in enumerate(active):
-                        outside = in_image_failure(rend.mask[k], crops[k].valid, cfg.min_in_image)
-                        if outside is not None:
-                            failure[i] = outside
-                            continue
-                        check = guard_update(
+                        failure[i] = check_step(
+                            rend.mask[k],
+                            crops[k].valid,
+                            cfg.min_in_image,
                             current.R[i],
                             current.t[i],
                             new.R[k],
@@ -257,8 +256,7 @@ class GenFlowRefiner(LazyRenderer):
                             max_rot_deg=cfg.max_step_deg,
                             max_trans_frac=cfg.max_step_frac,
                         )
-                        failure[i] = check.failure
-                        if not check.ok:
+                        if failure[i] is not None:
                             continue
                         R[i], t[i] = new.R[k], new.t[k]
                         score[i] = float(w[k][valid[k]].mean()) if valid[k].any() else 0.0

@@ -24,7 +24,7 @@ from meshpose.geometry.crop import object_box
 from meshpose.geometry.lie import rotation_angle
 from meshpose.types import Camera, Failure, FailureCode, Pose
 
-__all__ = ["StepCheck", "guard_update", "in_image_failure", "initial_pose_failure"]
+__all__ = ["StepCheck", "check_step", "guard_update", "in_image_failure", "initial_pose_failure"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,31 @@ def initial_pose_failure(camera: Camera, pose: Pose, points: np.ndarray) -> Fail
     if x1 < -0.5 or y1 < -0.5 or x0 > camera.width - 0.5 or y0 > camera.height - 0.5:
         return Failure(FailureCode.OUTSIDE_IMAGE, "object projects outside the image at the initial pose")
     return None
+
+
+def check_step(
+    silhouette: np.ndarray,
+    valid: np.ndarray,
+    min_in_image: float,
+    R_old: torch.Tensor | np.ndarray,
+    t_old: torch.Tensor | np.ndarray,
+    R_new: torch.Tensor | np.ndarray,
+    t_new: torch.Tensor | np.ndarray,
+    *,
+    diameter: float,
+    max_rot_deg: float,
+    max_trans_frac: float,
+) -> Failure | None:
+    """The per-instance check of a network refiner's iteration: the object is in the image at its current pose
+    (:func:`in_image_failure` on its rendered silhouette), and the proposed update passes :func:`guard_update`.
+
+    Returns:
+        ``None`` when the update may be taken, else why not.
+    """
+    outside = in_image_failure(silhouette, valid, min_in_image)
+    if outside is not None:
+        return outside
+    check = guard_update(
+        R_old, t_old, R_new, t_new, diameter=diameter, max_rot_deg=max_rot_deg, max_trans_frac=max_trans_frac
+    )
+    return check.failure
