@@ -15,6 +15,7 @@ import pytest
 import torch
 import trimesh
 from scipy.spatial.transform import Rotation
+from tests.support.scenes import add_error, make_camera, objects, overlapping_pair_case, single_object_cases
 
 from meshpose.mesh import make_object_model
 from meshpose.refine.abstract import AbstractConfig, AbstractRefiner
@@ -26,7 +27,6 @@ from meshpose.refine.registry import available_methods, make_refiner
 from meshpose.render.base import Lighting
 from meshpose.render.gl import get_default_renderer
 from meshpose.types import FailureCode, Observation, Pose, se3_exp
-from tests.support.scenes import add_error, make_camera, objects, overlapping_pair_case, single_object_cases
 
 D = 8
 
@@ -160,7 +160,7 @@ def test_lightdr_gradient_matches_finite_differences(front_only: bool) -> None:
     to[0, 0] += 0.006
     if not front_only:
         Ro, to = _apply(Ro, to, centers, 1, np.array([0.004, -0.003, 0.0, 0.0, 0.0, 0.08]))
-    xo, io, do = render(Ro, to)
+    xo, io, _ = render(Ro, to)
     obs = blur(render_descriptors(xo, io, fields, D), sig)
     valid = np.ones((128, 128), bool)
 
@@ -189,7 +189,7 @@ def test_pixel_owners_give_occlusion_boundaries_to_the_front_object() -> None:
     inst[:, :3] = 2  # back object on the left
     inst[:, 3:5] = 1  # front object in the middle
     depth = np.where(inst == 2, 1.0, np.where(inst == 1, 0.5, 0.0))
-    owner, sr, sc = pixel_owners(inst, depth)
+    owner, _, sc = pixel_owners(inst, depth)
     assert (owner[:, 2] == 1).all() and (sc[:, 2] == 3).all()  # back pixels at the boundary follow the front one
     assert (owner[:, 3] == 1).all() and (sc[:, 3] == 3).all()
     assert (owner[:, 5] == 1).all() and (sc[:, 5] == 4).all()  # background next to the front object

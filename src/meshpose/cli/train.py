@@ -20,11 +20,11 @@ __all__ = ["train"]
 C = TypeVar("C")
 
 #: Learned presets with a trainer.
-TRAINABLE = ("genflow", "deeprm", "picopose")
+TRAINABLE = ("genflow", "deeprm", "picopose", "abstract")
 
 
 def train(
-    method: Annotated[str, typer.Argument(help="Learned preset to train (genflow, deeprm, picopose).")],
+    method: Annotated[str, typer.Argument(help="Learned preset to train (genflow, deeprm, picopose, abstract).")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, config.json, train_log.jsonl.")],
     data: Annotated[
         str | None, typer.Option(help="Training objects: novel:N (generated) or a mesh folder / BOP dataset.")
@@ -164,5 +164,19 @@ def _picopose() -> _Trainer:
     return _Trainer(PicoPoseTrainConfig, train_picopose, _show(fmt, "loss", "acc", "temperature", "items_per_s"))
 
 
+def _abstract() -> _Trainer:
+    """``meshpose train abstract``: the descriptor network of the ``abstract`` refiner."""
+    from meshpose.train.abstract import AbstractTrainConfig, train_abstract
+
+    fmt = "step %d loss %.4f pos %.3f neg %.3f hard_ok %.3f %.2f pairs/s"
+    show = _show(fmt, "loss", "pos_dist", "neg_dist", "hard_ok", "items_per_s")
+    return _Trainer(AbstractTrainConfig, train_abstract, show)
+
+
 #: the trainer of each trainable preset (imported when used)
-_TRAINERS: dict[str, Callable[[], _Trainer]] = {"genflow": _genflow, "deeprm": _deeprm, "picopose": _picopose}
+_TRAINERS: dict[str, Callable[[], _Trainer]] = {
+    "genflow": _genflow,
+    "deeprm": _deeprm,
+    "picopose": _picopose,
+    "abstract": _abstract,
+}

@@ -1,0 +1,199 @@
+"""``DescriptorNet``: dense learned descriptors at input resolution, for the ``abstract`` refiner.
+
+The abstract render-and-compare refiner maps the image into a D-channel descriptor space and renders meshes that
+carry the same descriptors (fused from views of the object); the pose is then optimised on the difference of the
+two descriptor images. The network is trained (``meshpose train abstract``, :mod:`meshpose.train.abstract`) on
+generated objects only, from pixel correspondences between a cluttered synthetic scene and a clean rendering.
+
+Architecture (Light-Weight RefineNet-like, plain torch): a full-resolution stem, then a stride-2 convolutional
+encoder to 1/16 (each stage two 3×3 convolutions with batch norm and ReLU); a decoder from 1/16 back to full
+resolution in which every level adds a 1×1 projection of the encoder's skip to the upsampled coarser level and
+passes the sum through a light *chained residual pooling* block (``x ← x + conv1×1(maxpool5×5(·))`` chained
+``crp_stages`` times). Two 1×1 heads read the full-resolution features: the descriptors and a foreground logit.
+
+Contract with the refiner: the **background descriptor is the zero vector** (the refiner renders background
+pixels as 0), learned by the training's background term; descriptors are not unit-normalised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meshpose.nets.checkpoint import WeightsSpec, load_model, package_weights_path
+
+__all__ = [
+    "METHOD",
+    "DescriptorNet",
+    "DescriptorNetConfig",
+    "default_descriptor_weights",
+    "load_descriptor_net",
+]
+
+#: the method name of ``abstract`` descriptor checkpoints
+METHOD = "abstract"
+
+#: per-channel mean and std the input colours are normalised with (colours in [0, 1])
+_MEAN = (0.45, 0.45, 0.45)
+_STD = (0.25, 0.25, 0.25)
+
+
+@dataclass(frozen=True)
+class DescriptorNetConfig:
+    """Sizes of a :class:`DescriptorNet`.
+
+    Args:
+        dim: descriptor channels ``D``.
+        widths: channels of the encoder stages at strides 2, 4, 8, 16.
+        stem: channels of the full-resolution stem (its skip sharpens the silhouettes).
+        decoder: channels of the decoder at strides 16, 8, 4, 2, 1 (the full-resolution level is 1×1 convolutions
+            only: a 3×3 convolution there would cost more than the whole encoder).
+        crp_stages: pooling stages of each chained-residual-pooling block (strides 16 to 2).
+
+    Example:
+        >>> DescriptorNetConfig.from_dict({"dim": 8, "widths": [8, 16, 16, 16]}).widths
+        (8, 16, 16, 16)
+    """
+
+    dim: int = 16
+    widths: tuple[int, int, int, int] = (16, 48, 96, 128)
+    stem: int = 8
+    decoder: tuple[int, int, int, int, int] = (96, 64, 48, 24, 24)
+    crp_stages: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DescriptorNetConfig:
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for key in ("widths", "decoder"):
+            if key in d:
+                d[key] = tuple(int(w) for w in d[key])
+        return cls(**d)
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class _CRP(nn.Module):
+    """Chained residual pooling: ``x ← x + conv1×1(maxpool5×5(top))`` with ``top`` chained through the stages."""
+
+    def __init__(self, channels: int, stages: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 1, bias=False) for _ in range(stages))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(x)
+        top = x
+        for conv in self.convs:
+            # a 5×5 max pool as 1×5 then 5×1: the same result, 2.5× fewer comparisons
+            pooled = F.max_pool2d(F.max_pool2d(top, (1, 5), stride=1, padding=(0, 2)), (5, 1), stride=1, padding=(2, 0))
+            top = conv(pooled)
+            x = x + top
+        return x
+
+
+class DescriptorNet(nn.Module):
+    """Dense descriptors and a foreground logit at input resolution (see the module docstring).
+
+    Args:
+        config: sizes (default :class:`DescriptorNetConfig`).
+
+    Example:
+        >>> net = DescriptorNet().eval()
+        >>> desc, fg = net(torch.rand(2, 3, 64, 64))
+        >>> tuple(desc.shape), tuple(fg.shape)
+        ((2, 16, 64, 64), (2, 1, 64, 64))
+    """
+
+    #: ``H`` and ``W`` of the input must be multiples of this
+    multiple = 8
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, config: DescriptorNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or DescriptorNetConfig()
+        w1, w2, w3, w4 = cfg.widths
+        c16, c8, c4, c2, c1 = cfg.decoder
+        self.stem = _conv(3, cfg.stem)
+        self.s2 = nn.Sequential(_conv(cfg.stem, w1, 2), _conv(w1, w1))
+        self.s4 = nn.Sequential(_conv(w1, w2, 2), _conv(w2, w2))
+        self.s8 = nn.Sequential(_conv(w2, w3, 2), _conv(w3, w3))
+        self.s16 = nn.Sequential(_conv(w3, w4, 2), _conv(w4, w4))
+        self.lat16 = nn.Conv2d(w4, c16, 1, bias=False)
+        self.crp16 = _CRP(c16, cfg.crp_stages)
+        # strides 8, 4, 2: upsample, add the encoder's skip (1×1), mix (3×3), chained residual pooling
+        self.up = nn.ModuleList(nn.Conv2d(a, b, 1, bias=False) for a, b in ((c16, c8), (c8, c4), (c4, c2)))
+        self.lat = nn.ModuleList(nn.Conv2d(w, c, 1, bias=False) for w, c in ((w3, c8), (w2, c4), (w1, c2)))
+        self.mix = nn.ModuleList(_conv(c, c) for c in (c8, c4, c2))
+        self.crp = nn.ModuleList(_CRP(c, cfg.crp_stages) for c in (c8, c4, c2))
+        # full resolution: upsample, add the stem's skip, 1×1 only
+        self.up1 = nn.Conv2d(c2, c1, 1, bias=False)
+        self.lat1 = nn.Conv2d(cfg.stem, c1, 1)
+        self.mix1 = nn.Conv2d(c1, c1, 1)
+        self.desc_head = nn.Conv2d(c1, cfg.dim, 1)
+        self.fg_head = nn.Conv2d(c1, 1, 1)
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Descriptors of an image batch.
+
+        Args:
+            rgb: ``(B, 3, H, W)`` float colours in [0, 1], ``H`` and ``W`` multiples of 8.
+
+        Returns:
+            ``desc`` ``(B, D, H, W)`` float32 descriptors (background ≈ 0, not unit length) and ``fg_logit``
+            ``(B, 1, H, W)``, the logit of a pixel showing an object.
+
+        Raises:
+            ValueError: not a ``(B, 3, H, W)`` tensor with ``H``, ``W`` multiples of 8.
+        """
+        if rgb.ndim != 4 or rgb.shape[1] != 3 or rgb.shape[2] % self.multiple or rgb.shape[3] % self.multiple:
+            raise ValueError(
+                f"DescriptorNet takes (B, 3, H, W) colours with H and W multiples of {self.multiple}, "
+                f"got shape {tuple(rgb.shape)}"
+            )
+        x = (rgb.float() - self.mean) / self.std
+        x1 = self.stem(x)
+        x2 = self.s2(x1)
+        x4 = self.s4(x2)
+        x8 = self.s8(x4)
+        x16 = self.s16(x8)
+        y = self.crp16(self.lat16(x16))
+        for k, skip in enumerate((x8, x4, x2)):
+            y = F.interpolate(self.up[k](y), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = self.crp[k](self.mix[k](y + self.lat[k](skip)))
+        y = F.interpolate(self.up1(y), size=x1.shape[-2:], mode="bilinear", align_corners=False)
+        y = F.relu(self.mix1(F.relu(y + self.lat1(x1))))
+        return self.desc_head(y), self.fg_head(y)
+
+
+def load_descriptor_net(path: str | os.PathLike[str] | WeightsSpec | None = None) -> DescriptorNet:
+    """Load a :class:`DescriptorNet` (eval mode, CPU, float32) from a checkpoint: a file (a run's ``model.pt`` /
+    ``best.pt`` / ``last.pt``), ``"package"`` / ``None`` (the shipped ``meshpose/weights/abstract/model.pt``) or
+    ``"package:NAME"``.
+
+    Raises:
+        FileNotFoundError: no such file, or no shipped weights of that name.
+        ValueError: not a checkpoint, or one of another method.
+    """
+    return load_model(path, METHOD, lambda c: DescriptorNet(DescriptorNetConfig.from_dict(c)), "cpu")
+
+
+def default_descriptor_weights() -> Path | None:
+    """The shipped weights ``meshpose/weights/abstract/model.pt`` when they exist, else ``None``."""
+    path = package_weights_path(METHOD)
+    return path if path.is_file() else None
