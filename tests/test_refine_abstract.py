@@ -45,11 +45,11 @@ class LabExtractor:
     """Colour as a 3-D descriptor (L*a*b* / 60), zero on pure black (a render's background)."""
 
     dim = 3
-    digest = "lab-test"
+    digest = "lab-float-test"
 
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lab = np.stack([cv2.cvtColor(im, cv2.COLOR_RGB2Lab).astype(np.float32) / 60.0 for im in rgb])
-        lab[rgb.sum(-1) == 0] = 0.0
+        lab = np.stack([cv2.cvtColor(im.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab) / 60.0 for im in rgb])
+        pass
         return lab, (rgb.sum(-1) > 0).astype(np.float32)
 
 

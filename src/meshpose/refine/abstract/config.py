@@ -26,12 +26,16 @@ class AbstractConfig:
         blur_px: σ (crop pixels) of the Gaussian blur applied to the rendered and the observed descriptors
             before they are compared, per level (a smoother loss, and screen-space gradients that agree with
             finite differences over a pixel or two of motion).
+        gain: bounds of the scalar gain on the rendered descriptors fitted per crop (``None``: no gain); see
+            :func:`~meshpose.refine.abstract.lightdr.crop_loss`.
         huber: Huber threshold of the per-pixel descriptor difference (descriptor units; ``inf``: plain L2).
         fusion_views: views rendered around each object for fusing descriptors onto it.
         fusion_size: side in pixels of those views.
         fusion_voxels: about this many surface voxels hold the fused descriptors.
         fusion_fill: share of the fusion view's side the object's bounding sphere spans.
         lighting: shading of the fusion views (what the network was trained to see in renders).
+        fg_gate: multiply the observed descriptors by the network's foreground probability, so that what it calls
+            background is compared as the background descriptor 0 whatever descriptor it gave it.
         score_tol: a pixel counts as explained (score) when its descriptor difference is under this.
         min_visible_px: fewer visible pixels than this in the crop makes the object a failure.
         max_step_deg: largest rotation of one step, degrees (a safety clamp; AdaGrad steps are ≤ ``lr``).
@@ -49,11 +53,13 @@ class AbstractConfig:
     adagrad_eps: float = 1e-8
     blur_px: tuple[float, ...] = (1.0, 1.5)
     huber: float = float("inf")
+    gain: tuple[float, float] | None = (0.5, 2.0)
     fusion_views: int = 50
     fusion_size: int = 128
     fusion_voxels: int = 5000
     fusion_fill: float = 0.8
     lighting: Lighting = field(default_factory=Lighting)
+    fg_gate: bool = True
     score_tol: float = 0.5
     min_visible_px: int = 20
     max_step_deg: float = 10.0

@@ -150,7 +150,9 @@ def crop_loss(
     valid: np.ndarray,
     *,
     sigma: float,
+    render_sigma: float | None = None,
     huber: float = float("inf"),
+    gain: tuple[float, float] | None = (0.5, 2.0),
     want: set[int] | None = None,
     occlusion_aware: bool = True,
 ) -> CropLoss:
@@ -167,8 +169,18 @@ def crop_loss(
         K: ``(3, 3)`` the crop camera's intrinsics.
         observed: ``(H, W, D)`` observed descriptors, already blurred by ``sigma``.
         valid: ``(H, W)`` bool, crop pixels inside the image.
-        sigma: σ of the blur, pixels.
+        sigma: σ of the blur of the observation, pixels.
+        render_sigma: σ of the blur of the rendering (default ``sigma``). An observed crop upsampled from the
+            image by a factor ``s > 1`` is blurrier than a crop rendered at its resolution — the image's pixels
+            integrate over ``s`` crop pixels (a box, variance ``s²/12``) and bilinear resampling adds a triangle
+            (``s²/6``) — so the rendering takes ``σ² + s²/4`` to match; unmatched, a blurrier observation pulls
+            the object towards the camera (a larger silhouette).
         huber: Huber threshold of ``‖r‖`` (``inf``: L2, ``ρ = ½‖r‖²``).
+        gain: bounds of a scalar gain ``g`` on the rendered descriptors, fitted by least squares over the
+            rendered objects' pixels (``None``: ``g = 1``). Descriptors fused from many views are shorter than one
+            view's (averaging shrinks vectors that do not agree exactly); unmatched, the shorter rendered
+            descriptors make a larger silhouette look better — the object is pulled towards the camera. At the
+            fitted gain ``∂L/∂g = 0``, so the pose gradient is taken at ``g`` fixed.
         want: object indices whose gradients are wanted (default: all that show).
         occlusion_aware: see :func:`pixel_owners`.
 
@@ -176,10 +188,18 @@ def crop_loss(
         The :class:`CropLoss`.
     """
     dim = observed.shape[-1]
+    rs = sigma if render_sigma is None else render_sigma
     F = render_descriptors(xyz, instance, fields, dim)
-    Fb = blur(F, sigma)
+    Fb = blur(F, rs)
     validf = valid.astype(np.float32)
     n = max(float(validf.sum()), 1.0)
+    g = 1.0
+    if gain is not None:
+        on = (np.abs(Fb).sum(-1) > 0) & valid
+        ff = float(np.einsum("nd,nd->", Fb[on], Fb[on]))
+        if ff > 1e-12:
+            g = float(np.clip(np.einsum("nd,nd->", Fb[on], observed[on]) / ff, gain[0], gain[1]))
+    Fb = g * Fb
     r = (Fb - observed) * validf[..., None]
     dist = np.linalg.norm(r, axis=-1)
     if np.isfinite(huber):
@@ -189,7 +209,7 @@ def crop_loss(
         rho = 0.5 * dist**2
         psi = np.ones_like(dist)
     loss = float(rho.sum() / n)
-    adj = blur(r * psi[..., None], sigma)  # ∂(n L)/∂F
+    adj = g * blur(r * psi[..., None], rs)  # ∂(n L)/∂F
     grad_img = _central_gradient(F)  # (H, W, D, 2)
     a = np.einsum("hwd,hwdk->hwk", adj, grad_img)  # (H, W, 2): ∂(n L)/∂F · ∇F
     owner, src_r, src_c = pixel_owners(instance, depth, occlusion_aware)

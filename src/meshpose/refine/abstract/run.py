@@ -41,6 +41,7 @@ class _Crop:
     crop: CropView
     observed: np.ndarray
     hidden: list[int]
+    render_sigma: float
 
 
 class AbstractRun:
@@ -119,7 +120,9 @@ class AbstractRun:
         if not crops:
             return {}
         with self.timer("descriptors"):
-            desc, _ = self.extractor(np.stack([c.rgb for c in crops.values()]))
+            desc, fg = self.extractor(np.stack([c.rgb for c in crops.values()]))
+        if self.cfg.fg_gate:  # the background's descriptor is 0: gate the observation by the foreground head
+            desc = desc * fg[..., None]
         out: dict[int, _Crop] = {}
         for (i, crop), d in zip(crops.items(), desc, strict=True):
             own_box = self.scene.projected_box(i, self.R, self.t, crop.camera)
@@ -131,7 +134,9 @@ class AbstractRun:
             )
             hidden, _, _ = self.scene.neighbours(i, self.R, self.t, crop.camera, region)
             observed = blur(np.where(crop.valid[..., None], d, 0.0).astype(np.float32), sigma)
-            out[i] = _Crop(crop, observed, hidden)
+            up = size / max(float(crop.box[2] - crop.box[0]), 1e-6)  # crop pixels per image pixel
+            render_sigma = math.sqrt(sigma**2 + (0.25 * up * up if up > 1.0 else 0.0))
+            out[i] = _Crop(crop, observed, hidden, render_sigma)
         return out
 
     # --- one evaluation of all crops ----------------------------------------------------------------------
@@ -172,7 +177,9 @@ class AbstractRun:
                     c.observed,
                     c.crop.valid,
                     sigma=sigma,
+                    render_sigma=c.render_sigma,
                     huber=self.cfg.huber,
+                    gain=self.cfg.gain,
                     want=want,
                 )
         return res
