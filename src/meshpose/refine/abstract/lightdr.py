@@ -26,6 +26,7 @@ over the pixels that follow object ``k``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -137,6 +138,12 @@ class CropLoss:
     distance: np.ndarray
 
 
+def _rho(dist: np.ndarray, huber: float) -> np.ndarray:
+    if np.isfinite(huber):
+        return np.where(dist <= huber, 0.5 * dist**2, huber * (dist - 0.5 * huber))
+    return 0.5 * dist**2
+
+
 def crop_loss(
     xyz: np.ndarray,
     instance: np.ndarray,
@@ -186,13 +193,74 @@ def crop_loss(
 
     Returns:
         The :class:`CropLoss`.
+
+    Only a window around the rendered objects (wide enough for the blurs) is processed: outside it the rendering
+    is the background, so those pixels add the constant ``Σ ρ(‖O‖)`` and nothing to the gradients.
     """
-    dim = observed.shape[-1]
     rs = sigma if render_sigma is None else render_sigma
+    dim = observed.shape[-1]
+    h, w = instance.shape
+    vobs = np.linalg.norm(observed, axis=-1) * valid
+    rows = np.flatnonzero((instance > 0).any(1))
+    if len(rows) == 0:
+        n = max(float(valid.sum()), 1.0)
+        return CropLoss(float(_rho(vobs, huber).sum() / n), {}, np.zeros_like(observed), vobs)
+    cols = np.flatnonzero((instance > 0).any(0))
+    m = math.ceil(3.0 * max(rs, sigma)) + 3
+    r0, r1 = max(int(rows[0]) - m, 0), min(int(rows[-1]) + m + 1, h)
+    c0, c1 = max(int(cols[0]) - m, 0), min(int(cols[-1]) + m + 1, w)
+    win = np.s_[r0:r1, c0:c1]
+    res = _window_loss(
+        xyz[win],
+        instance[win],
+        depth[win],
+        fields,
+        R,
+        t,
+        centers,
+        K,
+        observed[win],
+        valid[win],
+        sigma=rs,
+        huber=huber,
+        gain=gain,
+        want=want,
+        occlusion_aware=occlusion_aware,
+    )
+    outside = _rho(vobs, huber)
+    total = float(outside.sum() - outside[win].sum()) + res.loss
+    n = max(float(valid.sum()), 1.0)
+    rendered = np.zeros((h, w, dim), np.float32)
+    rendered[win] = res.rendered
+    dist = vobs.astype(np.float32)
+    dist[win] = res.distance
+    return CropLoss(total / n, {j: g / n for j, g in res.grads.items()}, rendered, dist)
+
+
+def _window_loss(
+    xyz: np.ndarray,
+    instance: np.ndarray,
+    depth: np.ndarray,
+    fields: Sequence[DescriptorField | None],
+    R: np.ndarray,
+    t: np.ndarray,
+    centers: np.ndarray,
+    K: np.ndarray,
+    observed: np.ndarray,
+    valid: np.ndarray,
+    *,
+    sigma: float,
+    huber: float,
+    gain: tuple[float, float] | None,
+    want: set[int] | None,
+    occlusion_aware: bool,
+) -> CropLoss:
+    """:func:`crop_loss` on a window, unnormalised (``Σ ρ`` and its gradients), the rendering blurred by ``sigma``."""
+    dim = observed.shape[-1]
+    rs = sigma
     F = render_descriptors(xyz, instance, fields, dim)
     Fb = blur(F, rs)
     validf = valid.astype(np.float32)
-    n = max(float(validf.sum()), 1.0)
     g = 1.0
     if gain is not None:
         on = (np.abs(Fb).sum(-1) > 0) & valid
@@ -202,13 +270,12 @@ def crop_loss(
     Fb = g * Fb
     r = (Fb - observed) * validf[..., None]
     dist = np.linalg.norm(r, axis=-1)
+    rho = _rho(dist, huber)
     if np.isfinite(huber):
-        rho = np.where(dist <= huber, 0.5 * dist**2, huber * (dist - 0.5 * huber))
         psi = np.where(dist <= huber, 1.0, huber / np.maximum(dist, 1e-12)).astype(np.float32)
     else:
-        rho = 0.5 * dist**2
         psi = np.ones_like(dist)
-    loss = float(rho.sum() / n)
+    loss = float(rho.sum())
     adj = g * blur(r * psi[..., None], rs)  # ∂(n L)/∂F
     grad_img = _central_gradient(F)  # (H, W, D, 2)
     a = np.einsum("hwd,hwdk->hwk", adj, grad_img)  # (H, W, 2): ∂(n L)/∂F · ∇F
@@ -222,5 +289,5 @@ def crop_loss(
         rr, cc = np.nonzero(active & (owner == k))
         P = xyz[src_r[rr, cc], src_c[rr, cc]].astype(np.float64) @ R[j].T + t[j]
         J = motion_jacobian(P, K, R[j] @ centers[j] + t[j])  # (M, 2, 6)
-        grads[j] = -np.einsum("mk,mkj->j", a[rr, cc].astype(np.float64), J) / n
+        grads[j] = -np.einsum("mk,mkj->j", a[rr, cc].astype(np.float64), J)
     return CropLoss(loss, grads, Fb, dist)
