@@ -22,6 +22,14 @@ class AbstractConfig:
         lr: AdaGrad step size of the first iteration of a level, per coordinate: radians for the rotation,
             object diameters for the translation of the object's centre.
         lr_decay: the step size is multiplied by this after every iteration.
+        lr_trans: the translation's step size relative to ``lr``.
+        adagrad_blocks: accumulate the squared gradient per block (translation, rotation) instead of per coordinate:
+            directions the image hardly constrains (depth) then step in proportion to their gradient instead of
+            as far as the others.
+        prior_trans: standard deviation of the initial pose's error, translation of the centre per axis, fraction
+            of the diameter (the Gaussian prior on the departure from the initial pose shared with ``contour``).
+        prior_rot_deg: the same for the rotation, degrees per axis.
+        prior_weight: weight of that prior relative to the descriptor loss (0 disables it).
         adagrad_eps: AdaGrad's denominator floor (in the gradient's units).
         blur_px: σ (crop pixels) of the Gaussian blur applied to the rendered and the observed descriptors
             before they are compared, per level (a smoother loss, and screen-space gradients that agree with
@@ -48,8 +56,13 @@ class AbstractConfig:
     iterations: tuple[int, ...] = (25, 25)
     padding: float = 1.4
     render_faces: int = 3000
-    lr: float = 1e-2
+    lr: float = 2e-2
     lr_decay: float = 0.99
+    lr_trans: float = 1.0
+    adagrad_blocks: bool = True
+    prior_trans: float = 0.07
+    prior_rot_deg: float = 10.0
+    prior_weight: float = 0.0
     adagrad_eps: float = 1e-8
     blur_px: tuple[float, ...] = (1.0, 1.5)
     huber: float = float("inf")

@@ -25,6 +25,7 @@ from meshpose.refine.abstract.features import DescriptorExtractor
 from meshpose.refine.abstract.field import DescriptorField
 from meshpose.refine.abstract.lightdr import CropLoss, blur, crop_loss
 from meshpose.refine.base import StageTimer, make_result
+from meshpose.refine.contour.energy import PosePrior
 from meshpose.refine.contour.level import HIDDEN_TRANSLATION, SceneBoxes
 from meshpose.refine.guards import guard_update, initial_pose_failure
 from meshpose.refine.views import CropView, cut_crop
@@ -90,6 +91,7 @@ class AbstractRun:
         verts = [np.asarray(o.render_mesh.vertices) for o in objects]
         self.scene = SceneBoxes([(v.min(0), v.max(0)) for v in verts], list(self.centers))
         self.diam = np.array([o.diameter for o in objects])
+        self.priors = [PosePrior(self.R0[i], self.t0[i], self.centers[i], o.diameter) for i, o in enumerate(objects)]
         self.loss_log: list[list[float]] = []
         self._check_initial()
 
@@ -188,18 +190,29 @@ class AbstractRun:
         """Keep, per object, the poses whose own crop's loss is the lowest so far."""
         for i in crops:
             cl = losses.get(i)
-            if cl is not None and cl.loss < self.E_best[i]:
-                self.E_best[i] = cl.loss
+            if cl is None:
+                continue
+            energy = cl.loss
+            if self.cfg.prior_weight > 0:
+                energy += self.priors[i].terms(self.cfg, R[i], t[i])[0]
+            if energy < self.E_best[i]:
+                self.E_best[i] = energy
                 self.R_best[i], self.t_best[i] = R[i].copy(), t[i].copy()
 
     def _step(self, i: int, g: np.ndarray, G: np.ndarray, lr: float) -> None:
         """One AdaGrad step of object ``i`` from its current pose (``G``: its accumulated squared gradients)."""
         cfg = self.cfg
         d = self.diam[i]
+        if cfg.prior_weight > 0:
+            g = g + self.priors[i].terms(cfg, self.R[i], self.t[i])[2]
         gs = np.concatenate([g[:3] * d, g[3:]])  # gradient w.r.t. [v / d, ω]
-        G += gs * gs
+        if cfg.adagrad_blocks:
+            G[:3] += float(gs[:3] @ gs[:3])
+            G[3:] += float(gs[3:] @ gs[3:])
+        else:
+            G += gs * gs
         step = -lr * gs / (np.sqrt(G) + cfg.adagrad_eps)
-        delta = np.concatenate([step[:3] * d, step[3:]])
+        delta = np.concatenate([cfg.lr_trans * step[:3] * d, step[3:]])
         rot = float(np.linalg.norm(delta[3:]))
         trans = float(np.linalg.norm(delta[:3]))
         scale = min(1.0, math.radians(cfg.max_step_deg) / max(rot, 1e-12), cfg.max_step_trans * d / max(trans, 1e-12))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -25,7 +25,7 @@ from meshpose.refine.contour.terms import (
     rgb_to_lab,
 )
 
-__all__ = ["Evaluation", "PosePrior", "color_term", "consensus_weights", "evaluate", "fit_posterior"]
+__all__ = ["Evaluation", "PosePrior", "PriorOptions", "color_term", "consensus_weights", "evaluate", "fit_posterior"]
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
@@ -51,6 +51,19 @@ class Evaluation:
     lines: int
 
 
+class PriorOptions(Protocol):
+    """The prior's options (fields of :class:`ContourConfig` and of ``abstract``'s config)."""
+
+    @property
+    def prior_trans(self) -> float: ...
+
+    @property
+    def prior_rot_deg(self) -> float: ...
+
+    @property
+    def prior_weight(self) -> float: ...
+
+
 @dataclass(frozen=True, eq=False)
 class PosePrior:
     """The Gaussian prior on an object's departure from its initial pose (MAP estimation).
@@ -67,7 +80,7 @@ class PosePrior:
     center: np.ndarray
     diameter: float
 
-    def terms(self, cfg: ContourConfig, R: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    def terms(self, cfg: PriorOptions, R: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """The prior's energy at ``(R, t)`` and its normal equations ``(E, H (6, 6), g (6,))``.
 
         The departure is the camera-frame displacement of the object's centre and the rotation vector of
