@@ -18,6 +18,7 @@ from meshpose.cli.data import synth
 from meshpose.cli.demo import demo
 from meshpose.cli.estimate import estimate
 from meshpose.cli.refine import eval_cmd, overlay, perturb, refine
+from meshpose.cli.track import track
 from meshpose.cli.train import train
 
 __all__ = ["app", "main"]
@@ -26,6 +27,7 @@ app.command()(demo)
 app.command()(perturb)
 app.command()(refine)
 app.command()(estimate)
+app.command()(track)
 app.command("eval")(eval_cmd)
 app.command()(overlay)
 app.command()(synth)

@@ -1,0 +1,156 @@
+"""Tracking benchmark: success rate (ADD(-S) < 0.1·d) and ms per object per frame, ``--fast`` and the accurate
+default, on synthetic RBOT-style sequences at frame steps 1–4 and on a BOP dataset's scene from its first frame.
+
+Synthetic (RBOT protocol): each sequence's object starts at its ground truth; a frame counts as a success when
+the tracked pose is within 0.1·d (ADD, ADD-S for symmetric objects); after a failure the track is reset to the
+ground truth (``--no-reset``: it is not, and the tracker must recover by itself).
+BOP: every object of the scene's first frame starts from its ground truth perturbed by exactly
+``--init-rot-deg`` / ``--init-trans-frac``; the success rate is over all (object, frame) pairs of the scene with
+ground truth (no reset).
+
+Example (tiny):
+    python benchmarks/bench_track.py --out /tmp/track.json --sequences 1 --frames 10 --steps 1,4
+    python benchmarks/bench_track.py --out lmo.json --dataset ../shared/data/lmo --init-rot-deg 15 \\
+        --init-trans-frac 0.1 --steps ''
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meshpose.eval.metrics import add_or_adds
+from meshpose.geometry.lie import perturb_pose
+from meshpose.refine.registry import make_refiner
+from meshpose.synth.novel import novel_object
+from meshpose.synth.sequence import SequenceConfig, render_sequence
+from meshpose.track import Tracker, TrackerConfig, fast_refiner_options
+from meshpose.types import ObjectModel, Pose
+
+
+def _err(obj: ObjectModel, est: Pose, gt: Pose) -> float:
+    Re, te = est.numpy()
+    Rg, tg = gt.numpy()
+    return float(add_or_adds(Re, te, Rg, tg, obj.points, symmetric=obj.is_symmetric)) / obj.diameter
+
+
+def _tracker(method: str, fast: bool, tracker_opts: dict[str, Any]) -> Tracker:
+    opts = fast_refiner_options(method) if fast else {}
+    return Tracker(make_refiner(method, **opts), config=TrackerConfig.from_dict(tracker_opts))
+
+
+def synthetic(args: argparse.Namespace, mode: str, step: int) -> dict[str, Any]:
+    ok = total = 0
+    times: list[float] = []
+    for s in range(args.sequences):
+        obj, _ = novel_object(args.first_object + s, seed=args.object_seed, obj_id=1)
+        cfg = SequenceConfig(
+            width=args.width, height=args.height, frames=args.frames, frame_step=step, seed=1000 * step + s
+        )
+        seq = render_sequence([obj], cfg)
+        tracker = _tracker(args.method, mode == "fast", json.loads(args.tracker_config))
+        tracker.start([obj], seq.gt[0], frame=0)
+        for i in range(1, len(seq)):
+            (r,) = tracker.step(seq.observation(i), frame=i)
+            times.append(r.time_s)
+            good = _err(obj, r.pose, seq.gt[i][0]) < 0.1
+            ok += good
+            total += 1
+            if not good and not args.no_reset:
+                tracker.start([obj], seq.gt[i], frame=i)
+    return {
+        "success": ok / max(total, 1),
+        "frames": total,
+        "ms_per_object_frame_median": 1000 * float(np.median(times)) if times else math.nan,
+        "ms_per_object_frame_mean": 1000 * float(np.mean(times)) if times else math.nan,
+    }
+
+
+def bop_sequence(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    from meshpose.io.bop import BopDataset
+
+    ds = BopDataset(args.dataset, args.split)
+    scene = ds.scene_ids[0] if args.scene is None else args.scene
+    frames = ds.image_ids(scene)[: args.max_frames]
+    gts = ds.gt(scene, frames[0])
+    objs = [ds.object(g.obj_id) for g in gts]
+    gen = torch.Generator().manual_seed(args.seed)
+    inits = [
+        perturb_pose(g.pose, math.radians(args.init_rot_deg), args.init_trans_frac * o.diameter, gen)
+        for g, o in zip(gts, objs, strict=True)
+    ]
+    tracker = _tracker(args.method, mode == "fast", json.loads(args.tracker_config))
+    tracker.start(objs, Pose.stack(inits), frame=frames[0])
+    ok = total = lost = 0
+    times: list[float] = []
+    t0 = time.perf_counter()
+    for im_id in frames:
+        results = tracker.step(ds.observation(scene, im_id, with_depth=False), frame=im_id)
+        by_obj = {g.obj_id: g for g in ds.gt(scene, im_id)}
+        for r, o in zip(results, objs, strict=True):
+            times.append(r.time_s)
+            lost += r.status == "lost"
+            if o.obj_id in by_obj:
+                ok += _err(o, r.pose, by_obj[o.obj_id].pose) < 0.1
+                total += 1
+    return {
+        "scene": scene,
+        "frames": len(frames),
+        "instances": total,
+        "success": ok / max(total, 1),
+        "lost_rows": lost,
+        "ms_per_object_frame_median": 1000 * float(np.median(times)),
+        "ms_per_object_frame_mean": 1000 * float(np.mean(times)),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--method", default="contour")
+    p.add_argument("--modes", default="fast,default")
+    p.add_argument("--steps", default="1,2,3,4", help="synthetic frame steps ('' for none)")
+    p.add_argument("--sequences", type=int, default=10)
+    p.add_argument("--frames", type=int, default=100)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--first-object", type=int, default=9000, help="first generated object index (novel objects)")
+    p.add_argument("--object-seed", type=int, default=7)
+    p.add_argument("--no-reset", action="store_true")
+    p.add_argument("--dataset", type=Path, default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--scene", type=int, default=None)
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--init-rot-deg", type=float, default=15.0)
+    p.add_argument("--init-trans-frac", type=float, default=0.1)
+    p.add_argument("--tracker-config", default="{}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "synthetic": {}, "bop": {}}
+    modes = [m for m in args.modes.split(",") if m]
+    steps = [int(s) for s in args.steps.split(",") if s]
+    for mode in modes:
+        for step in steps:
+            out["synthetic"][f"{mode}/step{step}"] = r = synthetic(args, mode, step)
+            print(mode, "step", step, json.dumps(r), flush=True)
+        if args.dataset is not None:
+            out["bop"][mode] = r = bop_sequence(args, mode)
+            print(mode, "bop", json.dumps(r), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

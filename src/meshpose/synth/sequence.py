@@ -1,0 +1,363 @@
+"""Synthetic video sequences for tracking (RBOT-style): smooth random trajectories of objects rendered with the GL
+renderer over a procedural background, with motion blur, occlusion by a moving distractor, lighting changes and a
+"frame step" (every ``k``-th frame of the trajectory, as the RBOT benchmark makes fast motion from slow).
+
+* :class:`SequenceConfig` — how a sequence looks and moves;
+* :func:`render_sequence` — the frames in memory (:class:`SyntheticSequence`: observations and ground truth);
+* :func:`write_sequence_dataset` — sequences as a BOP dataset, one scene per sequence (``scene_gt.json``,
+  ``scene_camera.json``, ``scene_gt_info.json``, rgb, masks, optional depth, targets), for ``meshpose track``.
+
+Trajectory. Keyframes every ``keyframe_every`` trajectory frames hold a random orientation offset (rotation vector
+within ``rot_range_deg`` of a random base orientation), a position in the image (within ``shift_frac`` of the
+image size from the centre) and a depth; cubic splines through them (rotation vectors, pixel position, depth) give
+a smooth motion whose speed per *output* frame grows with ``frame_step``. With the defaults at 640×480 the motion
+per trajectory frame is 1.2–1.9° (mean over a sequence; peaks 2.5–5°) and 1–3 px (peaks 2–12 px), so frame step 4
+is 5–8° and 4–12 px per frame on average. Several objects move in side-by-side lanes. Everything is a function of
+``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meshpose.io.bop_write import SceneWriter, write_camera_json, write_models
+from meshpose.mesh import make_object_model, textured_box
+from meshpose.render.base import Lighting
+from meshpose.synth.backgrounds import random_background
+from meshpose.types import Camera, ObjectModel, Observation, Pose
+
+__all__ = ["SequenceConfig", "SyntheticSequence", "iter_frames", "render_sequence", "write_sequence_dataset"]
+
+#: Object id of the occluder in renders (never written as an annotated object).
+OCCLUDER_ID = 999_999
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """How a synthetic sequence looks and moves.
+
+    Args:
+        width, height: image size in pixels.
+        focal: focal length in pixels (``None``: ``1.1 · width``).
+        frames: output frames.
+        frame_step: output frame ``i`` is trajectory frame ``i · frame_step`` (RBOT's frame step: 1–4).
+        keyframe_every: trajectory frames between two random keyframes of the spline (larger: slower motion).
+        size_frac: ``(lo, hi)`` the object's diameter spans this fraction of the image width (sets the depth).
+        rot_range_deg: keyframe orientations lie within this angle of the sequence's base orientation.
+        shift_frac: keyframe centres lie within this fraction of the image half-size from the image centre.
+        depth_range: keyframe depths vary by this factor around the mean (``±``).
+        blur_samples: renders averaged over the exposure per frame (motion blur; 1 disables it).
+        shutter: exposure, fraction of one trajectory frame.
+        occlusion: output frames ``(first, last)`` in which a distractor box in front of the first object hides it
+            completely; it slides in over ``occlusion_ramp`` frames before and out after (``None``: no occluder).
+        occlusion_ramp: frames the occluder takes to slide in and out.
+        light_change: amplitude of the smooth changes of the light's intensity and direction (0: constant light).
+        noise_std: Gaussian noise of the colour image (grey levels).
+        depth: also render depth (metres, with ``depth_noise_m`` noise).
+        depth_noise_m: standard deviation of the depth noise.
+        seed: seed of everything random.
+    """
+
+    width: int = 320
+    height: int = 240
+    focal: float | None = None
+    frames: int = 30
+    frame_step: int = 1
+    keyframe_every: int = 50
+    size_frac: tuple[float, float] = (0.3, 0.45)
+    rot_range_deg: float = 60.0
+    shift_frac: float = 0.3
+    depth_range: float = 0.15
+    blur_samples: int = 3
+    shutter: float = 0.5
+    occlusion: tuple[int, int] | None = None
+    occlusion_ramp: int = 3
+    light_change: float = 0.3
+    noise_std: float = 2.0
+    depth: bool = False
+    depth_noise_m: float = 0.001
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.frame_step < 1 or self.keyframe_every < 1 or self.blur_samples < 1:
+            raise ValueError("SequenceConfig: frames, frame_step, keyframe_every and blur_samples must be ≥ 1")
+        if not 0 < self.size_frac[0] <= self.size_frac[1]:
+            raise ValueError(f"SequenceConfig.size_frac must be (lo, hi) with 0 < lo ≤ hi, got {self.size_frac}")
+
+    @property
+    def camera(self) -> Camera:
+        """The sequence's pinhole camera (principal point at the image centre)."""
+        f = self.focal if self.focal is not None else 1.1 * self.width
+        return Camera.from_fxfycxcy(
+            f, f, (self.width - 1) / 2, (self.height - 1) / 2, width=self.width, height=self.height
+        )
+
+
+@dataclass
+class SyntheticSequence:
+    """A rendered sequence in memory.
+
+    Args:
+        objects: the ``N`` annotated objects.
+        camera: the camera of every frame.
+        rgb: ``F`` colour frames, ``(H, W, 3)`` uint8.
+        depth: ``F`` depth maps in metres (``None`` without depth).
+        gt: ``(F, N)`` ``cam_from_obj`` poses.
+        visib: ``(F, N)`` visible fraction of each object's silhouette.
+        masks: ``(F, N, H, W)`` full silhouettes; ``masks_visib`` the visible parts.
+    """
+
+    objects: list[ObjectModel]
+    camera: Camera
+    rgb: list[np.ndarray]
+    depth: list[np.ndarray] | None
+    gt: Pose
+    visib: np.ndarray
+    masks: np.ndarray
+    masks_visib: np.ndarray
+    config: SequenceConfig = field(default_factory=SequenceConfig)
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    def observation(self, i: int) -> Observation:
+        """Frame ``i`` as an :class:`Observation`."""
+        return Observation(self.rgb[i], self.camera, None if self.depth is None else self.depth[i])
+
+
+class _Trajectory:
+    """A smooth trajectory of one object: cubic splines through random keyframes (rotation vector relative to a
+    base orientation, pixel position of the centre, depth), evaluated at any real trajectory time."""
+
+    def __init__(
+        self, obj: ObjectModel, cfg: SequenceConfig, rng: np.random.Generator, length: float, lane: tuple[int, int]
+    ) -> None:
+        from scipy.interpolate import CubicSpline
+        from scipy.spatial.transform import Rotation
+
+        cam = cfg.camera
+        self.cam = cam
+        n_keys = math.ceil(length / cfg.keyframe_every) + 2
+        times = np.arange(n_keys) * float(cfg.keyframe_every)
+        self.R0 = Rotation.random(random_state=rng).as_matrix()
+        rv = rng.normal(size=(n_keys, 3))
+        rv *= (math.radians(cfg.rot_range_deg) * rng.uniform(0.3, 1.0, (n_keys, 1))) / np.linalg.norm(rv, axis=1)[
+            :, None
+        ]
+        # Objects move in side-by-side lanes (lane j of n: a 1/n-wide strip of the image), so that they pass close
+        # to each other without hiding each other for long.
+        j, n = lane
+        lane_cx = cam.cx + (j - (n - 1) / 2) * cam.width / n
+        uv = np.stack(
+            [
+                lane_cx + rng.uniform(-1, 1, n_keys) * cfg.shift_frac * cam.width / (2 * n),
+                cam.cy + rng.uniform(-1, 1, n_keys) * cfg.shift_frac * cam.height / 2,
+            ],
+            1,
+        )
+        frac = rng.uniform(*cfg.size_frac)
+        z_mean = cam.fx * obj.diameter / (frac * cam.width)
+        z = z_mean * (1.0 + cfg.depth_range * rng.uniform(-1, 1, n_keys))
+        self.rot = CubicSpline(times, rv)
+        self.pix = CubicSpline(times, uv)
+        self.z = CubicSpline(times, z)
+
+    def pose(self, s: float) -> Pose:
+        from scipy.spatial.transform import Rotation
+
+        R = Rotation.from_rotvec(self.rot(s)).as_matrix() @ self.R0
+        (u, v), z = self.pix(s), float(self.z(s))
+        t = np.array([(u - self.cam.cx) / self.cam.fx * z, (v - self.cam.cy) / self.cam.fy * z, z])
+        return Pose(torch.from_numpy(R), torch.from_numpy(t))
+
+
+def _occluder(obj: ObjectModel, seed: int) -> ObjectModel:
+    """A flat textured box 1.4 diameters wide: in front of ``obj`` at 60 % of its depth it hides it completely."""
+    d = obj.diameter
+    mesh = textured_box((1.4 * d, 1.4 * d, 0.15 * d), seed=seed, texture="noise")
+    return make_object_model(mesh, OCCLUDER_ID, name="occluder", num_points=16)
+
+
+def _occluder_offset(frame: int, cfg: SequenceConfig) -> float | None:
+    """The occluder's sideways offset in units of its own width at output ``frame`` (0: centred on the object;
+    ``None``: out of the picture)."""
+    if cfg.occlusion is None:
+        return None
+    a, b = cfg.occlusion
+    ramp = max(1, cfg.occlusion_ramp)
+    if a <= frame <= b:
+        return 0.0
+    gap = (a - frame) if frame < a else (frame - b)
+    if gap > ramp:
+        return None
+    return (-1.0 if frame < a else 1.0) * 1.6 * gap / ramp
+
+
+def _lighting(s: float, cfg: SequenceConfig, phase: np.ndarray) -> Lighting:
+    a = cfg.light_change
+    w = 2 * math.pi / 60.0
+    direction = (
+        0.5 * math.sin(w * s + phase[0]) * (1 + a),
+        -0.5 + 0.4 * a * math.sin(0.7 * w * s + phase[1]),
+        -1.0,
+    )
+    return Lighting(
+        ambient=0.5 + 0.15 * a * math.sin(0.5 * w * s + phase[2]),
+        diffuse=0.55 + 0.25 * a * math.sin(0.9 * w * s + phase[3]),
+        direction=direction,
+        specular=0.1,
+        shininess=30.0,
+    )
+
+
+def render_sequence(objects: list[ObjectModel], config: SequenceConfig | None = None) -> SyntheticSequence:
+    """Render a sequence of ``objects`` moving along smooth random trajectories.
+
+    Args:
+        objects: the ``N`` objects (each gets its own trajectory; they may overlap and hide each other).
+        config: how it looks and moves (default :class:`SequenceConfig`).
+
+    Returns:
+        The frames and their ground truth.
+
+    Example:
+        >>> from meshpose.mesh import example_object
+        >>> seq = render_sequence([example_object()], SequenceConfig(width=64, height=48, frames=2, blur_samples=1))
+        >>> len(seq), seq.rgb[0].shape, tuple(seq.gt.batch_shape)
+        (2, (48, 64, 3), (2, 1))
+    """
+    from meshpose.render.gl import get_default_renderer
+
+    cfg = config or SequenceConfig()
+    if not objects:
+        raise ValueError("render_sequence needs at least one object")
+    rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), 0x5E0]))
+    cam = cfg.camera
+    length = float(cfg.frames * cfg.frame_step)
+    trajs = [_Trajectory(o, cfg, rng, length, (j, len(objects))) for j, o in enumerate(objects)]
+    bg = random_background(cfg.width, cfg.height, rng).astype(np.float32) / 255.0
+    phase = rng.uniform(0, 2 * math.pi, 4)
+    occ = _occluder(objects[0], cfg.seed) if cfg.occlusion is not None else None
+    occ_R = torch.from_numpy(_small_tilt(rng))
+    renderer = get_default_renderer()
+    rgbs: list[np.ndarray] = []
+    depths: list[np.ndarray] = []
+    gts: list[Pose] = []
+    masks, visibs = [], []
+    for i in range(cfg.frames):
+        s = float(i * cfg.frame_step)
+        light = _lighting(s, cfg, phase)
+        offsets = [0.0] if cfg.blur_samples == 1 else np.linspace(-0.5, 0.5, cfg.blur_samples) * cfg.shutter
+        acc = np.zeros((cfg.height, cfg.width, 3), np.float32)
+        center = None
+        for k, ds in enumerate(offsets):
+            poses = [tr.pose(s + float(ds)) for tr in trajs]
+            scene, scene_poses = list(objects), list(poses)
+            off = _occluder_offset(i, cfg)
+            if occ is not None and off is not None:
+                scene.append(occ)
+                scene_poses.append(_occluder_pose(poses[0], objects[0], off, occ_R))
+            out = renderer.render(scene, Pose.stack(scene_poses), cam, lighting=light)
+            acc += np.where(out.mask[0][..., None], out.rgb[0], bg)
+            if k == len(offsets) // 2:
+                center = (poses, out, scene, scene_poses)
+        assert center is not None
+        poses, out, scene, scene_poses = center
+        img = acc / len(offsets) * 255.0 + rng.normal(0.0, cfg.noise_std, acc.shape)
+        rgbs.append(np.clip(img, 0, 255).astype(np.uint8))
+        if cfg.depth:
+            d = out.depth[0].astype(np.float64)
+            far = float(max(p.t[2] for p in poses)) + 0.5
+            d = np.where(d > 0, d, far) + rng.normal(0.0, cfg.depth_noise_m, d.shape)
+            depths.append(d.astype(np.float32))
+        full = np.stack([renderer.render([o], p.reshape(1), cam).mask[0] for o, p in zip(objects, poses, strict=True)])
+        vis = np.stack([out.instance[0] == j + 1 for j in range(len(objects))])
+        masks.append(full)
+        visibs.append(vis)
+        gts.append(Pose.stack(poses))
+    m, mv = np.stack(masks), np.stack(visibs)
+    n_all = m.reshape(*m.shape[:2], -1).sum(-1)
+    visib = np.where(n_all > 0, mv.reshape(*mv.shape[:2], -1).sum(-1) / np.maximum(n_all, 1), 0.0)
+    return SyntheticSequence(
+        list(objects), cam, rgbs, depths if cfg.depth else None, Pose.stack(gts), visib, m, mv, config=cfg
+    )
+
+
+def _small_tilt(rng: np.random.Generator) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(rng.normal(0.0, 0.15, 3)).as_matrix()
+
+
+def _occluder_pose(obj_pose: Pose, obj: ObjectModel, offset: float, R: torch.Tensor) -> Pose:
+    """The occluder at 60 % of the object's depth on the line of sight through its centre, shifted sideways by
+    ``offset`` occluder widths."""
+    t = obj_pose.t.reshape(3).double() * 0.6
+    t = t + torch.tensor([offset * 1.4 * obj.diameter, 0.0, 0.0], dtype=torch.float64)
+    return Pose(R.double(), t)
+
+
+def write_sequence_dataset(
+    root: str | Path,
+    sequences: list[tuple[list[ObjectModel], SequenceConfig]],
+    *,
+    split: str = "test",
+    first_scene_id: int = 1,
+) -> list[SyntheticSequence]:
+    """Render sequences and write them as one BOP dataset, one scene per sequence (images numbered from 0).
+
+    Every object of every sequence goes into ``models/`` (objects with one ``obj_id`` must be the same object);
+    ``camera.json`` is the first sequence's camera; ``test_targets_bop19.json`` lists the instances at least
+    10 % visible.
+
+    Args:
+        root: the dataset folder.
+        sequences: per sequence, its objects and config.
+        split: split folder.
+        first_scene_id: id of the first scene (the next ones count up).
+
+    Returns:
+        The rendered sequences (same order).
+    """
+    from meshpose.synth.dataset import write_targets
+
+    root = Path(root)
+    models: dict[int, ObjectModel] = {}
+    for objs, _ in sequences:
+        for o in objs:
+            models.setdefault(o.obj_id, o)
+    write_models(root, list(models.values()))
+    out: list[SyntheticSequence] = []
+    for k, (objs, cfg) in enumerate(sequences):
+        seq = render_sequence(objs, cfg)
+        if k == 0:
+            write_camera_json(root, seq.camera)
+        writer = SceneWriter(root, split, first_scene_id + k)
+        ids = [o.obj_id for o in objs]
+        for i in range(len(seq)):
+            writer.add_image(
+                i,
+                seq.camera,
+                seq.rgb[i],
+                ids,
+                seq.gt[i],
+                depth=None if seq.depth is None else seq.depth[i],
+                masks=seq.masks[i],
+                masks_visib=seq.masks_visib[i],
+            )
+        writer.close()
+        out.append(seq)
+    write_targets(root, split)
+    return out
+
+
+def iter_frames(seq: SyntheticSequence) -> Iterator[tuple[int, Observation, Pose]]:
+    """``(index, observation, gt (N,))`` of each frame."""
+    for i in range(len(seq)):
+        yield i, seq.observation(i), seq.gt[i]

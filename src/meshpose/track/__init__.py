@@ -1,0 +1,25 @@
+"""Tracking objects through video with any refiner: :class:`Tracker` keeps the state across frames.
+
+* :mod:`~meshpose.track.motion` — the constant-velocity motion model on se(3) (:class:`ConstantVelocity`);
+* :mod:`~meshpose.track.tracker` — :class:`Tracker` (predict, refine jointly, lost-track detection, recovery from
+  detections or by a wider search), :class:`TrackerConfig`, :class:`TrackResult`;
+* :mod:`~meshpose.track.presets` — the ``--fast`` configuration.
+
+A dataset run (``meshpose track``) is :func:`meshpose.run.track.track_dataset`.
+"""
+
+from meshpose.track.motion import ConstantVelocity, MotionConfig
+from meshpose.track.presets import FAST_CONTOUR, fast_refiner_options
+from meshpose.track.tracker import Tracker, TrackerConfig, TrackResult, TrackStatus, check_frame
+
+__all__ = [
+    "FAST_CONTOUR",
+    "ConstantVelocity",
+    "MotionConfig",
+    "TrackResult",
+    "TrackStatus",
+    "Tracker",
+    "TrackerConfig",
+    "check_frame",
+    "fast_refiner_options",
+]

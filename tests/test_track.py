@@ -1,0 +1,189 @@
+"""Tracking: the motion model, the tracker on rendered sequences (stays on, lost → recovered, bad frames, reset),
+and ``meshpose track`` over a generated BOP dataset of sequences (rows per object per frame, failures, resume)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from meshpose.cli import app
+from meshpose.io.results import ResultRow, read_results, write_results
+from meshpose.refine.registry import make_refiner
+from meshpose.synth.sequence import SequenceConfig, render_sequence, write_sequence_dataset
+from meshpose.track import ConstantVelocity, MotionConfig, Tracker, TrackerConfig
+from meshpose.types import Observation, Pose
+from support import scenes
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _twist(v: tuple[float, ...]) -> Pose:
+    return Pose.exp(torch.tensor(v, dtype=torch.float64))
+
+
+def test_constant_velocity_respects_gaps_damping_and_reset() -> None:
+    step = _twist((0.01, -0.005, 0.002, 0.02, 0.0, 0.03))
+    p0 = Pose(torch.eye(3, dtype=torch.float64), torch.tensor([0.02, 0.0, 0.6], dtype=torch.float64))
+    m = ConstantVelocity(MotionConfig(damping=1.0))
+    m.update(p0, 10)
+    p13 = step @ step @ step @ p0  # three frames later (a gap of 3 in im_id)
+    m.update(p13, 13)
+    want = step @ step @ p13
+    assert torch.allclose(m.predict(15).matrix(), want.matrix(), atol=1e-9)
+    assert torch.allclose(m.predict(13).matrix(), p13.matrix())  # no gap: no motion
+    damped = ConstantVelocity(MotionConfig(damping=0.5))
+    damped.update(p0, 0)
+    damped.update(step @ p0, 1)
+    half = Pose.exp(0.5 * step.log())
+    assert torch.allclose(damped.predict(2).matrix(), (half @ step @ p0).matrix(), atol=1e-9)
+    m.reset(p0, 20)
+    assert torch.allclose(m.predict(25).matrix(), p0.matrix())
+
+
+def _add_over_d(obj, est: Pose, gt: Pose) -> float:  # type: ignore[no-untyped-def]
+    return scenes.add_error(obj, est, gt) / obj.diameter
+
+
+def test_tracker_stays_on_a_rendered_sequence() -> None:
+    obj = scenes.objects()[0]
+    seq = render_sequence([obj], SequenceConfig(width=240, height=180, frames=12, frame_step=2, seed=1))
+    tracker = Tracker(make_refiner("contour"))
+    tracker.start([obj], seq.gt[0], frame=0)
+    for i in range(1, len(seq)):
+        (r,) = tracker.step(seq.observation(i), frame=i)
+        assert r.status == "tracking", (i, r)
+        assert _add_over_d(obj, r.pose, seq.gt[i][0]) < 0.1, i
+        assert r.time_s > 0
+
+
+def test_lost_then_recovered_and_reset() -> None:
+    obj = scenes.objects()[0]
+    cfg = SequenceConfig(width=320, height=240, frames=14, seed=5, occlusion=(5, 8), occlusion_ramp=2)
+    seq = render_sequence([obj], cfg)
+    assert (seq.visib[5:9, 0] == 0).all() and (seq.visib[10:, 0] > 0.9).all()
+    tracker = Tracker(make_refiner("contour"), config=TrackerConfig(search_hypotheses=4))
+    tracker.start([obj], seq.gt[0], frame=0)
+    status = []
+    for i in range(1, len(seq)):
+        (r,) = tracker.step(seq.observation(i), frame=i)
+        status.append(r.status)
+        if r.status == "lost":
+            assert r.code in ("lost", "low_score") and r.message
+    assert "lost" in status[4:8], status
+    back = status.index("recovered")
+    assert back >= 8 and all(s == "tracking" for s in status[back + 1 :]), status
+    assert _add_over_d(obj, r.pose, seq.gt[-1][0]) < 0.1
+    tracker.reset()
+    assert tracker.tracks == [] and tracker.time is None
+    assert tracker.start([obj, obj], Pose.stack([seq.gt[0][0], seq.gt[1][0]]), frame=3) == [0, 1]
+
+
+def test_bad_frames_are_reported_and_the_track_goes_on() -> None:
+    obj = scenes.objects()[0]
+    seq = render_sequence([obj], SequenceConfig(width=240, height=180, frames=6, seed=2))
+    tracker = Tracker(make_refiner("contour"))
+    tracker.start([obj], seq.gt[0], frame=0)
+    tracker.step(seq.observation(1), frame=1)
+    obs = seq.observation(2)
+    nan_depth = np.full((obs.camera.height, obs.camera.width), np.nan, np.float32)
+    (r,) = tracker.step(Observation(obs.rgb, obs.camera, depth=nan_depth), frame=2)
+    assert (r.status, r.code) == ("failed", "bad_frame") and "NaN" in (r.message or "")  # all-NaN depth: a broken frame
+    (r,) = tracker.skip(3, "image missing")
+    assert (r.status, r.code, r.score) == ("failed", "bad_frame", 0.0)
+    for i in (4, 5):
+        (r,) = tracker.step(seq.observation(i), frame=i)
+        assert r.status == "tracking" and _add_over_d(obj, r.pose, seq.gt[i][0]) < 0.1
+
+
+# --- the dataset run and the CLI ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def seq_bop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two scenes: two objects over 6 frames, one object over 4 frames (240×180)."""
+    root = tmp_path_factory.mktemp("seq_bop")
+    a, b = scenes.objects()[0], scenes.objects()[2]  # (a vertex-coloured mesh: its PLY keeps its look)
+    small = {"width": 240, "height": 180, "blur_samples": 1}
+    write_sequence_dataset(
+        root,
+        [
+            ([a, b], SequenceConfig(frames=6, seed=11, size_frac=(0.25, 0.3), **small)),
+            ([a], SequenceConfig(frames=4, seed=12, **small)),
+        ],  # type: ignore[arg-type]
+    )
+    return root
+
+
+def _first_frame_inits(root: Path, path: Path) -> Path:
+    from meshpose.io.bop import BopDataset
+
+    ds = BopDataset(root, "test")
+    rows = []
+    for scene in ds.scene_ids:
+        im = ds.image_ids(scene)[0]
+        rows += [ResultRow.from_pose(scene, im, g.obj_id, g.pose) for g in ds.gt(scene, im)]
+    write_results(path, rows)
+    return path
+
+
+def _errors(root: Path, results: Path) -> list[float]:
+    from meshpose.io.bop import BopDataset
+
+    ds = BopDataset(root, "test")
+    out = []
+    for r in read_results(results):
+        (g,) = [g for g in ds.gt(r.scene_id, r.im_id) if g.obj_id == r.obj_id]
+        out.append(_add_over_d(ds.object(r.obj_id), r.pose, g.pose))
+    return out
+
+
+def test_cli_track_writes_every_frame_logs_bad_frames_and_resumes(seq_bop: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(seq_bop, root)
+    (root / "test" / "000001" / "rgb" / "000003.png").unlink()  # a frame that cannot be read
+    inits = _first_frame_inits(root, tmp_path / "inits.csv")
+    out = tmp_path / "res.csv"
+    args = ["track", str(root), "--inits", str(inits), "--out", str(out), "--threads", "1"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 3, res.output  # the unreadable frame's rows are failures
+    rows = read_results(out)
+    assert len(rows) == 6 * 2 + 4  # one row per object per frame
+    assert {(r.scene_id, r.im_id) for r in rows} == {(1, i) for i in range(6)} | {(2, i) for i in range(4)}
+    assert all(len({r.time_s for r in rows if r.image_key == k}) == 1 for k in {r.image_key for r in rows})
+    fails = [json.loads(s) for s in (tmp_path / "res.failures.jsonl").read_text().splitlines()]
+    assert {(f["scene_id"], f["im_id"], f["code"]) for f in fails} == {(1, 3, "bad_frame")}
+    assert all(f["row_written"] for f in fails)
+    errs = _errors(root, out)
+    assert max(errs) < 0.1, [
+        (r.scene_id, r.im_id, r.obj_id, round(e, 3)) for r, e in zip(read_results(out), errs, strict=True)
+    ]  # the track went on across the missing frame (and scene 2 started afresh)
+    # Resume: drop the last two frames of scene 1 and all of scene 2, then re-run.
+    kept = [r for r in rows if r.scene_id == 1 and r.im_id < 4]
+    text = out.read_text().splitlines()
+    out.write_text("\n".join(text[: 1 + len(kept)]) + "\n")
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 3, res.output
+    assert "4 already done" in res.output.replace("\n", " ")
+    again = read_results(out)
+    assert len(again) == len(rows)
+    assert max(_errors(root, out)) < 0.1
+    res = CliRunner().invoke(app, [*args, "--fast"])  # another configuration: refused, not mixed
+    assert res.exit_code == 2 and "another run" in res.output
+
+
+def test_track_fast_preset_runs(seq_bop: Path, tmp_path: Path) -> None:
+    inits = _first_frame_inits(seq_bop, tmp_path / "inits.csv")
+    out = tmp_path / "fast.csv"
+    args = ["track", str(seq_bop), "--inits", str(inits), "--out", str(out), "--fast", "--max-images", "3"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert len(read_results(out)) == 3 * 2
+    assert math.isfinite(max(_errors(seq_bop, out)))
