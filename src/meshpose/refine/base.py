@@ -8,9 +8,11 @@ Every method — learned or optimisation-based — takes an :class:`Observation`
 
 from __future__ import annotations
 
+import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -154,6 +156,54 @@ def stage_schedule(
     counts = [1] * len(stages)
     counts[-1] += iterations - len(stages)
     return [s for s, c in zip(stages, counts, strict=True) for _ in range(c)]
+
+
+def level_schedule(base: Sequence[int], iterations: int | None, name: str) -> list[tuple[int, int]]:
+    """``(level, iterations)`` pairs of a coarse-to-fine optimiser, levels without iterations left out.
+
+    Args:
+        base: the configured iterations per level.
+        iterations: ``None`` keeps them; a total ``n`` is shared out in their proportions, the rounding remainder
+            going to the finest level.
+        name: the refiner's name (for messages).
+
+    Raises:
+        RefinerError: ``iterations < 0``.
+
+    Example:
+        >>> level_schedule([8, 8], None, "x"), level_schedule([8, 8], 5, "x"), level_schedule([8, 8], 1, "x")
+        ([(0, 8), (1, 8)], [(0, 2), (1, 3)], [(1, 1)])
+    """
+    counts = [int(k) for k in base]
+    if iterations is not None:
+        total = int(iterations)
+        if total < 0:
+            raise RefinerError(f"{name}: iterations must be ≥ 0, got {iterations}")
+        s = max(1, sum(counts))
+        counts = [math.floor(b * total / s) for b in counts]
+        counts[-1] += total - sum(counts)
+    return [(lv, c) for lv, c in enumerate(counts) if c > 0]
+
+
+class LightMeshes:
+    """Copies of render meshes decimated to a face budget, made once per mesh and kept while the mesh lives (object
+    models that share a cached mesh share the copy too)."""
+
+    def __init__(self) -> None:
+        self._light: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    def model(self, obj: ObjectModel, limit: int) -> ObjectModel:
+        """``obj`` with its render mesh decimated to at most ``limit`` faces (``limit ≤ 0``: ``obj`` itself)."""
+        mesh = obj.render_mesh
+        if limit <= 0 or len(mesh.faces) <= limit:
+            return obj
+        light = self._light.get(mesh)
+        if light is None:
+            from meshpose.mesh.simplify import simplify_mesh
+
+            light = simplify_mesh(mesh, int(limit))
+            self._light[mesh] = light
+        return replace(obj, render_mesh=light)
 
 
 @dataclass

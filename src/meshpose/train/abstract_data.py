@@ -22,7 +22,6 @@ them in the loss).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -33,9 +32,9 @@ from scipy.spatial.transform import Rotation
 
 from meshpose.geometry import crop_box_around_object, crop_image, square_crop_box
 from meshpose.render.base import Lighting, render_alone
-from meshpose.synth import SyntheticSample, resolve_objects
+from meshpose.synth import SyntheticSample
 from meshpose.train.abstract_config import AbstractTrainConfig
-from meshpose.train.common import draw_held_out, scene_items
+from meshpose.train.common import SceneStream, draw_held_out
 from meshpose.train.genflow_data import appearance_gap
 from meshpose.types import Camera, ObjectModel, Pose
 
@@ -258,24 +257,15 @@ def collate_pairs(items: list[dict[str, Any]], size: int | None = None) -> dict[
     return out
 
 
-class AbstractPairStream(torch.utils.data.IterableDataset):
-    """An endless stream of training pairs from synthetic scenes of ``cfg.data`` (one stream per worker and rank;
-    it depends only on ``(cfg.seed, rank, worker, start_step)``, so a resumed run draws new data)."""
+class AbstractPairStream(SceneStream):
+    """An endless stream of training pairs from synthetic scenes of ``cfg.data`` (see
+    :class:`~meshpose.train.common.SceneStream`)."""
 
-    def __init__(self, cfg: AbstractTrainConfig, rank: int = 0, start_step: int = 0) -> None:
-        super().__init__()
-        self.cfg, self.rank, self.start_step = cfg, rank, start_step
+    SALT = 0xAB57
+    cfg: AbstractTrainConfig
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        cfg = self.cfg
-        info = torch.utils.data.get_worker_info()
-        if info is not None:
-            torch.set_num_threads(1)
-        worker = 0 if info is None else int(info.id)
-        rng = np.random.default_rng([cfg.seed, self.rank, worker, self.start_step, 0xAB57])
-        objects = resolve_objects(cfg.data, cfg.seed)
-        for pairs in scene_items(cfg, objects, cfg.scene_config(), rng, lambda sample: make_pairs(sample, rng, cfg)):
-            yield from pairs
+    def make(self, sample: SyntheticSample, rng: np.random.Generator) -> list[dict[str, Any]]:
+        return make_pairs(sample, rng, self.cfg)
 
 
 def validation_pairs(cfg: AbstractTrainConfig) -> list[dict[str, Any]]:

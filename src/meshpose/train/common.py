@@ -39,6 +39,7 @@ from meshpose.types import ObjectModel, Pose
 
 __all__ = [
     "HELD_OUT_FROM",
+    "SceneStream",
     "TrainOptions",
     "adamw",
     "batch_to_device",
@@ -403,6 +404,39 @@ def scene_items(
             except (RuntimeError, ValueError) as exc:  # a scene that cannot be drawn: draw another
                 log.debug("skipped a scene: %s", exc)
             yield items
+
+
+class SceneStream(torch.utils.data.IterableDataset):
+    """An endless stream of training items drawn from synthetic scenes of ``cfg.data`` by :func:`scene_items`
+    (one stream per worker and rank; it depends only on ``(cfg.seed, rank, worker, start_step, SALT)``, so a
+    resumed run draws new data). A subclass sets :attr:`SALT` (its own random stream) and :meth:`make`.
+
+    Args:
+        cfg: the run's configuration.
+        rank: process rank (DDP), mixed into the seed.
+        start_step: the step the run resumes at, mixed into the seed.
+    """
+
+    SALT: ClassVar[int] = 0
+
+    def __init__(self, cfg: Any, rank: int = 0, start_step: int = 0) -> None:
+        super().__init__()
+        self.cfg, self.rank, self.start_step = cfg, rank, start_step
+
+    def make(self, sample: SyntheticSample, rng: np.random.Generator) -> Sequence[Any]:
+        """The items drawn from one synthetic view."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
+        cfg = self.cfg
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            torch.set_num_threads(1)
+        worker = 0 if info is None else int(info.id)
+        rng = np.random.default_rng([cfg.seed, self.rank, worker, self.start_step, self.SALT])
+        objects = resolve_objects(cfg.data, cfg.seed)
+        for items in scene_items(cfg, objects, cfg.scene_config(), rng, lambda sample: self.make(sample, rng)):
+            yield from items
 
 
 def draw_held_out(

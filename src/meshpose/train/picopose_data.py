@@ -22,7 +22,6 @@ are closer than ``match_radius`` · diameter.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,8 +33,8 @@ from meshpose.coarse.gt_detections import mask_bbox
 from meshpose.coarse.picopose.views import cut_query, cut_templates, rotate_about_centre
 from meshpose.coarse.templates import POLE_ANGLE_DEG, TemplateConfig
 from meshpose.render.base import render_alone
-from meshpose.synth import SyntheticSample, resolve_objects
-from meshpose.train.common import draw_held_out, scene_items
+from meshpose.synth import SyntheticSample
+from meshpose.train.common import SceneStream, draw_held_out
 from meshpose.train.picopose_config import PicoPoseTrainConfig
 from meshpose.types import Camera, Detection, ObjectModel, Pose
 
@@ -278,24 +277,15 @@ def collate_pairs(items: list[dict[str, Any]], cfg: PicoPoseTrainConfig, stride:
     }
 
 
-class PairStream(torch.utils.data.IterableDataset):
-    """An endless stream of training pairs from synthetic scenes of ``cfg.data`` (one stream per worker and rank;
-    it depends only on ``(cfg.seed, rank, worker, start_step)``, so a resumed run draws new data)."""
+class PairStream(SceneStream):
+    """An endless stream of training pairs from synthetic scenes of ``cfg.data`` (see
+    :class:`~meshpose.train.common.SceneStream`)."""
 
-    def __init__(self, cfg: PicoPoseTrainConfig, rank: int = 0, start_step: int = 0) -> None:
-        super().__init__()
-        self.cfg, self.rank, self.start_step = cfg, rank, start_step
+    SALT = 0x91C0
+    cfg: PicoPoseTrainConfig
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        cfg = self.cfg
-        info = torch.utils.data.get_worker_info()
-        if info is not None:
-            torch.set_num_threads(1)
-        worker = 0 if info is None else int(info.id)
-        rng = np.random.default_rng([cfg.seed, self.rank, worker, self.start_step, 0x91C0])
-        objects = resolve_objects(cfg.data, cfg.seed)
-        for pairs in scene_items(cfg, objects, cfg.scene_config(), rng, lambda sample: make_pairs(sample, rng, cfg)):
-            yield from pairs
+    def make(self, sample: SyntheticSample, rng: np.random.Generator) -> list[dict[str, Any]]:
+        return make_pairs(sample, rng, self.cfg)
 
 
 def validation_pairs(cfg: PicoPoseTrainConfig) -> list[dict[str, Any]]:

@@ -5,19 +5,16 @@ See :mod:`meshpose.refine.abstract` for the method.
 
 from __future__ import annotations
 
-import math
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import Any, Literal
+from typing import Literal
 
 from meshpose.refine.abstract.config import AbstractConfig
 from meshpose.refine.abstract.features import DescriptorExtractor, NetExtractor
 from meshpose.refine.abstract.field import DescriptorField
 from meshpose.refine.abstract.fusion import field_cache_key, load_field
 from meshpose.refine.abstract.run import AbstractRun
-from meshpose.refine.base import LazyRenderer, RefinerError, StageTimer, check_refine_inputs
+from meshpose.refine.base import LazyRenderer, LightMeshes, StageTimer, check_refine_inputs, level_schedule
 from meshpose.render.base import Renderer
 from meshpose.types import ObjectModel, Observation, Pose, RefineResult
 
@@ -64,7 +61,7 @@ class AbstractRefiner(LazyRenderer):
         self._renderer = renderer
         self._extractor = extractor
         self._fields: OrderedDict[str, DescriptorField] = OrderedDict()
-        self._light_meshes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._light_meshes = LightMeshes()
 
     @property
     def extractor(self) -> DescriptorExtractor:
@@ -87,32 +84,13 @@ class AbstractRefiner(LazyRenderer):
         return fld
 
     def render_model(self, obj: ObjectModel) -> ObjectModel:
-        """The model drawn in the crops: the render mesh decimated to ``config.render_faces`` (made once)."""
-        limit = int(self.config.render_faces)
-        mesh = obj.render_mesh
-        if limit <= 0 or len(mesh.faces) <= limit:
-            return obj
-        light = self._light_meshes.get(mesh)
-        if light is None:
-            from meshpose.mesh.simplify import simplify_mesh
-
-            light = simplify_mesh(mesh, limit)
-            self._light_meshes[mesh] = light
-        return replace(obj, render_mesh=light)
+        """The model drawn in the crops: ``obj`` with its render mesh decimated to ``config.render_faces`` (made
+        once per render mesh, kept while both the refiner and the mesh live)."""
+        return self._light_meshes.model(obj, int(self.config.render_faces))
 
     def schedule(self, iterations: int | None = None) -> list[tuple[int, int]]:
-        """``(level, iterations)`` pairs, coarse to fine; a total ``n`` is shared in the configured proportions."""
-        base = [int(k) for k in self.config.iterations]
-        if iterations is None:
-            counts = base
-        else:
-            total = int(iterations)
-            if total < 0:
-                raise RefinerError(f"{self.name}: iterations must be ≥ 0, got {iterations}")
-            s = max(1, sum(base))
-            counts = [math.floor(b * total / s) for b in base]
-            counts[-1] += total - sum(counts)
-        return [(lv, c) for lv, c in enumerate(counts) if c > 0]
+        """``(level, iterations)`` pairs, coarse to fine (see :func:`~meshpose.refine.base.level_schedule`)."""
+        return level_schedule(self.config.iterations, iterations, self.name)
 
     def refine(
         self,

@@ -5,13 +5,10 @@ See :mod:`meshpose.refine.contour` for the method.
 
 from __future__ import annotations
 
-import math
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import Any, Literal
+from typing import Literal
 
-from meshpose.refine.base import LazyRenderer, RefinerError, check_refine_inputs
+from meshpose.refine.base import LazyRenderer, LightMeshes, check_refine_inputs, level_schedule
 from meshpose.refine.contour.config import ContourConfig
 from meshpose.refine.contour.run import ContourRun
 from meshpose.render.base import Renderer
@@ -49,43 +46,16 @@ class ContourRefiner(LazyRenderer):
     def __init__(self, config: ContourConfig | None = None, *, renderer: Renderer | None = None) -> None:
         self.config = config if config is not None else ContourConfig()
         self._renderer = renderer
-        self._light_meshes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._light_meshes = LightMeshes()
 
     def render_model(self, obj: ObjectModel) -> ObjectModel:
-        """The model drawn in the crops: ``obj`` with its render mesh decimated to ``config.render_faces``.
-
-        The decimated mesh is made once per render mesh (and kept while both the refiner and the mesh live), so
-        object models that share a cached mesh share it too.
-        """
-        limit = int(self.config.render_faces)
-        mesh = obj.render_mesh
-        if limit <= 0 or len(mesh.faces) <= limit:
-            return obj
-        light = self._light_meshes.get(mesh)
-        if light is None:
-            from meshpose.mesh.simplify import simplify_mesh
-
-            light = simplify_mesh(mesh, limit)
-            self._light_meshes[mesh] = light
-        return replace(obj, render_mesh=light)
+        """The model drawn in the crops: ``obj`` with its render mesh decimated to ``config.render_faces`` (made
+        once per render mesh, kept while both the refiner and the mesh live)."""
+        return self._light_meshes.model(obj, int(self.config.render_faces))
 
     def schedule(self, iterations: int | None = None) -> list[tuple[int, int]]:
-        """``(level, iterations)`` pairs, coarse to fine (levels without iterations left out).
-
-        ``iterations=None`` gives the configured counts; a total ``n`` is shared out in the configured
-        proportions, the rounding remainder going to the finest level.
-        """
-        base = [int(k) for k in self.config.iterations]
-        if iterations is None:
-            counts = base
-        else:
-            total = int(iterations)
-            if total < 0:
-                raise RefinerError(f"{self.name}: iterations must be ≥ 0, got {iterations}")
-            s = max(1, sum(base))
-            counts = [math.floor(b * total / s) for b in base]
-            counts[-1] += total - sum(counts)
-        return [(lv, c) for lv, c in enumerate(counts) if c > 0]
+        """``(level, iterations)`` pairs, coarse to fine (see :func:`~meshpose.refine.base.level_schedule`)."""
+        return level_schedule(self.config.iterations, iterations, self.name)
 
     def refine(
         self,
