@@ -61,6 +61,13 @@ class SequenceConfig:
         noise_std: Gaussian noise of the colour image (grey levels).
         depth: also render depth (metres, with ``depth_noise_m`` noise).
         depth_noise_m: standard deviation of the depth noise.
+        camera_jump_deg: ``(lo, hi)``: a *static scene* seen by a hand-held camera that jumps between output frames
+            (as LM-O's frames, 1–27 images apart): the objects stand still around a common centre and the camera's
+            view direction turns by an angle uniform in ``[lo, hi]`` degrees about it per frame, with a random roll
+            of up to 5°, a look-at point that wanders by up to ``camera_jump_frac`` diameters and a distance
+            within ``±depth_range``. ``None``: objects move along their own trajectories (the options above).
+        camera_jump_frac: the look-at point of a jumping camera lies within this many mean object diameters of the
+            scene centre.
         seed: seed of everything random.
     """
 
@@ -82,6 +89,8 @@ class SequenceConfig:
     noise_std: float = 2.0
     depth: bool = False
     depth_noise_m: float = 0.001
+    camera_jump_deg: tuple[float, float] | None = None
+    camera_jump_frac: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -177,6 +186,66 @@ class _Trajectory:
         return Pose(torch.from_numpy(R), torch.from_numpy(t))
 
 
+class _StaticInWorld:
+    """An object that stands still in the world, seen by a camera that jumps once per output frame."""
+
+    def __init__(self, cam_from_world: list[np.ndarray], world_from_obj: np.ndarray, frame_step: int) -> None:
+        self.cam_from_world, self.world_from_obj, self.frame_step = cam_from_world, world_from_obj, frame_step
+
+    def pose(self, s: float) -> Pose:
+        i = min(len(self.cam_from_world) - 1, max(0, round(s / self.frame_step)))
+        return Pose.from_matrix(torch.from_numpy(self.cam_from_world[i] @ self.world_from_obj))
+
+
+def _static_scene(objects: list[ObjectModel], cfg: SequenceConfig, rng: np.random.Generator) -> list[_StaticInWorld]:
+    """``camera_jump_deg``: the objects on a ring around the world origin (z up), random orientations; the camera
+    on a sphere around the origin (elevation 15–80°), its view direction turning by ``camera_jump_deg`` per frame."""
+    from scipy.spatial.transform import Rotation
+
+    assert cfg.camera_jump_deg is not None
+    n, cam = len(objects), cfg.camera
+    d_max = max(o.diameter for o in objects)
+    d_mean = float(np.mean([o.diameter for o in objects]))
+    ring = 0.0 if n == 1 else max(0.6 * d_max, 0.55 * d_max / math.sin(math.pi / n))
+    phase = rng.uniform(0, 2 * math.pi)
+    world_from_obj = []
+    for j in range(n):
+        a = phase + 2 * math.pi * j / n
+        m = np.eye(4)
+        m[:3, :3] = Rotation.random(random_state=rng).as_matrix()
+        m[:3, 3] = [ring * math.cos(a), ring * math.sin(a), 0.0]
+        world_from_obj.append(m)
+    dist = cam.fx * (2 * ring + d_max) / (rng.uniform(*cfg.size_frac) * cam.width)
+    up = np.array([0.0, 0.0, 1.0])
+
+    def direction(az: float, el: float) -> np.ndarray:
+        return np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
+
+    view = direction(rng.uniform(0, 2 * math.pi), math.radians(45.0))  # from the origin towards the camera
+    cams = []
+    for i in range(cfg.frames):
+        if i > 0:
+            angle = math.radians(rng.uniform(*cfg.camera_jump_deg))
+            for _ in range(50):  # a random turn that keeps the elevation in range
+                axis = np.cross(view, rng.normal(size=3))
+                turned = Rotation.from_rotvec(angle * axis / np.linalg.norm(axis)).apply(view)
+                if math.radians(15.0) <= math.asin(float(np.clip(turned[2], -1, 1))) <= math.radians(80.0):
+                    view = turned
+                    break
+        target = np.append(rng.uniform(-1, 1, 2), 0.0) * cfg.camera_jump_frac * d_mean / math.sqrt(2)
+        eye = target + view * dist * (1.0 + cfg.depth_range * rng.uniform(-1, 1))
+        f = (target - eye) / np.linalg.norm(target - eye)
+        y = -(up - np.dot(up, f) * f)
+        y /= np.linalg.norm(y)
+        x = np.cross(y, f)
+        roll = Rotation.from_rotvec(f * math.radians(rng.uniform(-5.0, 5.0))).as_matrix()
+        R = (roll @ np.stack([x, y, f], 1)).T  # cam_from_world rotation (rows: camera axes in the world)
+        m = np.eye(4)
+        m[:3, :3], m[:3, 3] = R, -R @ eye
+        cams.append(m)
+    return [_StaticInWorld(cams, w, cfg.frame_step) for w in world_from_obj]
+
+
 def _occluder(obj: ObjectModel, seed: int) -> ObjectModel:
     """A flat textured box 1.4 diameters wide: in front of ``obj`` at 60 % of its depth it hides it completely."""
     d = obj.diameter
@@ -240,7 +309,11 @@ def render_sequence(objects: list[ObjectModel], config: SequenceConfig | None = 
     rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), 0x5E0]))
     cam = cfg.camera
     length = float(cfg.frames * cfg.frame_step)
-    trajs = [_Trajectory(o, cfg, rng, length, (j, len(objects))) for j, o in enumerate(objects)]
+    trajs: list[_Trajectory] | list[_StaticInWorld] = (
+        [_Trajectory(o, cfg, rng, length, (j, len(objects))) for j, o in enumerate(objects)]
+        if cfg.camera_jump_deg is None
+        else _static_scene(objects, cfg, rng)
+    )
     bg = random_background(cfg.width, cfg.height, rng).astype(np.float32) / 255.0
     phase = rng.uniform(0, 2 * math.pi, 4)
     occ = _occluder(objects[0], cfg.seed) if cfg.occlusion is not None else None

@@ -1,6 +1,8 @@
 """Tracking objects through video with any refiner: :class:`Tracker` keeps the state across frames.
 
 * :mod:`~meshpose.track.motion` — the constant-velocity motion model on se(3) (:class:`ConstantVelocity`);
+* :mod:`~meshpose.track.matches` — the prediction from feature matches with the previous frame
+  (:func:`predict_from_matches`, :class:`MatchConfig`): for large motion between frames;
 * :mod:`~meshpose.track.tracker` — :class:`Tracker` (predict, refine jointly, lost-track detection, recovery from
   detections or by a wider search), :class:`TrackerConfig`, :class:`TrackResult`;
 * :mod:`~meshpose.track.presets` — the ``--fast`` configuration.
@@ -8,6 +10,14 @@
 A dataset run (``meshpose track``) is :func:`meshpose.run.track.track_dataset`.
 """
 
+from meshpose.track.matches import (
+    FrameFeatures,
+    MatchConfig,
+    MatchPrediction,
+    MatchPredictor,
+    detect_features,
+    predict_from_matches,
+)
 from meshpose.track.motion import ConstantVelocity, MotionConfig
 from meshpose.track.presets import FAST_CONTOUR, fast_refiner_options
 from meshpose.track.tracker import Tracker, TrackerConfig, TrackResult, TrackStatus, check_frame
@@ -15,11 +25,17 @@ from meshpose.track.tracker import Tracker, TrackerConfig, TrackResult, TrackSta
 __all__ = [
     "FAST_CONTOUR",
     "ConstantVelocity",
+    "FrameFeatures",
+    "MatchConfig",
+    "MatchPrediction",
+    "MatchPredictor",
     "MotionConfig",
     "TrackResult",
     "TrackStatus",
     "Tracker",
     "TrackerConfig",
     "check_frame",
+    "detect_features",
     "fast_refiner_options",
+    "predict_from_matches",
 ]
