@@ -111,7 +111,7 @@ def test_refine_skips_a_corrupt_image_and_keeps_the_rest(tiny_bop: Path, tmp_pat
             ],
             "genflow weights not found",
         ),
-        (["train", "abstract", "--data", "novel:10", "--out", "{tmp}/run"], "no trainer"),
+        (["train", "jointloss", "--data", "novel:10", "--out", "{tmp}/run"], "no trainer"),
         (["train", "deeprm", "--out", "{tmp}/run"], "give the training objects"),
         (["train", "genflow", "--data", "novel:5010", "--out", "{tmp}/run"], "held out"),
     ],
