@@ -200,64 +200,19 @@ def crop_loss(
     rs = sigma if render_sigma is None else render_sigma
     dim = observed.shape[-1]
     h, w = instance.shape
+    n = max(float(valid.sum()), 1.0)  # the loss is a mean over the crop's pixels inside the image
     vobs = np.linalg.norm(observed, axis=-1) * valid
     rows = np.flatnonzero((instance > 0).any(1))
     if len(rows) == 0:
-        n = max(float(valid.sum()), 1.0)
         return CropLoss(float(_rho(vobs, huber).sum() / n), {}, np.zeros_like(observed), vobs)
     cols = np.flatnonzero((instance > 0).any(0))
     m = math.ceil(3.0 * max(rs, sigma)) + 3
     r0, r1 = max(int(rows[0]) - m, 0), min(int(rows[-1]) + m + 1, h)
     c0, c1 = max(int(cols[0]) - m, 0), min(int(cols[-1]) + m + 1, w)
     win = np.s_[r0:r1, c0:c1]
-    res = _window_loss(
-        xyz[win],
-        instance[win],
-        depth[win],
-        fields,
-        R,
-        t,
-        centers,
-        K,
-        observed[win],
-        valid[win],
-        sigma=rs,
-        huber=huber,
-        gain=gain,
-        want=want,
-        occlusion_aware=occlusion_aware,
-    )
     outside = _rho(vobs, huber)
-    total = float(outside.sum() - outside[win].sum()) + res.loss
-    n = max(float(valid.sum()), 1.0)
-    rendered = np.zeros((h, w, dim), np.float32)
-    rendered[win] = res.rendered
-    dist = vobs.astype(np.float32)
-    dist[win] = res.distance
-    return CropLoss(total / n, {j: g / n for j, g in res.grads.items()}, rendered, dist)
-
-
-def _window_loss(
-    xyz: np.ndarray,
-    instance: np.ndarray,
-    depth: np.ndarray,
-    fields: Sequence[DescriptorField | None],
-    R: np.ndarray,
-    t: np.ndarray,
-    centers: np.ndarray,
-    K: np.ndarray,
-    observed: np.ndarray,
-    valid: np.ndarray,
-    *,
-    sigma: float,
-    huber: float,
-    gain: tuple[float, float] | None,
-    want: set[int] | None,
-    occlusion_aware: bool,
-) -> CropLoss:
-    """:func:`crop_loss` on a window, unnormalised (``Σ ρ`` and its gradients), the rendering blurred by ``sigma``."""
-    dim = observed.shape[-1]
-    rs = sigma
+    outside_sum = float(outside.sum() - outside[win].sum())
+    xyz, instance, depth, observed, valid = xyz[win], instance[win], depth[win], observed[win], valid[win]
     F = render_descriptors(xyz, instance, fields, dim)
     Fb = blur(F, rs)
     validf = valid.astype(np.float32)
@@ -275,7 +230,7 @@ def _window_loss(
         psi = np.where(dist <= huber, 1.0, huber / np.maximum(dist, 1e-12)).astype(np.float32)
     else:
         psi = np.ones_like(dist)
-    loss = float(rho.sum())
+    loss = float(rho.sum()) + outside_sum
     adj = g * blur(r * psi[..., None], rs)  # ∂(n L)/∂F
     grad_img = _central_gradient(F)  # (H, W, D, 2)
     a = np.einsum("hwd,hwdk->hwk", adj, grad_img)  # (H, W, 2): ∂(n L)/∂F · ∇F
@@ -290,4 +245,8 @@ def _window_loss(
         P = xyz[src_r[rr, cc], src_c[rr, cc]].astype(np.float64) @ R[j].T + t[j]
         J = motion_jacobian(P, K, R[j] @ centers[j] + t[j])  # (M, 2, 6)
         grads[j] = -np.einsum("mk,mkj->j", a[rr, cc].astype(np.float64), J)
-    return CropLoss(loss, grads, Fb, dist)
+    rendered = np.zeros((h, w, dim), np.float32)
+    rendered[win] = Fb
+    distance = vobs.astype(np.float32)
+    distance[win] = dist
+    return CropLoss(loss / n, {j: gj / n for j, gj in grads.items()}, rendered, distance)
