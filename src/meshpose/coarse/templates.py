@@ -25,8 +25,6 @@ import json
 import logging
 import math
 import os
-import tempfile
-from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import trimesh
 from numpy.typing import ArrayLike
 
 from meshpose.render.base import Lighting, Renderer
-from meshpose.render.content import cache_dir, hash_render_mesh
+from meshpose.render.content import cache_dir, cached, hash_render_mesh, read_cache_npz, write_cache_npz
 from meshpose.render.gl import get_default_renderer
 from meshpose.types import Camera, ObjectModel, Pose
 
@@ -294,28 +292,13 @@ def _save(bank: TemplateBank, key: str, path: Path) -> None:
     offsets = (bank.xyz - bank.center.astype(np.float32)) / np.float32(max(bank.radius, 1e-12))
     xyz = np.where(bank.mask[..., None], offsets, 0.0).astype(np.float16 if use16 else np.float32)
     meta = {"version": FORMAT_VERSION, "key": key, "obj_id": bank.obj_id, "radius": bank.radius}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            arrays = {name: getattr(bank, name) for name in _STORED}
-            np.savez_compressed(f, meta=np.array(json.dumps(meta)), xyz=xyz, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
+    arrays = {name: getattr(bank, name) for name in _STORED}
+    write_cache_npz(path, meta, {**arrays, "xyz": xyz}, compressed=True)
 
 
 def _load(path: Path, key: str, model: ObjectModel, config: TemplateConfig) -> TemplateBank:
     """Read a bank written by :func:`_save`; raises on any mismatch (wrong key, version or shapes)."""
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"][()]))
-        if meta.get("version") != FORMAT_VERSION or meta.get("key") != key:
-            raise ValueError(f"cache file {path} is of another version or key")
-        arrays = {name: data[name] for name in (*_STORED, "xyz")}
+    meta, arrays = read_cache_npz(path, FORMAT_VERSION, key, (*_STORED, "xyz"))
     radius = float(meta["radius"])
     mask = arrays["mask"]
     if mask.dtype != np.bool_ or arrays["xyz"].shape != (*mask.shape, 3) or len(mask) != config.views:
@@ -354,14 +337,11 @@ def load_templates(
     key = template_cache_key(model, config, renderer)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / f"obj{model.obj_id}-{key}.npz"
-    if path.exists():
-        try:
-            return _load(path, key, model, config)
-        except Exception as exc:  # any unreadable file is rebuilt, never a crash
-            log.warning("template cache %s is unreadable (%s: %s); rebuilding it", path, type(exc).__name__, exc)
-    bank = build_templates(model, config, renderer)
-    try:
-        _save(bank, key, path)
-    except OSError as exc:
-        log.warning("could not write the template cache %s (%s); continuing without it", path, exc)
-    return bank
+    return cached(
+        path,
+        lambda p: _load(p, key, model, config),
+        lambda: build_templates(model, config, renderer),
+        lambda bank, p: _save(bank, key, p),
+        "template",
+        log,
+    )

@@ -8,14 +8,31 @@ served a stale entry.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import tempfile
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import trimesh
 
-__all__ = ["MATERIAL_ATTRS", "cache_dir", "hash_array", "hash_render_mesh", "hash_visual"]
+__all__ = [
+    "MATERIAL_ATTRS",
+    "cache_dir",
+    "cached",
+    "hash_array",
+    "hash_render_mesh",
+    "hash_visual",
+    "read_cache_npz",
+    "write_cache_npz",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Material attributes of a textured mesh that change what is drawn.
 MATERIAL_ATTRS = ("baseColorTexture", "image", "baseColorFactor", "main_color")
@@ -69,3 +86,74 @@ def cache_dir(kind: str) -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "meshpose" / kind
+
+
+def write_cache_npz(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray], *, compressed: bool) -> None:
+    """Write a cache entry atomically: ``meta`` (JSON) and ``arrays`` into a temporary ``.npz`` in the same folder,
+    synced, then renamed over ``path`` (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            entries: dict[str, Any] = {"meta": np.array(json.dumps(meta)), **arrays}
+            if compressed:
+                np.savez_compressed(f, **entries)
+            else:
+                np.savez(f, **entries)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_cache_npz(
+    path: Path, version: int, key: str, names: Iterable[str]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read a cache entry written by :func:`write_cache_npz`: ``(meta, arrays)``.
+
+    Raises:
+        ValueError: the entry is of another format ``version`` or ``key``.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"][()]))
+        if meta.get("version") != version or meta.get("key") != key:
+            raise ValueError(f"cache file {path} is of another version or key")
+        return meta, {name: data[name] for name in names}
+
+
+def cached(
+    path: Path,
+    load: Callable[[Path], T],
+    build: Callable[[], T],
+    save: Callable[[T, Path], None],
+    what: str,
+    logger: logging.Logger | None = None,
+) -> T:
+    """``load(path)`` when the cache file exists and reads, else ``build()`` and ``save`` it there.
+
+    An unreadable or mismatching file is rebuilt (a logged warning, never a crash), and a folder that cannot be
+    written only costs the cache (a warning): the value is always returned.
+
+    Args:
+        path: the cache file.
+        load: reads it (raises on anything wrong).
+        build: makes the value.
+        save: writes it (an ``OSError`` is only warned about).
+        what: the kind of cache, for the messages (``"template"``…).
+        logger: where the warnings go (default: this module's logger).
+    """
+    logger = logger if logger is not None else log
+    if path.exists():
+        try:
+            return load(path)
+        except Exception as exc:  # any unreadable file is rebuilt, never a crash
+            logger.warning("%s cache %s is unreadable (%s: %s); rebuilding it", what, path, type(exc).__name__, exc)
+    value = build()
+    try:
+        save(value, path)
+    except OSError as exc:
+        logger.warning("could not write the %s cache %s (%s); continuing without it", what, path, exc)
+    return value

@@ -8,9 +8,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
-from contextlib import suppress
 from pathlib import Path
 
 import cv2
@@ -21,7 +18,7 @@ from meshpose.refine.abstract.config import AbstractConfig
 from meshpose.refine.abstract.features import DescriptorExtractor
 from meshpose.refine.abstract.field import DescriptorField, fuse_samples
 from meshpose.render.base import Renderer, render_alone
-from meshpose.render.content import cache_dir, hash_render_mesh
+from meshpose.render.content import cache_dir, cached, hash_render_mesh, read_cache_npz, write_cache_npz
 from meshpose.types import Camera, ObjectModel, Pose
 
 __all__ = ["FORMAT_VERSION", "field_cache_key", "fuse_object", "load_field", "view_rotations"]
@@ -119,27 +116,12 @@ _ARRAYS = ("voxel_points", "voxel_desc", "vertex_desc", "origin", "grid")
 
 
 def _save(field: DescriptorField, key: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            meta = json.dumps({"version": FORMAT_VERSION, "key": key, "edge": field.edge})
-            np.savez(f, meta=np.array(meta), **{a: getattr(field, a) for a in _ARRAYS})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
+    meta = {"version": FORMAT_VERSION, "key": key, "edge": field.edge}
+    write_cache_npz(path, meta, {a: getattr(field, a) for a in _ARRAYS}, compressed=False)
 
 
 def _load(path: Path, key: str) -> DescriptorField:
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"][()]))
-        if meta.get("version") != FORMAT_VERSION or meta.get("key") != key:
-            raise ValueError(f"cache file {path} is of another version or key")
-        arrays = {a: data[a] for a in _ARRAYS}
+    meta, arrays = read_cache_npz(path, FORMAT_VERSION, key, _ARRAYS)
     d = arrays["voxel_desc"].shape[1]
     if arrays["grid"].ndim != 4 or arrays["grid"].shape[0] != d or arrays["vertex_desc"].shape[1] != d:
         raise ValueError(f"cache file {path} holds arrays of unexpected shapes")
@@ -157,14 +139,11 @@ def load_field(
     key = field_cache_key(model, extractor, renderer, cfg)
     folder = Path(cfg.cache_dir) if cfg.cache_dir is not None else cache_dir("abstract")
     path = folder / f"obj{model.obj_id}-{key}.npz"
-    if path.exists():
-        try:
-            return _load(path, key)
-        except Exception as exc:  # an unreadable file is rebuilt, never a crash
-            log.warning("descriptor cache %s is unreadable (%s: %s); rebuilding it", path, type(exc).__name__, exc)
-    field = fuse_object(model, extractor, renderer, cfg)
-    try:
-        _save(field, key, path)
-    except OSError as exc:
-        log.warning("could not write the descriptor cache %s (%s); continuing without it", path, exc)
-    return field
+    return cached(
+        path,
+        lambda p: _load(p, key),
+        lambda: fuse_object(model, extractor, renderer, cfg),
+        lambda fld, p: _save(fld, key, p),
+        "descriptor",
+        log,
+    )
