@@ -32,6 +32,7 @@ import numpy as np
 import trimesh
 from numpy.typing import ArrayLike
 
+from meshpose.mesh import render_bounding_sphere
 from meshpose.render.base import Lighting, Renderer
 from meshpose.render.content import cache_dir, cached, hash_render_mesh, read_cache_npz, write_cache_npz
 from meshpose.render.gl import get_default_renderer
@@ -227,13 +228,6 @@ class TemplateBank:
         return int(np.argmax(self.view_dirs() @ -R[2]))
 
 
-def _bounding_sphere(mesh: trimesh.Trimesh) -> tuple[np.ndarray, float]:
-    """The renderer's bounding sphere of a mesh: centre of the used vertices' bounding box, max distance to it."""
-    used = np.asarray(mesh.vertices, dtype=np.float64)[np.unique(np.asarray(mesh.faces))]
-    center = 0.5 * (used.min(axis=0) + used.max(axis=0))
-    return center, float(np.linalg.norm(used - center, axis=1).max())
-
-
 def build_templates(
     model: ObjectModel, config: TemplateConfig | None = None, renderer: Renderer | None = None
 ) -> TemplateBank:
@@ -249,7 +243,7 @@ def build_templates(
     """
     config = config if config is not None else TemplateConfig()
     renderer = renderer if renderer is not None else get_default_renderer()
-    center, radius = _bounding_sphere(model.render_mesh)
+    center, radius = render_bounding_sphere(model.render_mesh)
     R = template_rotations(config.views)
     t = np.array([0.0, 0.0, config.distance(radius)]) - R @ center
     camera = config.camera()

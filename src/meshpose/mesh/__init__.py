@@ -2,6 +2,7 @@
 rendering, surface sampling, exact diameters, :class:`~meshpose.types.ObjectModel` construction with a load
 cache, and procedural textured test objects."""
 
+from meshpose.mesh.diameter import render_bounding_sphere
 from meshpose.mesh.load import MeshError, load_mesh
 from meshpose.mesh.model import clear_cache, load_object_model, make_object_model, validate_symmetries
 from meshpose.mesh.procedural import (
@@ -25,6 +26,7 @@ __all__ = [
     "make_object_model",
     "mesh_diameter",
     "outer_surface_points",
+    "render_bounding_sphere",
     "sample_surface_points",
     "simplify_mesh",
     "surface_colors",

@@ -27,7 +27,7 @@ import trimesh
 from numpy.typing import ArrayLike
 from scipy.spatial import cKDTree
 
-__all__ = ["MAX_EXACT_PAIRS", "mesh_diameter"]
+__all__ = ["MAX_EXACT_PAIRS", "mesh_diameter", "render_bounding_sphere"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,21 @@ _LEVEL: Final[int] = 3
 _FALLBACK_LEVEL: Final[int] = 4
 # Relative slack on every pruning bound, far above float64 rounding of the quantities compared.
 _SLACK: Final[float] = 1e-9
+
+
+def render_bounding_sphere(mesh: trimesh.Trimesh) -> tuple[np.ndarray, float]:
+    """The renderer's bounding sphere of a mesh: ``(centre (3,), radius)`` in the mesh's units — the centre of the
+    bounding box of the vertices that faces use, and the largest distance from it to one of them.
+
+    Example:
+        >>> import trimesh
+        >>> c, r = render_bounding_sphere(trimesh.creation.box((2.0, 2.0, 2.0)))
+        >>> c.tolist(), round(r, 6)
+        ([0.0, 0.0, 0.0], 1.732051)
+    """
+    used = np.asarray(mesh.vertices, dtype=np.float64)[np.unique(np.asarray(mesh.faces))]
+    center = 0.5 * (used.min(axis=0) + used.max(axis=0))
+    return center, float(np.linalg.norm(used - center, axis=1).max())
 
 
 def mesh_diameter(mesh: trimesh.Trimesh | ArrayLike) -> float:

@@ -32,11 +32,12 @@ import torch.utils.data
 from meshpose.coarse.gt_detections import mask_bbox
 from meshpose.coarse.picopose.views import cut_query, cut_templates, rotate_about_centre
 from meshpose.coarse.templates import POLE_ANGLE_DEG, TemplateConfig
+from meshpose.mesh import render_bounding_sphere
 from meshpose.render.base import render_alone
 from meshpose.synth import SyntheticSample
 from meshpose.train.common import SceneStream, draw_held_out
 from meshpose.train.picopose_config import PicoPoseTrainConfig
-from meshpose.types import Camera, Detection, ObjectModel, Pose
+from meshpose.types import Camera, Detection, Pose
 
 __all__ = [
     "PairStream",
@@ -48,14 +49,6 @@ __all__ = [
     "template_pose",
     "validation_pairs",
 ]
-
-
-def _bounding_sphere(model: ObjectModel) -> tuple[np.ndarray, float]:
-    """The template bank's framing sphere: centre of the render mesh's used vertices' box, max distance to it."""
-    mesh = model.render_mesh
-    used = np.asarray(mesh.vertices, dtype=np.float64)[np.unique(np.asarray(mesh.faces))]
-    center = 0.5 * (used.min(axis=0) + used.max(axis=0))
-    return center, float(np.linalg.norm(used - center, axis=1).max())
 
 
 def template_pose(view_dir: np.ndarray, center: np.ndarray, distance: float) -> Pose:
@@ -146,7 +139,7 @@ def make_pairs(
         obj = sample.objects[i]
         det = Detection(int(sample.obj_ids[i]), box, sample.masks_visib[i])
         q_masked = cut_query(obs, det, s, cfg.padding)
-        center, radius = _bounding_sphere(obj)
+        center, radius = render_bounding_sphere(obj.render_mesh)
         R, t = sample.poses[i].numpy()
         p = R @ center + t
         v_q = -R.T @ (p / np.linalg.norm(p))  # from the object centre towards the camera, object frame

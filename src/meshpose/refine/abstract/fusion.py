@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from meshpose.mesh import render_bounding_sphere
 from meshpose.refine.abstract.config import AbstractConfig
 from meshpose.refine.abstract.features import DescriptorExtractor
 from meshpose.refine.abstract.field import DescriptorField, fuse_samples
@@ -26,7 +27,7 @@ __all__ = ["FORMAT_VERSION", "field_cache_key", "fuse_object", "load_field", "vi
 log = logging.getLogger(__name__)
 
 #: Version of the cache file layout and of how views are rendered; bump it when either changes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _GOLDEN = math.pi * (3.0 - math.sqrt(5.0))
 
 
@@ -52,9 +53,7 @@ def view_rotations(n: int) -> np.ndarray:
 
 
 def _views(model: ObjectModel, cfg: AbstractConfig) -> tuple[Pose, Camera]:
-    verts = np.asarray(model.render_mesh.vertices, dtype=np.float64)
-    center = 0.5 * (verts.min(0) + verts.max(0))
-    radius = float(np.linalg.norm(verts - center, axis=1).max())
+    center, radius = render_bounding_sphere(model.render_mesh)
     size = int(cfg.fusion_size)
     f = 1.5 * size
     cam = Camera.from_fxfycxcy(f, f, (size - 1) / 2.0, (size - 1) / 2.0, width=size, height=size)
