@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -87,9 +88,8 @@ class AbstractRun:
         self.E_best = np.full(self.n, np.inf)
         self.score = np.zeros(self.n)
         self.failure: list[Failure | None] = [None] * self.n
-        self.centers = np.stack([0.5 * (o.points.min(0) + o.points.max(0)) for o in objects])
-        verts = [np.asarray(o.render_mesh.vertices) for o in objects]
-        self.scene = SceneBoxes([(v.min(0), v.max(0)) for v in verts], list(self.centers))
+        self.scene = SceneBoxes.of(objects)
+        self.centers = np.stack(self.scene.centers)
         self.diam = np.array([o.diameter for o in objects])
         self.priors = [PosePrior(self.R0[i], self.t0[i], self.centers[i], o.diameter) for i, o in enumerate(objects)]
         self.loss_log: list[list[float]] = []
@@ -228,8 +228,6 @@ class AbstractRun:
     def _score(self, crops: dict[int, _Crop], losses: dict[int, CropLoss]) -> None:
         """Score in [0, 1]: the share of the object's pixels and of a ring around its silhouette whose descriptor
         difference is under ``score_tol`` (the rendering explains the observation there)."""
-        import cv2
-
         for i, cl in losses.items():
             if i not in crops:
                 continue

@@ -8,6 +8,7 @@ that cannot show in the crop are left out of its render (put behind the camera).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -17,7 +18,7 @@ from meshpose.geometry.crop import crop_box_around_object
 from meshpose.refine.contour.config import ContourConfig
 from meshpose.refine.contour.terms import rgb_to_lab
 from meshpose.refine.views import CropView, cut_crop
-from meshpose.types import Camera, Observation, Pose
+from meshpose.types import Camera, ObjectModel, Observation, Pose
 
 __all__ = ["HIDDEN_TRANSLATION", "LevelView", "SceneBoxes", "make_level_view"]
 
@@ -83,6 +84,14 @@ class SceneBoxes:
 
     boxes: list[tuple[np.ndarray, np.ndarray]]
     centers: list[np.ndarray]
+
+    @classmethod
+    def of(cls, objects: Sequence[ObjectModel]) -> SceneBoxes:
+        """The boxes of the objects' render meshes; centres of the boxes of their surface points (the centres of
+        the refiners' increments)."""
+        verts = [np.asarray(o.render_mesh.vertices) for o in objects]
+        centers = [0.5 * (o.points.min(0) + o.points.max(0)) for o in objects]
+        return cls([(v.min(0), v.max(0)) for v in verts], centers)
 
     def center_depth(self, j: int, R: np.ndarray, t: np.ndarray) -> float:
         """Camera-frame depth of object ``j``'s centre at poses ``R (N, 3, 3)``, ``t (N, 3)``."""

@@ -68,11 +68,8 @@ class ContourRun:
         self.lam = np.full(self.n, self.cfg.damping)
         self.converged = np.zeros(self.n, bool)
         self.failure: list[Failure | None] = [None] * self.n
-        self.centers = [0.5 * (o.points.min(0) + o.points.max(0)) for o in objects]
-        self.scene = SceneBoxes(
-            [(np.asarray(o.render_mesh.vertices).min(0), np.asarray(o.render_mesh.vertices).max(0)) for o in objects],
-            self.centers,
-        )
+        self.scene = SceneBoxes.of(objects)
+        self.centers = self.scene.centers
         self.priors = [PosePrior(self.R0[i], self.t0[i], self.centers[i], o.diameter) for i, o in enumerate(objects)]
 
         self.energy_log: list[list[float]] = []
