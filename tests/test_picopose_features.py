@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from meshpose.coarse.gt_detections import mask_bbox
 from meshpose.coarse.picopose import PicoPoseConfig, PicoPoseEstimator
 from meshpose.coarse.picopose.classical import GradientOrientationFeatures
 from meshpose.coarse.picopose.features import TrainedFeatures, XFeatFeatures, make_features
+from meshpose.geometry.crop import mask_bbox
 from meshpose.nets.checkpoint import Checkpoint, Provenance, save_checkpoint
 from meshpose.nets.patchfeat import METHOD, PatchFeatConfig, PatchFeatNet, load_patchfeat
 from meshpose.render.gl import get_default_renderer

@@ -20,11 +20,13 @@ __all__ = ["train"]
 C = TypeVar("C")
 
 #: Learned presets with a trainer.
-TRAINABLE = ("genflow", "deeprm", "picopose", "abstract")
+TRAINABLE = ("genflow", "deeprm", "picopose", "abstract", "jointloss")
 
 
 def train(
-    method: Annotated[str, typer.Argument(help="Learned preset to train (genflow, deeprm, picopose, abstract).")],
+    method: Annotated[
+        str, typer.Argument(help="Learned preset to train (genflow, deeprm, picopose, abstract, jointloss).")
+    ],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, config.json, train_log.jsonl.")],
     data: Annotated[
         str | None, typer.Option(help="Training objects: novel:N (generated) or a mesh folder / BOP dataset.")
@@ -47,6 +49,13 @@ def train(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads of the training process.")] = None,
     val_every: Annotated[int | None, typer.Option(help="Validate every N steps (0: never).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the objects and the data stream.")] = None,
+    detections: Annotated[
+        Path | None,
+        typer.Option(
+            help="jointloss: BOP detections JSON (boxes + masks) of the unlabeled RGB-D frames of --data (a BOP "
+            "dataset whose poses are never read)."
+        ),
+    ] = None,
     config: Annotated[
         str | None,
         typer.Option(help='Training options as JSON, e.g. \'{"crop_size": 96, "net": {"hidden_dim": 32}}\'.'),
@@ -71,6 +80,10 @@ def train(
     source = str(data if data is not None else objects) if (data or objects) else None
     known = objects is not None
     opts: dict[str, Any] = dict(batch_size=batch_size, threads=threads, val_every=val_every, seed=seed)
+    if detections is not None:
+        if method != "jointloss":
+            raise fail("--detections is an option of jointloss only (it trains on unlabeled frames + detections)")
+        opts["detections"] = str(detections)
     if method == "deeprm":
         if workers:
             raise fail("deeprm draws its data in the training process: --workers is not an option of it")
@@ -173,10 +186,38 @@ def _abstract() -> _Trainer:
     return _Trainer(AbstractTrainConfig, train_abstract, show)
 
 
+def _jointloss() -> _Trainer:
+    """``meshpose train jointloss``: the RGB-D estimator + refiner from unlabeled frames and their detections."""
+    from meshpose.train.jointloss import JointLossTrainConfig, train_jointloss
+
+    def show(step: int, stats: dict[str, float]) -> None:
+        if stats.get("stage") == 1.0:
+            log.info(
+                "step %d (weak) loss %.4f est %.4f m ref %.4f m",
+                step,
+                stats["loss"],
+                stats["est_weak"],
+                stats.get("ref_weak", float("nan")),
+            )
+        else:
+            log.info(
+                "step %d (joint) loss %.4f iou %.3f→%.3f geo %.4f→%.4f m",
+                step,
+                stats["loss"],
+                stats["est_iou"],
+                stats["ref_iou"],
+                stats["est_geo"],
+                stats["ref_geo"],
+            )
+
+    return _Trainer(JointLossTrainConfig, train_jointloss, show)
+
+
 #: the trainer of each trainable preset (imported when used)
 _TRAINERS: dict[str, Callable[[], _Trainer]] = {
     "genflow": _genflow,
     "deeprm": _deeprm,
     "picopose": _picopose,
     "abstract": _abstract,
+    "jointloss": _jointloss,
 }

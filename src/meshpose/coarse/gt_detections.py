@@ -18,40 +18,20 @@ import numpy as np
 
 from meshpose.coarse.base import MIN_MASK_PX
 from meshpose.errors import ImageError
+from meshpose.geometry.crop import mask_bbox
 from meshpose.io.bop import BopDataset, BopFormatError
 from meshpose.render.base import Lighting, Renderer
 from meshpose.types import Detection, Pose
 
 __all__ = ["GtMaskSource", "all_gt_detections", "detections_from_gt", "iter_gt_detections", "mask_bbox"]
 
+# ``mask_bbox`` lives in meshpose.geometry.crop (training and refiners use it too); re-exported here
+
 GtMaskSource = Literal["auto", "mask_visib", "render"]
 """Where the visible masks come from: ``"mask_visib"`` (the dataset's files; a missing one is an error),
 ``"render"`` (always rendered), ``"auto"`` (the file when there is one, else rendered)."""
 
 _FLAT = Lighting(ambient=1.0, diffuse=0.0)  # only the instance map is used; skip the shading maths
-
-
-def mask_bbox(mask: np.ndarray) -> np.ndarray | None:
-    """Tight box of a mask over pixel edges.
-
-    Args:
-        mask: ``(H, W)`` bool.
-
-    Returns:
-        ``(4,)`` float64 ``[x0, y0, x1 - x0 + 1, y1 - y0 + 1]`` (BOP/COCO ``[x, y, w, h]``) where ``x0…x1`` and
-        ``y0…y1`` are the first and last columns and rows holding a mask pixel; ``None`` for an empty mask.
-
-    Example:
-        >>> m = np.zeros((5, 6), bool); m[1:3, 2:5] = True
-        >>> mask_bbox(m).tolist()
-        [2.0, 1.0, 3.0, 2.0]
-    """
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    x0, x1, y0, y1 = int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1])
-    return np.array([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dtype=np.float64)
 
 
 def detections_from_gt(

@@ -20,6 +20,7 @@ __all__ = ["ESTIMATORS", "available_estimators", "make_estimator"]
 #: Preset name → (module, class); the class is built as ``cls(config)`` with its own ``Config`` dataclass.
 ESTIMATORS: dict[str, tuple[str, str]] = {
     "picopose": ("meshpose.coarse.picopose", "PicoPoseEstimator"),
+    "jointloss": ("meshpose.coarse.jointloss", "JointLossEstimator"),
 }
 
 

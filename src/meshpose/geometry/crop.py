@@ -27,11 +27,35 @@ __all__ = [
     "crop_cameras",
     "crop_image",
     "crop_images",
+    "mask_bbox",
     "object_box",
     "square_crop_box",
 ]
 
 Interpolation = Literal["linear", "nearest"]
+
+
+def mask_bbox(mask: np.ndarray) -> np.ndarray | None:
+    """Tight box of a mask over pixel edges.
+
+    Args:
+        mask: ``(H, W)`` bool.
+
+    Returns:
+        ``(4,)`` float64 ``[x0, y0, x1 - x0 + 1, y1 - y0 + 1]`` (BOP/COCO ``[x, y, w, h]``) where ``x0…x1`` and
+        ``y0…y1`` are the first and last columns and rows holding a mask pixel; ``None`` for an empty mask.
+
+    Example:
+        >>> m = np.zeros((5, 6), bool); m[1:3, 2:5] = True
+        >>> mask_bbox(m).tolist()
+        [2.0, 1.0, 3.0, 2.0]
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    x0, x1, y0, y1 = int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1])
+    return np.array([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dtype=np.float64)
 
 
 def _project_np(camera: Camera, pose: Pose, points_obj: ArrayLike | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -73,6 +73,7 @@ __all__ = [
     "count_parameters",
     "load_jointloss_net",
     "quat_to_rotmat",
+    "run_jointloss",
 ]
 
 #: the method name of ``jointloss`` checkpoints
@@ -538,3 +539,34 @@ def load_jointloss_net(path: str | os.PathLike[str] | WeightsSpec | None = None)
         ValueError: not a checkpoint, or one of another method.
     """
     return load_model(path, METHOD, lambda c: JointLossNet(JointLossNetConfig.from_dict(c)), "cpu")
+
+
+def run_jointloss(
+    net: JointLossNet,
+    data: dict[str, Any],
+    head: torch.Tensor,
+    iterations: int,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The estimator's votes (``None`` when ``init`` is given) and the refiner's iterates from the most confident
+    vote or from ``init`` (``(R (B, 3, 3), t (B, 3))``), without gradients.
+
+    Args:
+        net: the network.
+        data: a :func:`~meshpose.nets.jointloss_batch.collate` batch.
+        head: ``(B,)`` head index of each item.
+        iterations: refiner steps.
+        init: start poses for the refiner alone.
+    """
+    inputs = JointInput(rgb=data["rgb"], choose=data["choose"], points=data["points"], obj_index=head)
+    with torch.no_grad():
+        if init is None:
+            out = net.estimator(inputs)
+            R, t = net.estimator.best_pose(out)
+            emb = out.emb
+        else:
+            out = None
+            R, t = init
+            emb = net.estimator.colour_embedding(inputs)
+        its = net.refiner.refine(inputs, R, t, emb, iterations=iterations) if iterations > 0 else []
+    return out, its

@@ -32,6 +32,7 @@ PRESETS: dict[str, tuple[str, str]] = {
     "genflow": ("meshpose.refine.genflow", "GenFlowRefiner"),
     "deeprm": ("meshpose.refine.deeprm", "DeepRMRefiner"),
     "abstract": ("meshpose.refine.abstract", "AbstractRefiner"),
+    "jointloss": ("meshpose.refine.jointloss", "JointLossRefiner"),
 }
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "METHOD",
     "JointLossTrainConfig",
     "ObjectTensors",
+    "joint_input",
     "jointloss_losses",
     "load_jointloss_net",
     "train_jointloss",
@@ -121,7 +122,8 @@ class ObjectTensors:
         return torch.tensor([lut[int(o)] for o in obj_ids], dtype=torch.int64)
 
 
-def _inputs(data: dict[str, Any]) -> JointInput:
+def joint_input(data: dict[str, Any]) -> JointInput:
+    """The network input of a :func:`~meshpose.train.jointloss_data.collate` batch with its ``obj_index``."""
     return JointInput(rgb=data["rgb"], choose=data["choose"], points=data["points"], obj_index=data["obj_index"])
 
 
@@ -171,7 +173,7 @@ def jointloss_losses(
         The loss and scalars to log (``stage``, ``loss``, ``est_weak`` / ``ref_weak``: mean distance of the most
         confident vote / last iterate to the weak targets (metres), the stage-2 terms when in stage 2).
     """
-    inputs = _inputs(data)
+    inputs = joint_input(data)
     idx = data["obj_index"]
     pts, syms, diam = objects.points[idx], objects.symmetries[idx], objects.diameters[idx]
     out = net.estimator(inputs)
@@ -235,12 +237,12 @@ def jointloss_losses(
     stats.update(
         loss=float(loss.detach()),
         votes=float(votes.detach()),
-        est_colour=float(first.colour.mean()),
-        est_iou=float(first.iou.mean()),
-        est_geo=float(first.geometry.mean()),
-        ref_colour=float(last.colour.mean()),
-        ref_iou=float(last.iou.mean()),
-        ref_geo=float(last.geometry.mean()),
+        est_colour=float(first.colour.detach().mean()),
+        est_iou=float(first.iou.detach().mean()),
+        est_geo=float(first.geometry.detach().mean()),
+        ref_colour=float(last.colour.detach().mean()),
+        ref_iou=float(last.iou.detach().mean()),
+        ref_geo=float(last.geometry.detach().mean()),
     )
     return loss, stats
 
@@ -342,7 +344,7 @@ def validate_jointloss(
     with torch.no_grad():
         for data in batches:
             data = dict(data, obj_index=objects.index(data["obj_id"]))
-            out, its = net(_inputs(data), iterations=cfg.refine_iterations)
+            out, its = net(joint_input(data), iterations=cfg.refine_iterations)
             R0, t0_ = best_pose(out)
             Rr, tr = its[-1] if its else (R0, t0_)
             for j in range(len(R0)):
@@ -388,6 +390,7 @@ def train_jointloss(
     """
     run = Path(run_dir)
     cfg, ck = resume_config(cfg, run, METHOD, resume=resume, steps=steps)
+    cfg.check_data()
     bop = BopDataset(cfg.data, split=cfg.split)
     dets = read_detections(cfg.detections)
     objects = bop.objects()

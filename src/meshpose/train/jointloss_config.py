@@ -84,8 +84,6 @@ class JointLossTrainConfig(TrainOptions):
     tuple_options: ClassVar[tuple[str, ...]] = ("image_size",)
 
     def check(self) -> None:
-        if not self.data or not self.detections:
-            raise ValueError("jointloss trains on unlabeled RGB-D frames: give data (a BOP dataset) and detections")
         if self.batch_size < 1 or self.steps < 0 or self.weak_steps < 0:
             raise ValueError("need batch_size ≥ 1, steps ≥ 0 and weak_steps ≥ 0")
         if self.crop < 16 or self.points < 8 or self.model_points < 8 or self.votes < 1:
@@ -96,3 +94,15 @@ class JointLossTrainConfig(TrainOptions):
             raise ValueError("loss weights must be ≥ 0")
         if self.val_data and not self.val_detections:
             raise ValueError("val_data needs val_detections")
+
+    def check_data(self) -> None:
+        """Refuse a run without its frames (checked when training starts, so that defaults can be built first).
+
+        Raises:
+            ValueError: no ``data`` or no ``detections``.
+        """
+        if not self.data or not self.detections:
+            raise ValueError(
+                "jointloss trains on unlabeled RGB-D frames: give --data (a BOP dataset) and --detections (their "
+                "boxes and masks)"
+            )

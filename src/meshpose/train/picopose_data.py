@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 import torch.utils.data
 
-from meshpose.coarse.gt_detections import mask_bbox
 from meshpose.coarse.picopose.views import cut_query, cut_templates, rotate_about_centre
 from meshpose.coarse.templates import POLE_ANGLE_DEG, TemplateConfig
+from meshpose.geometry.crop import mask_bbox
 from meshpose.mesh import render_bounding_sphere
 from meshpose.render.base import render_alone
 from meshpose.synth import SyntheticSample
