@@ -125,3 +125,45 @@ def test_joint_loss_needs_the_pose_for_geometry() -> None:
         joint_loss(x, m, x, m, observed_points=torch.zeros(1, 3, 3))
     out = joint_loss(x, m, x, m, JointLossWeights(geometry=0.0), observed_points=torch.zeros(1, 3, 3))
     assert float(out.geometry) == 0.0 and float(out.total) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_the_joint_loss_gradient_through_the_differentiable_renderer_points_to_the_truth(case: int) -> None:
+    """At a pose 6° / 3 % off, the gradient of every term w.r.t. a left pose increment (through ``render_soft``)
+    is a descent direction toward the truth: ``−∇ · log(T_true T⁻¹) > 0``."""
+    from meshpose.render.diff import DiffMesh, SoftRasterSettings, render_soft
+    from meshpose.types import se3_exp
+
+    cam = make_camera(160, 120)
+    obj, gt, _, seed = single_object_cases(2, seed=9, camera=cam)[case]
+    obs = render_observation([obj], gt.reshape(1), cam, seed=seed, with_depth=True, noise_std=1.0)
+    truth = get_default_renderer().render([obj], gt.reshape(1), cam)
+    obs_mask = torch.tensor(truth.mask[0][None])
+    obs_rgb = torch.tensor(obs.rgb[None] / 255.0, dtype=torch.float64)
+    depth = torch.tensor(obs.depth, dtype=torch.float64)
+    pts = depth_to_points(depth, torch.tensor(cam.K))
+    observed_points = pts[obs_mask[0] & (depth > 0)][None]
+    mesh = DiffMesh.from_object(obj, max_faces=800)
+    model_points = torch.tensor(obj.points[None], dtype=torch.float64)
+    K = torch.tensor(cam.K, dtype=torch.float64)[None]
+    start = perturb(gt, 6.0, 0.03, obj.diameter, seed=31 + case).reshape(1)
+    R0, t0 = start.R.double(), start.t.double()
+
+    def loss_at(xi: torch.Tensor, weights: JointLossWeights) -> torch.Tensor:
+        dR, dt = se3_exp(xi)  # left increment: T = exp(ξ) T0
+        R = dR @ R0[0]
+        t = dR @ t0[0] + dt
+        out = render_soft(
+            [mesh], R[None, None], t[None, None], K, (cam.height, cam.width), SoftRasterSettings(sigma=1.0)
+        )
+        terms = joint_loss(
+            out.color, out.silhouette, obs_rgb, obs_mask, weights,
+            observed_points=observed_points, model_points=model_points, R=R[None], t=t[None],
+        )  # fmt: skip
+        return terms.total.sum()
+
+    to_truth = (gt.reshape(1)[0] @ start[0].inverse()).log().double()  # ξ with exp(ξ) T0 = T_true
+    for weights in (JointLossWeights(1.0, 0.0, 0.0), JointLossWeights(0.0, 1.0, 0.0), JointLossWeights(0.0, 0.0, 1.0)):
+        xi = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+        (g,) = torch.autograd.grad(loss_at(xi, weights), xi)
+        assert float(torch.dot(-g, to_truth)) > 0, weights  # (invariant to rescaling the 6 coordinates)

@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from meshpose.errors import MeshError
 from meshpose.mesh.simplify import simplify_mesh
 from meshpose.render.base import surface_data
 from meshpose.types import ObjectModel
@@ -157,12 +158,17 @@ class DiffMesh:
 
         Args:
             obj: the object model (its ``render_mesh`` is used).
-            max_faces: face budget, ``≥ 4``.
+            max_faces: face budget, ``≥ 4`` (a budget the decimator cannot reach gets up to twice as many faces).
 
         Returns:
             A float32 :class:`DiffMesh` on the CPU.
         """
-        mesh = simplify_mesh(obj.render_mesh, max_faces) if len(obj.render_mesh.faces) > max_faces else obj.render_mesh
+        mesh = obj.render_mesh
+        if len(mesh.faces) > max_faces:
+            try:
+                mesh = simplify_mesh(mesh, max_faces)
+            except MeshError:  # a small budget the decimator cannot reach (sharp creases kept): the next best
+                mesh = simplify_mesh(mesh, 2 * max_faces) if len(mesh.faces) > 2 * max_faces else mesh
         data = surface_data(mesh)
         colors = data.colors[:, :3].astype(np.float64) / 255.0
         if data.textured:
