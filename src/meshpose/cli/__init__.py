@@ -13,6 +13,7 @@ import sys
 
 import typer
 
+from meshpose.cli.adapt import adapt
 from meshpose.cli.common import app
 from meshpose.cli.data import synth
 from meshpose.cli.demo import demo
@@ -32,6 +33,7 @@ app.command("eval")(eval_cmd)
 app.command()(overlay)
 app.command()(synth)
 app.command()(train)
+app.command()(adapt)
 
 
 def main() -> None:

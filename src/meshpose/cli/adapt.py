@@ -1,0 +1,99 @@
+"""``meshpose adapt``: fine-tune a learned refiner on the user's own unlabeled images (self-supervised)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meshpose.cli.common import Threads, Verbose, fail, json_object, log, set_threads, setup_logging
+
+__all__ = ["adapt"]
+
+
+def _range(text: str | None) -> tuple[int, int] | None:
+    """``A:B`` → ``(A, B)``."""
+    if text is None:
+        return None
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError as exc:
+        raise ValueError(f"--images-range {text!r}: give A:B (use the images with A ≤ im_id < B)") from exc
+    if a >= b:
+        raise ValueError(f"--images-range {text!r}: need A < B")
+    return a, b
+
+
+def adapt(
+    method: Annotated[str, typer.Argument(help="Learned refiner to adapt (genflow).")],
+    images: Annotated[Path, typer.Option(help="The user's BOP dataset: images, cameras and meshes (no labels).")],
+    detections: Annotated[Path, typer.Option(help="BOP default-detections JSON with masks (COCO RLE).")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Run folder: pseudo_poses.json, last.pt, best.pt, model.pt, config.json, train_log.jsonl."),
+    ],
+    split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
+    config: Annotated[
+        str | None,
+        typer.Option(help='Adaptation options as JSON (AdaptConfig fields), e.g. \'{"lr": 1e-5, "val_share": 0.3}\'.'),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=0, help="Total optimiser steps (on --resume, a new length).")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps in this call.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT.")] = False,
+    images_range: Annotated[
+        str | None, typer.Option("--images-range", help="Use only the images with A ≤ im_id < B, given as A:B.")
+    ] = None,
+    estimator_config: Annotated[
+        str | None,
+        typer.Option(
+            "--estimator-config", help="picopose options of the pseudo poses as JSON, e.g. '{\"templates\": 42}'."
+        ),
+    ] = None,
+    threads: Threads = None,
+    verbose: Verbose = False,
+) -> None:
+    """Adapt a learned refiner to your camera and lighting from unlabeled images: pseudo poses from the refiner
+    itself (estimate + refine, cached), then self-supervised render-and-compare training (colour + mask IoU, +
+    geometry with depth), confident detections first, a held-out share of the images choosing best.pt.
+    Ground-truth poses are never read. Use the result with ``--config '{"weights": "OUT/model.pt"}'``."""
+    setup_logging(verbose)
+    from meshpose.run.adapt import adapt as run_adapt
+
+    def show_pseudo(done: int, total: int, key: tuple[int, int]) -> None:
+        log.info("pseudo poses: %d/%d (scene %d image %d)", done, total, key[0], key[1])
+
+    def show(step: int, stats: dict[str, float]) -> None:
+        log.info(
+            "step %d loss %.5f start→last %.5f→%.5f iou %.3f %.2f items/s",
+            step,
+            stats.get("loss", float("nan")),
+            stats.get("loss_start", float("nan")),
+            stats.get("loss_last", float("nan")),
+            stats.get("iou", float("nan")),
+            stats.get("items_per_s", float("nan")),
+        )
+
+    try:
+        set_threads(threads)
+        opts = json_object(config, "--config", "adaptation options")
+        if threads is not None:
+            opts.setdefault("threads", threads)
+        result = run_adapt(
+            method,
+            images,
+            detections,
+            out,
+            split=split,
+            options=opts,
+            steps=steps,
+            max_steps=max_steps,
+            resume=resume,
+            images_range=_range(images_range),
+            estimator_config=json_object(estimator_config, "--estimator-config", "estimator options"),
+            progress=show,
+            pseudo_progress=show_pseudo,
+        )
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(f"stopped at step {result.step}; last validation {result.val}; run folder {out}")

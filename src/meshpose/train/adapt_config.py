@@ -1,0 +1,174 @@
+"""Options of a ``meshpose adapt genflow`` run (:class:`AdaptConfig`) and the pseudo poses it trains from
+(:class:`PseudoPose`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from meshpose.nets.genflow import STRIDE, GenFlowNetConfig
+from meshpose.train.common import TrainOptions
+
+__all__ = ["AdaptConfig", "PseudoPose"]
+
+
+@dataclass(frozen=True)
+class PseudoPose:
+    """The pose the refiner itself gave one detection (estimate + refine at the starting weights): the training
+    target's stand-in. Never a ground-truth pose.
+
+    Args:
+        scene_id: the image's scene.
+        im_id: the image.
+        det_index: the detection's index in that image's list (:func:`~meshpose.io.detections.read_detections`
+            order, by decreasing score).
+        obj_id: the detected object.
+        R: ``(3, 3)`` ``cam_from_obj`` rotation.
+        t: ``(3,)`` translation, metres.
+        score: render-and-compare score of the pose (:func:`~meshpose.coarse.score.score_hypotheses`, in [0, 1],
+            higher is better): the curriculum's ranking.
+    """
+
+    scene_id: int
+    im_id: int
+    det_index: int
+    obj_id: int
+    R: np.ndarray
+    t: np.ndarray
+    score: float
+
+    @property
+    def image(self) -> tuple[int, int]:
+        return (self.scene_id, self.im_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (``RUN/pseudo_poses.json``)."""
+        return {
+            "scene_id": self.scene_id,
+            "im_id": self.im_id,
+            "det_index": self.det_index,
+            "obj_id": self.obj_id,
+            "R": np.asarray(self.R, np.float64).reshape(3, 3).tolist(),
+            "t": np.asarray(self.t, np.float64).reshape(3).tolist(),
+            "score": float(self.score),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PseudoPose:
+        return cls(
+            int(d["scene_id"]),
+            int(d["im_id"]),
+            int(d["det_index"]),
+            int(d["obj_id"]),
+            np.asarray(d["R"], np.float64).reshape(3, 3),
+            np.asarray(d["t"], np.float64).reshape(3),
+            float(d["score"]),
+        )
+
+
+@dataclass(frozen=True)
+class AdaptConfig(TrainOptions):
+    """A ``meshpose adapt genflow`` run: :class:`~meshpose.train.common.TrainOptions` (``data`` is the user's BOP
+    dataset; the synthetic-scene options are unused) and these.
+
+    Args:
+        split: the dataset's split.
+        detections: the detections file (BOP default-detections JSON with masks).
+        images_range: use only images with ``im_id`` in ``[A, B)`` (``None``: all).
+        crop_size: side of the network's crops, pixels (a multiple of 8).
+        padding: range of the crop box size over the object's projected extent (uniform per item).
+        rot_deg: range of the rotation (degrees, uniform, random axis) that perturbs the pseudo pose into the
+            start pose of an item.
+        trans_frac: range of its translation (fraction of the diameter, uniform, random direction).
+        iterations: recurrent iterations of the network per item.
+        gamma: weight decay of earlier iterations in the sequence loss.
+        loss_size: side (pixels) at which the poses are soft-rendered and compared with the observed crop (the same
+            box as the network's crop, resampled): smaller is faster.
+        render_faces: the soft renderer's meshes are decimated to at most this many faces.
+        render_sigma: the soft rasteriser's edge softness, pixels² at ``loss_size``.
+        colour_weight: ``λ`` of the colour term (LAB without L).
+        iou_weight: ``λ`` of the mask IoU term (against the detection's mask).
+        geometry_weight: ``λ`` of the geometry term (observed depth only).
+        geometry_clip: bound on each observed point's distance in the geometry term, metres.
+        observed_points: observed depth points per item for the geometry term.
+        model_points: model points per object for the geometry term.
+        use_depth: use the observed depth when the dataset has it (network input, PnP depth residual, geometry
+            term).
+        depth_prior_weight: RGB only: the PnP layer's prior holding the start depth (the ``genflow`` refiner's).
+        min_score: pseudo poses scored below this are not used.
+        curriculum_start: share of the training items (best pseudo-pose scores first) used at step 0.
+        curriculum_widen: share of the run over which that share grows linearly to all items.
+        val_share: share of the user's *images* (not detections) kept out of training: their items measure the run.
+        val_items: at most this many held-out items are measured.
+        net: network sizes (taken from ``init_weights``).
+        init_weights: the weights to adapt (``"package"``: those shipped with meshpose; a ``model.pt`` or
+            checkpoint).
+    """
+
+    data: str = ""
+    steps: int = 300
+    batch_size: int = 4
+    lr: float = 1e-4
+    warmup: int = 20
+    ckpt_every: int = 50
+    val_every: int = 50
+    log_every: int = 10
+    val_objects: str = ""
+    split: str = "test"
+    detections: str = ""
+    images_range: tuple[int, int] | None = None
+    crop_size: int = 128
+    padding: tuple[float, float] = (1.2, 1.6)
+    rot_deg: tuple[float, float] = (0.0, 15.0)
+    trans_frac: tuple[float, float] = (0.0, 0.1)
+    iterations: int = 4
+    gamma: float = 0.8
+    loss_size: int = 64
+    render_faces: int = 1000
+    render_sigma: float = 1.0
+    colour_weight: float = 2e-4
+    iou_weight: float = 0.1
+    geometry_weight: float = 1.0
+    geometry_clip: float = 0.02
+    observed_points: int = 200
+    model_points: int = 500
+    use_depth: bool = True
+    depth_prior_weight: float = 3e-4
+    min_score: float = 0.0
+    curriculum_start: float = 0.5
+    curriculum_widen: float = 0.5
+    val_share: float = 0.2
+    val_items: int = 64
+    net: GenFlowNetConfig = field(default_factory=GenFlowNetConfig)
+    init_weights: str | None = "package"
+
+    tuple_options: ClassVar[tuple[str, ...]] = ("image_size", "padding", "rot_deg", "trans_frac")
+
+    def check(self) -> None:
+        if self.crop_size % STRIDE or self.crop_size < 32:
+            raise ValueError(f"crop_size must be a multiple of {STRIDE} and ≥ 32, got {self.crop_size}")
+        if self.loss_size < 8:
+            raise ValueError(f"loss_size must be ≥ 8, got {self.loss_size}")
+        for name in ("padding", "rot_deg", "trans_frac"):
+            lo, hi = getattr(self, name)
+            if not 0.0 <= lo <= hi:
+                raise ValueError(f"{name} must be a range [lo, hi] with 0 ≤ lo ≤ hi, got {(lo, hi)}")
+        if self.padding[0] < 1.0:
+            raise ValueError(f"padding must be ≥ 1, got {self.padding}")
+        for name in ("curriculum_start", "curriculum_widen", "val_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a share in [0, 1], got {getattr(self, name)}")
+        if self.curriculum_start <= 0.0:
+            raise ValueError("curriculum_start must be > 0 (the first steps need items)")
+        if self.batch_size < 1 or self.iterations < 1 or self.steps < 0 or not 0.0 < self.gamma <= 1.0:
+            raise ValueError("need batch_size ≥ 1, iterations ≥ 1, steps ≥ 0, 0 < gamma ≤ 1")
+        if self.images_range is not None and not self.images_range[0] < self.images_range[1]:
+            raise ValueError(f"images_range [A, B) needs A < B, got {self.images_range}")
+
+    @classmethod
+    def convert(cls, d: dict[str, Any]) -> dict[str, Any]:
+        if d.get("images_range") is not None:
+            d["images_range"] = tuple(int(v) for v in d["images_range"])
+        return d

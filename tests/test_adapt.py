@@ -1,0 +1,253 @@
+"""``meshpose adapt genflow``: self-supervised adaptation on unlabeled images (the labels are deleted first).
+
+The fixture draws a tiny RGB-D dataset with the synthetic engine, makes detections from its masks, keeps the true
+poses in memory (for a stand-in coarse estimator and the loss sanity check only) and deletes ``scene_gt.json``;
+``BopDataset.gt`` is also made to fail, so nothing in ``adapt`` can read a pose label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from meshpose.cli import app
+from meshpose.coarse.gt_detections import detections_from_gt
+from meshpose.geometry.lie import perturb_pose
+from meshpose.io.bop import BopDataset
+from meshpose.io.detections import write_detections
+from meshpose.nets.batch import load_genflow_model
+from meshpose.run.adapt import PSEUDO_FILE, adapt
+from meshpose.synth import SceneConfig, SynthConfig, synthesize
+from meshpose.train.adapt import (
+    AdaptConfig,
+    AdaptData,
+    PseudoPose,
+    curriculum_share,
+    selfsup_terms,
+    split_images,
+)
+from meshpose.types import Detection, EstimateResult, ObjectModel, Observation, Pose, PoseEstimate
+
+runner = CliRunner()
+
+#: a run that fits the test budget: tiny crops, two recurrent iterations, two items per step
+TINY: dict[str, Any] = {
+    "batch_size": 2,
+    "crop_size": 64,
+    "loss_size": 32,
+    "iterations": 2,
+    "val_every": 2,
+    "ckpt_every": 2,
+    "log_every": 1,
+    "val_share": 0.25,
+    "val_items": 2,
+    "lr": 1e-4,
+    "warmup": 1,
+}
+
+
+@dataclasses.dataclass
+class Unlabeled:
+    root: Path
+    dets: Path
+    truth: dict[tuple[int, int], list[tuple[np.ndarray, Pose]]]  # per image: (mask, true pose) of each detection
+
+
+@pytest.fixture(scope="module")
+def unlabeled(tmp_path_factory: pytest.TempPathFactory) -> Unlabeled:
+    root = tmp_path_factory.mktemp("adapt") / "ds"
+    cfg = SynthConfig(
+        out=str(root),
+        objects="novel:3",
+        scenes=1,
+        images_per_scene=4,
+        split="test",
+        seed=3,
+        scene=SceneConfig(width=200, height=150, objects_per_scene=(2, 3), distractors_per_scene=(0, 1)),
+    )
+    synthesize(cfg)
+    ds = BopDataset(root, "test")
+    dets: dict[tuple[int, int], list[Detection]] = {}
+    truth: dict[tuple[int, int], list[tuple[np.ndarray, Pose]]] = {}
+    for key in ds.image_keys(targets_only=False):
+        dets[key] = detections_from_gt(ds, *key, source="mask_visib")
+        gts = ds.gt(*key)
+        masks = [ds.mask_visib(*key, g.gt_id) for g in gts]
+        truth[key] = []
+        for d in dets[key]:
+            j = next(j for j, m in enumerate(masks) if m is not None and np.array_equal(m, np.asarray(d.mask)))
+            truth[key].append((np.asarray(d.mask), gts[j].pose))
+    path = root.parent / "dets.json"
+    write_detections(path, dets)
+    for name in ("scene_gt.json", "scene_gt_info.json"):
+        (root / "test" / "000000" / name).unlink()  # from here on, nothing can read a pose
+    return Unlabeled(root, path, truth)
+
+
+@pytest.fixture(autouse=True)
+def no_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("adapt read a ground-truth pose")
+
+    monkeypatch.setattr(BopDataset, "gt", refuse)
+
+
+class NearTruth:
+    """A stand-in coarse estimator: the true pose of the detection (found by its mask) turned by 4° and moved by
+    3 % of the diameter — a good estimate, not the label."""
+
+    name = "near-truth"
+    modality: Literal["rgb", "rgbd"] = "rgb"
+
+    def __init__(self, truth: dict[tuple[int, int], list[tuple[np.ndarray, Pose]]]) -> None:
+        self.truth = truth
+        self.calls = 0
+
+    def estimate(
+        self, obs: Observation, objects: Sequence[ObjectModel], detections: Sequence[Detection], *, hypotheses: int = 1
+    ) -> list[EstimateResult]:
+        self.calls += 1
+        gen = torch.Generator().manual_seed(self.calls)
+        diam = {o.obj_id: o.diameter for o in objects}
+        out = []
+        for d in detections:
+            pose = next(p for m, p in self.truth[(d.scene_id, d.im_id)] if np.array_equal(m, np.asarray(d.mask)))
+            near = perturb_pose(pose, math.radians(4.0), 0.03 * diam[d.obj_id], gen)
+            out.append(EstimateResult(d, [PoseEstimate(d.obj_id, near, 1.0, 0.0)]))
+        return out
+
+
+class Identity:
+    """A stand-in refiner that keeps the pose (the pseudo poses of these tests are the estimator's)."""
+
+    name = "identity"
+    modality: Literal["rgb", "rgbd"] = "rgb"
+
+    def refine(self, obs: Observation, objects: Sequence[ObjectModel], init: Pose, **_: Any) -> Any:
+        from meshpose.refine.base import StageTimer, make_result
+
+        n = len(objects)
+        return make_result([init, init], np.ones(n), timer=StageTimer(), converged=np.ones(n, bool), failure=[None] * n)
+
+
+def test_refuses_a_dataset_without_images(unlabeled: Unlabeled, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(unlabeled.root / "models", bare / "models")
+    (bare / "test" / "000000").mkdir(parents=True)
+    shutil.copy(unlabeled.root / "test" / "000000" / "scene_camera.json", bare / "test" / "000000")
+    with pytest.raises(ValueError, match=rf"{bare}.*has no images"):
+        adapt("genflow", bare, unlabeled.dets, tmp_path / "run")
+    res = runner.invoke(app, ["adapt", "genflow", "--images", str(bare), "--detections", str(unlabeled.dets),
+                              "--out", str(tmp_path / "run2")])  # fmt: skip
+    assert res.exit_code == 2 and "has no images" in res.output
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    bad = runner.invoke(app, ["adapt", "genflow", "--images", str(unlabeled.root), "--detections", str(unlabeled.dets),
+                              "--out", str(tmp_path / "run3"), "--images-range", "5"])  # fmt: skip
+    assert bad.exit_code == 2 and "--images-range" in bad.output
+
+
+def test_refuses_detections_without_masks_and_other_methods(unlabeled: Unlabeled, tmp_path: Path) -> None:
+    raw = json.loads(unlabeled.dets.read_text())
+    for r in raw:
+        r.pop("segmentation", None)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="no mask"):
+        adapt("genflow", unlabeled.root, boxes, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"'deeprm' is not supported yet \(supported: genflow\)"):
+        adapt("deeprm", unlabeled.root, unlabeled.dets, tmp_path / "run")
+
+
+def _pseudo_from_truth(unlabeled: Unlabeled) -> list[PseudoPose]:
+    out = []
+    for (s, i), items in sorted(unlabeled.truth.items()):
+        for k, (_, pose) in enumerate(items):
+            R, t = pose.numpy()
+            out.append(PseudoPose(s, i, k, -1, R, t, 1.0))
+    return out
+
+
+def test_loss_is_lower_near_the_true_pose(unlabeled: Unlabeled) -> None:
+    ds = BopDataset(unlabeled.root, "test")
+    from meshpose.io.detections import read_detections
+
+    dets = read_detections(unlabeled.dets)
+    pseudo = [dataclasses.replace(p, obj_id=dets[p.image][p.det_index].obj_id) for p in _pseudo_from_truth(unlabeled)]
+    cfg = AdaptConfig(
+        data=str(ds.root), detections=str(unlabeled.dets), val_share=0.0, rot_deg=(0.0, 0.0), trans_frac=(0.0, 0.0),
+        **{k: v for k, v in TINY.items() if k not in ("val_share",)},
+    )  # fmt: skip
+    data = AdaptData(cfg, pseudo)
+    batch = data.make_batch(data.train[:4], np.random.default_rng(0))
+    assert batch is not None and batch["has_depth"]  # an RGB-D set: the geometry term is on
+    true = batch["batch"].pose
+    gen = torch.Generator().manual_seed(0)
+    diam = batch["batch"].diameter.double()
+    close = Pose.stack([perturb_pose(true[k], math.radians(3.0), 0.02 * float(diam[k]), gen) for k in range(len(diam))])
+    far = Pose.stack([perturb_pose(true[k], math.radians(30.0), 0.3 * float(diam[k]), gen) for k in range(len(diam))])
+    at_true = selfsup_terms(batch, true, cfg, data.tensors)
+    near = selfsup_terms(batch, close, cfg, data.tensors)
+    away = selfsup_terms(batch, far, cfg, data.tensors)
+    assert bool((near.total < away.total).all()), (near.total, away.total)
+    assert float(at_true.total.mean()) < float(near.total.mean())
+    assert bool((away.iou > near.iou).all()) and float(near.geometry.mean()) < float(away.geometry.mean())
+    # held out: whole images, never trained on; the training items best-scored first
+    split = AdaptData(dataclasses.replace(cfg, val_share=0.5), [dataclasses.replace(p, score=0.1 * k) for k, p in
+                                                                  enumerate(pseudo)])  # fmt: skip
+    assert split.val and {p.image for p in split.train}.isdisjoint(p.image for p in split.val)
+    assert len(split.held_out_images) == 2 and [p.score for p in split.train] == sorted(
+        (p.score for p in split.train), reverse=True
+    )
+
+
+def test_held_out_images_are_fixed_and_never_all() -> None:
+    images = [(0, i) for i in range(10)]
+    a, b = split_images(images, 0.3, seed=0), split_images(images, 0.3, seed=0)
+    assert a == b and len(a) == 3 and split_images(images, 0.3, seed=1) != a
+    assert split_images(images[:2], 0.9, 0) and len(split_images(images[:2], 0.9, 0)) == 1
+    assert not split_images(images[:1], 0.5, 0) and not split_images(images, 0.0, 0)
+    cfg = AdaptConfig(steps=100, curriculum_start=0.4, curriculum_widen=0.5)
+    shares = [curriculum_share(s, cfg) for s in (0, 25, 50, 99)]
+    assert shares == pytest.approx([0.4, 0.7, 1.0, 1.0])
+
+
+def test_adapt_runs_resumes_and_changes_the_weights(unlabeled: Unlabeled, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    est = NearTruth(unlabeled.truth)
+    res = adapt(
+        "genflow", unlabeled.root, unlabeled.dets, run, options=TINY, steps=3, max_steps=2, estimator=est,
+        refiner=Identity(),
+    )  # fmt: skip
+    assert not (unlabeled.root / "test" / "000000" / "scene_gt.json").exists()
+    assert res.step == 2 and est.calls == 4  # one call per image
+    for name in (PSEUDO_FILE, "last.pt", "best.pt", "model.pt", "config.json", "train_log.jsonl"):
+        assert (run / name).is_file(), name
+    cache = json.loads((run / PSEUDO_FILE).read_text())
+    assert len(cache["images"]) == 4 and len(cache["poses"]) == sum(len(v) for v in unlabeled.truth.values())
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    vals = [r for r in log if r.get("event") == "val"]
+    assert vals and all(math.isfinite(v["val_loss"]) and v["items"] >= 1 for v in vals)
+    steps = [r for r in log if "loss" in r]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in steps)
+    # the weights moved away from the shipped ones
+    base = load_genflow_model("package").state_dict()
+    after = load_genflow_model(run / "last.pt").state_dict()
+    assert any(not torch.equal(base[k], after[k]) for k in base)
+    # a second call without --resume is refused; --resume continues from last.pt with the cached pseudo poses
+    with pytest.raises(FileExistsError):
+        adapt("genflow", unlabeled.root, unlabeled.dets, run, options=TINY, estimator=est, refiner=Identity())
+    again = adapt("genflow", unlabeled.root, unlabeled.dets, run, resume=True, estimator=est, refiner=Identity())
+    assert again.step == 3 and est.calls == 4  # nothing re-estimated
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "resume" and r["step"] == 2 for r in log)
+    assert json.loads((run / "config.json").read_text())["crop_size"] == 64
