@@ -18,16 +18,14 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 import torch
+from tests.support.unlabeled import Unlabeled, make_unlabeled
 from typer.testing import CliRunner
 
 from meshpose.cli import app
-from meshpose.coarse.gt_detections import detections_from_gt
 from meshpose.geometry.lie import perturb_pose
 from meshpose.io.bop import BopDataset
-from meshpose.io.detections import write_detections
 from meshpose.nets.batch import load_genflow_model
 from meshpose.run.adapt import PSEUDO_FILE, adapt
-from meshpose.synth import SceneConfig, SynthConfig, synthesize
 from meshpose.train.adapt import (
     AdaptConfig,
     AdaptData,
@@ -56,42 +54,9 @@ TINY: dict[str, Any] = {
 }
 
 
-@dataclasses.dataclass
-class Unlabeled:
-    root: Path
-    dets: Path
-    truth: dict[tuple[int, int], list[tuple[np.ndarray, Pose]]]  # per image: (mask, true pose) of each detection
-
-
 @pytest.fixture(scope="module")
 def unlabeled(tmp_path_factory: pytest.TempPathFactory) -> Unlabeled:
-    root = tmp_path_factory.mktemp("adapt") / "ds"
-    cfg = SynthConfig(
-        out=str(root),
-        objects="novel:3",
-        scenes=1,
-        images_per_scene=4,
-        split="test",
-        seed=3,
-        scene=SceneConfig(width=200, height=150, objects_per_scene=(2, 3), distractors_per_scene=(0, 1)),
-    )
-    synthesize(cfg)
-    ds = BopDataset(root, "test")
-    dets: dict[tuple[int, int], list[Detection]] = {}
-    truth: dict[tuple[int, int], list[tuple[np.ndarray, Pose]]] = {}
-    for key in ds.image_keys(targets_only=False):
-        dets[key] = detections_from_gt(ds, *key, source="mask_visib")
-        gts = ds.gt(*key)
-        masks = [ds.mask_visib(*key, g.gt_id) for g in gts]
-        truth[key] = []
-        for d in dets[key]:
-            j = next(j for j, m in enumerate(masks) if m is not None and np.array_equal(m, np.asarray(d.mask)))
-            truth[key].append((np.asarray(d.mask), gts[j].pose))
-    path = root.parent / "dets.json"
-    write_detections(path, dets)
-    for name in ("scene_gt.json", "scene_gt_info.json"):
-        (root / "test" / "000000" / name).unlink()  # from here on, nothing can read a pose
-    return Unlabeled(root, path, truth)
+    return make_unlabeled(tmp_path_factory.mktemp("adapt"), objects="novel:3", images=4, split="test", seed=3)
 
 
 @pytest.fixture(autouse=True)

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.support.unlabeled import make_unlabeled
 
-from meshpose.coarse.gt_detections import detections_from_gt
 from meshpose.eval.pose_errors import adds
 from meshpose.io.bop import BopDataset
-from meshpose.io.detections import read_detections, write_detections
+from meshpose.io.detections import read_detections
 from meshpose.nets.jointloss import JointLossNet, JointLossNetConfig, best_pose, load_jointloss_net
-from meshpose.synth import SceneConfig, SynthConfig, synthesize
 from meshpose.train.jointloss import JointLossTrainConfig, ObjectTensors, joint_input, train_jointloss
 from meshpose.train.jointloss_data import JointLossDataset, collate
 
@@ -25,32 +24,12 @@ Truth = dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]]
 def unlabeled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Truth]:
     """Four RGB-D frames of two generated objects, their detections (from the modal masks), the true poses kept
     aside *for the test's measurement only*, and then the dataset's pose files deleted."""
-    root = tmp_path_factory.mktemp("jlt") / "ds"
-    synthesize(
-        SynthConfig(
-            out=str(root),
-            objects="novel:2",
-            scenes=1,
-            images_per_scene=4,
-            split="train_pbr",
-            seed=11,
-            scene=SceneConfig(width=200, height=150, objects_per_scene=(2, 2), distractors_per_scene=(0, 0)),
-        )
-    )
-    ds = BopDataset(root, "train_pbr")
-    truth: Truth = {}
-    dets = {}
-    for key in ds.image_keys(targets_only=False):
-        found = detections_from_gt(ds, *key, source="mask_visib")
-        gts = {g.obj_id: g.pose.numpy() for g in ds.gt(*key)}
-        for j, d in enumerate(found):
-            truth[(key[0], key[1], j)] = gts[d.obj_id]
-        dets[key] = found
-    path = root.parent / "dets.json"
-    write_detections(path, dets)
-    for name in ("scene_gt.json", "scene_gt_info.json"):
-        (root / "train_pbr" / "000000" / name).unlink()  # from here on, nothing can read a pose
-    return root, path, truth
+    u = make_unlabeled(
+        tmp_path_factory.mktemp("jlt"), objects="novel:2", images=4, split="train_pbr", seed=11,
+        objects_per_scene=(2, 2), distractors=(0, 0),
+    )  # fmt: skip
+    truth: Truth = {(s, i, j): pose.numpy() for (s, i), items in u.truth.items() for j, (_, pose) in enumerate(items)}
+    return u.root, u.dets, truth
 
 
 def _config(root: Path, dets: Path, **kw: object) -> JointLossTrainConfig:

@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.support.unlabeled import make_unlabeled
 
-from meshpose.coarse.gt_detections import detections_from_gt
 from meshpose.geometry.lie import random_rotations
 from meshpose.geometry.projection import unproject
 from meshpose.io.bop import BopDataset
-from meshpose.io.detections import DetectionsByImage, read_detections, write_detections
+from meshpose.io.detections import DetectionsByImage, read_detections
 from meshpose.mesh import example_object
 from meshpose.render.gl import get_default_renderer
-from meshpose.synth import SceneConfig, SynthConfig, synthesize
 from meshpose.train import weak_labels as wl
 from meshpose.train.jointloss_data import JointAugment, JointLossDataset, collate, keys_in_range
 from meshpose.types import Camera, Detection, Pose
@@ -25,33 +24,21 @@ from meshpose.types import Camera, Detection, Pose
 TINY = 12  # pixels of the fake tiny detection (below the 50-pixel minimum)
 
 
-@pytest.fixture(scope="module")
-def unlabeled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny RGB-D dataset from the synthetic engine, its detections (from its masks, plus one tiny fake one),
-    and then its poses deleted: ``(root, detections.json)``."""
-    root = tmp_path_factory.mktemp("jl") / "ds"
-    cfg = SynthConfig(
-        out=str(root),
-        objects="novel:3",
-        scenes=1,
-        images_per_scene=3,
-        split="test",
-        seed=5,
-        scene=SceneConfig(width=200, height=150, objects_per_scene=(2, 3), distractors_per_scene=(0, 1)),
-    )
-    synthesize(cfg)
-    ds = BopDataset(root, "test")
-    dets = {k: detections_from_gt(ds, *k, source="mask_visib") for k in ds.image_keys(targets_only=False)}
+def _add_tiny(dets: dict[tuple[int, int], list[Detection]]) -> None:
+    """One fake 12-pixel detection in the first image (below the 50-pixel minimum)."""
     first = next(iter(dets))
     tiny = np.zeros((150, 200), bool)
     tiny[5:8, 5:9] = True  # 12 pixels
     box = np.array([5.0, 5.0, 4.0, 3.0])
     dets[first].append(Detection(dets[first][0].obj_id, box, tiny, scene_id=first[0], im_id=first[1]))
-    path = root.parent / "dets.json"
-    write_detections(path, dets)
-    for name in ("scene_gt.json", "scene_gt_info.json"):
-        (root / "test" / "000000" / name).unlink()  # from here on, nothing can read a pose
-    return root, path
+
+
+@pytest.fixture(scope="module")
+def unlabeled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny RGB-D dataset from the synthetic engine, its detections (from its masks, plus one tiny fake one),
+    and then its poses deleted: ``(root, detections.json)``."""
+    u = make_unlabeled(tmp_path_factory.mktemp("jl"), objects="novel:3", images=3, split="test", seed=5, edit=_add_tiny)
+    return u.root, u.dets
 
 
 def _loader(unlabeled: tuple[Path, Path], **kw: object) -> tuple[JointLossDataset, DetectionsByImage]:

@@ -158,17 +158,21 @@ class DiffMesh:
 
         Args:
             obj: the object model (its ``render_mesh`` is used).
-            max_faces: face budget, ``≥ 4`` (a budget the decimator cannot reach gets up to twice as many faces).
+            max_faces: face budget, ``≥ 4`` (a budget the decimator cannot reach is doubled, up to 8×; beyond that the
+                render mesh is used as it is).
 
         Returns:
             A float32 :class:`DiffMesh` on the CPU.
         """
         mesh = obj.render_mesh
-        if len(mesh.faces) > max_faces:
+        budget = max_faces
+        while len(mesh.faces) > budget:
             try:
-                mesh = simplify_mesh(mesh, max_faces)
-            except MeshError:  # a small budget the decimator cannot reach (sharp creases kept): the next best
-                mesh = simplify_mesh(mesh, 2 * max_faces) if len(mesh.faces) > 2 * max_faces else mesh
+                mesh = simplify_mesh(mesh, budget)
+            except MeshError:  # a budget the decimator cannot reach (creases kept): double it, up to 8×
+                if budget >= 8 * max_faces:
+                    break  # the render mesh as it is
+                budget *= 2
         data = surface_data(mesh)
         colors = data.colors[:, :3].astype(np.float64) / 255.0
         if data.textured:

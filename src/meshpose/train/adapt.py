@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from meshpose.errors import MeshError
 from meshpose.geometry.crop import crop_box_around_object, crop_image
 from meshpose.geometry.lie import perturb_pose
 from meshpose.geometry.projection import unproject
@@ -54,7 +53,6 @@ from meshpose.io.detections import DetectionsByImage, read_detections
 from meshpose.nets.batch import METHOD, CropBatch, load_genflow_model, make_crop_batch, run_network
 from meshpose.nets.genflow import GenFlowNet
 from meshpose.render.base import Lighting, Renderer, render_alone
-from meshpose.render.diff import DiffMesh
 from meshpose.train.adapt_config import AdaptConfig, PseudoPose
 from meshpose.train.common import (
     initial_weights,
@@ -105,30 +103,8 @@ def split_images(images: Sequence[tuple[int, int]], share: float, seed: int) -> 
 
 
 def object_tensors(objects: dict[int, ObjectModel], model_points: int, faces: int, seed: int = 0) -> ObjectTensors:
-    """:class:`~meshpose.train.jointloss.ObjectTensors` of ``objects`` (symmetries unused here: identity only);
-    a mesh that cannot be decimated to ``faces`` faces gets a larger budget (×2, up to three times) instead of
-    stopping the run."""
-    ids = tuple(sorted(objects))
-    rng = np.random.default_rng(seed)
-    pts, meshes = [], []
-    for o in ids:
-        p = objects[o].points
-        pts.append(p[rng.choice(len(p), model_points, replace=len(p) < model_points)])
-        for k in range(4):
-            try:
-                meshes.append(DiffMesh.from_object(objects[o], max_faces=faces * 2**k))
-                break
-            except MeshError as exc:
-                if k == 3:
-                    raise
-                log.info("object %d: %s; trying %d faces", o, exc, faces * 2 ** (k + 1))
-    return ObjectTensors(
-        obj_ids=ids,
-        points=torch.tensor(np.stack(pts), dtype=torch.float32),
-        symmetries=torch.eye(4).repeat(len(ids), 1, 1, 1),
-        diameters=torch.tensor([objects[o].diameter for o in ids], dtype=torch.float32),
-        meshes=tuple(meshes),
-    )
+    """:class:`~meshpose.train.jointloss.ObjectTensors` of ``objects`` (their symmetries are not used here)."""
+    return ObjectTensors.of(objects, model_points, faces, seed)
 
 
 def curriculum_share(step: int, cfg: AdaptConfig) -> float:
