@@ -27,6 +27,7 @@ Validation (``val_data``, a held-out labelled set: labels read here only): ``est
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import roma
 import torch
 
 from meshpose.eval.pose_errors import adds
@@ -72,6 +74,8 @@ __all__ = [
     "joint_input",
     "jointloss_losses",
     "load_jointloss_net",
+    "refiner_starts",
+    "render_crops",
     "train_jointloss",
     "validate_jointloss",
 ]
@@ -160,6 +164,44 @@ def render_crops(
     return colour, sil
 
 
+def refiner_starts(
+    R0: torch.Tensor,
+    t0: torch.Tensor,
+    weak_R: torch.Tensor,
+    weak_t: torch.Tensor,
+    weak_ok: torch.Tensor,
+    diameter: torch.Tensor,
+    cfg: JointLossTrainConfig,
+    stage: int,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The poses the refiner starts from in a training step (detached): the estimator's most confident vote, or —
+    for a share ``refiner_perturb_share`` of the items — a pose turned by up to ``refiner_perturb_deg`` and moved
+    by up to ``refiner_perturb_frac`` · diameter from the weak target (stage 1, items with one) or from the
+    estimator's vote (stage 2: no target is used). Early in a run the estimator's votes are far off and alike;
+    the perturbed starts give the refiner residuals of every size to learn from.
+
+    Returns:
+        ``(R (B, 3, 3), t (B, 3))``.
+    """
+    R0, t0 = R0.detach(), t0.detach()
+    b = len(R0)
+    pick = torch.rand(b, generator=gen) < cfg.refiner_perturb_share
+    if not bool(pick.any()) or cfg.refiner_perturb_share <= 0:
+        return R0, t0
+    use_weak = pick & weak_ok.bool() if stage == 1 else torch.zeros_like(pick)
+    base_R = torch.where(use_weak[:, None, None], weak_R, R0)
+    base_t = torch.where(use_weak[:, None], weak_t, t0)
+    axis = torch.nn.functional.normalize(torch.randn(b, 3, generator=gen), dim=1)
+    angle = torch.rand(b, generator=gen) * math.radians(cfg.refiner_perturb_deg)
+    dR = roma.rotvec_to_rotmat(axis * angle[:, None]).to(R0.dtype)
+    direction = torch.nn.functional.normalize(torch.randn(b, 3, generator=gen), dim=1)
+    shift = direction * (torch.rand(b, generator=gen) * cfg.refiner_perturb_frac)[:, None] * diameter[:, None]
+    R = torch.where(pick[:, None, None], dR @ base_R, R0)
+    t = torch.where(pick[:, None], base_t + shift.to(t0.dtype), t0)
+    return R, t
+
+
 def _masked_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (x * w).sum() / w.sum().clamp_min(1.0)
 
@@ -178,9 +220,11 @@ def jointloss_losses(
     pts, syms, diam = objects.points[idx], objects.symmetries[idx], objects.diameters[idx]
     out = net.estimator(inputs)
     R0, t0 = best_pose(out)
-    iterates = net.refiner.refine(inputs, R0, t0, out.emb.detach(), iterations=cfg.refine_iterations)
     ok = data["weak_ok"].float()
     stage = int(data["stage"])
+    gen = torch.Generator().manual_seed(int(data["step"]) * 7919 + 1)
+    Rs, ts = refiner_starts(R0, t0, data["weak_R"], data["weak_t"], data["weak_ok"], diam, cfg, stage, gen)
+    iterates = net.refiner.refine(inputs, Rs, ts, out.emb.detach(), iterations=cfg.refine_iterations)
     stats: dict[str, float] = {"stage": float(stage), "weak_share": float(ok.mean())}
     weak = torch.zeros((), dtype=R0.dtype)
     if stage == 1 or cfg.weak_weight > 0:

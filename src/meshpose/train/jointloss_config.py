@@ -37,6 +37,10 @@ class JointLossTrainConfig(TrainOptions):
         colour_weight, iou_weight, geometry_weight: the joint loss's ``λ`` (LAB units, IoU, metres).
         geometry_clip: bound on each observed point's distance in the geometry term, metres.
         refine_iterations: ``K`` of the refiner (trained and validated).
+        refiner_perturb_share: share of the items whose refiner starts from a perturbed pose instead of the
+            estimator's vote (:func:`~meshpose.train.jointloss.refiner_starts`).
+        refiner_perturb_deg: largest rotation of those starts, degrees (uniform).
+        refiner_perturb_frac: largest translation of those starts, share of the diameter (uniform).
         render_faces: the differentiable renderer's meshes are decimated to at most this many faces.
         render_sigma: the soft rasteriser's edge softness, pixels².
         augment: colour jitter and depth noise on the training crops.
@@ -68,6 +72,9 @@ class JointLossTrainConfig(TrainOptions):
     geometry_weight: float = 1.0
     geometry_clip: float = 0.02
     refine_iterations: int = 2
+    refiner_perturb_share: float = 0.5
+    refiner_perturb_deg: float = 15.0
+    refiner_perturb_frac: float = 0.1
     render_faces: int = 1000
     render_sigma: float = 1.0
     augment: bool = True
