@@ -80,3 +80,13 @@ def test_refiner_refines_known_objects_and_keeps_unknown_ones(net: JointLossNet,
     assert torch.allclose(res2.pose.t, gt.reshape(1).t)
     mask = ref.object_mask(obs, obj, gt)
     assert mask.sum() > 50
+
+
+def test_the_shipped_lmo_weights_load_and_name_their_objects() -> None:
+    from meshpose.nets.jointloss import load_jointloss_net
+
+    net = load_jointloss_net("package:lmo")
+    assert net.config.obj_ids == (1, 5, 6, 8, 9, 10, 11, 12)
+    assert net.head_of(9) == 4 and net.head_of(2) is None
+    est = make_estimator("jointloss")  # package:lmo is the default
+    assert isinstance(est, JointLossEstimator) and est.model.config.obj_ids == net.config.obj_ids
