@@ -306,7 +306,7 @@ def selfsup_terms(data: dict[str, Any], pose: Pose, cfg: AdaptConfig, objects: O
     R = pose.R.to(torch.float32)
     t = pose.t.to(torch.float32)
     idx = data["obj_index"]
-    colour, sil = render_crops(objects, idx, R, t, data["K_loss"], cfg.loss_size, cfg.render_sigma)
+    colour, sil, _ = render_crops(objects, idx, R, t, data["K_loss"], cfg.loss_size, cfg.render_sigma)
     weights = JointLossWeights(colour=cfg.colour_weight, iou=cfg.iou_weight, geometry=cfg.geometry_weight)
     depth = bool(data["has_depth"])
     return joint_loss(

@@ -78,6 +78,7 @@ __all__ = [
     "render_crops",
     "train_jointloss",
     "validate_jointloss",
+    "visible_weight",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def render_crops(
     K: torch.Tensor,
     size: int,
     sigma: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Soft renderings of one object per crop (items grouped by object).
 
     Args:
@@ -151,17 +152,20 @@ def render_crops(
         sigma: edge softness, pixels².
 
     Returns:
-        ``(colour (B, size, size, 3), silhouette (B, size, size))``, differentiable in ``R`` and ``t``.
+        ``(colour (B, size, size, 3), silhouette (B, size, size), depth (B, size, size))`` (depth in metres, 0
+        off the object), differentiable in ``R`` and ``t``.
     """
     settings = SoftRasterSettings(sigma=sigma)
     colour = R.new_zeros((len(R), size, size, 3))
     sil = R.new_zeros((len(R), size, size))
+    depth = R.new_zeros((len(R), size, size))
     for k in index.unique().tolist():
         sel = (index == k).nonzero()[:, 0]
         out = render_soft([objects.meshes[k]], R[sel, None], t[sel, None], K[sel], (size, size), settings)
         colour = colour.index_put((sel,), out.color)
         sil = sil.index_put((sel,), out.silhouette)
-    return colour, sil
+        depth = depth.index_put((sel,), out.depth)
+    return colour, sil, depth
 
 
 def refiner_starts(
@@ -200,6 +204,32 @@ def refiner_starts(
     R = torch.where(pick[:, None, None], dR @ base_R, R0)
     t = torch.where(pick[:, None], base_t + shift.to(t0.dtype), t0)
     return R, t
+
+
+def visible_weight(
+    silhouette: torch.Tensor,
+    depth: torch.Tensor,
+    observed_depth: torch.Tensor,
+    observed_mask: torch.Tensor,
+    margin: float,
+) -> torch.Tensor:
+    """``(B, H, W)`` 0 where the rendered object is hidden in the observation, else 1 (no gradient).
+
+    The detection's mask is *modal* (the visible part) and the rendering *amodal*: where something stands in front of
+    the object, the IoU would pull the pose away from the occluder. A rendered pixel outside the mask whose observed
+    depth lies more than ``margin`` metres in front of the rendered surface is taken as occluded and left out of the
+    mask IoU (the mask term then compares only what can be seen).
+
+    Args:
+        silhouette: ``(B, H, W)`` rendered soft silhouette.
+        depth: ``(B, H, W)`` rendered depth, metres (0 off the object).
+        observed_depth: ``(B, H, W)`` the observed depth crop, metres (0 = missing).
+        observed_mask: ``(B, H, W)`` bool, the detection's mask.
+        margin: metres.
+    """
+    with torch.no_grad():
+        hidden = (observed_depth > 0) & (depth > 0) & (observed_depth < depth - margin) & ~observed_mask
+        return (~(hidden & (silhouette > 0.05))).to(silhouette.dtype)
 
 
 def _masked_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -260,11 +290,12 @@ def jointloss_losses(
     obs_mask = data["mask"] > 0
     terms_all = []
     for R, t in [(R0, t0), *iterates]:
-        colour, sil = render_crops(objects, idx, R, t, data["K_crop"], cfg.crop, cfg.render_sigma)
+        colour, sil, depth = render_crops(objects, idx, R, t, data["K_crop"], cfg.crop, cfg.render_sigma)
+        seen = visible_weight(sil, depth, data["depth"], obs_mask, cfg.occlusion_margin) if cfg.occlusion_aware else 1.0
         terms_all.append(
             joint_loss(
                 colour,
-                sil,
+                sil * seen,
                 obs_rgb,
                 obs_mask,
                 weights,

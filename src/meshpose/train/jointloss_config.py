@@ -37,6 +37,9 @@ class JointLossTrainConfig(TrainOptions):
         colour_weight, iou_weight, geometry_weight: the joint loss's ``λ`` (LAB units, IoU, metres).
         geometry_clip: bound on each observed point's distance in the geometry term, metres.
         refine_iterations: ``K`` of the refiner (trained and validated).
+        occlusion_aware: stage 2's mask IoU leaves out rendered pixels that the observed depth shows hidden behind
+            something (:func:`~meshpose.train.jointloss.visible_weight`).
+        occlusion_margin: metres in front of the rendered surface that count as an occluder.
         refiner_perturb_share: share of the items whose refiner starts from a perturbed pose instead of the
             estimator's vote (:func:`~meshpose.train.jointloss.refiner_starts`).
         refiner_perturb_deg: largest rotation of those starts, degrees (uniform).
@@ -72,6 +75,8 @@ class JointLossTrainConfig(TrainOptions):
     geometry_weight: float = 1.0
     geometry_clip: float = 0.02
     refine_iterations: int = 2
+    occlusion_aware: bool = False
+    occlusion_margin: float = 0.01
     refiner_perturb_share: float = 0.5
     refiner_perturb_deg: float = 15.0
     refiner_perturb_frac: float = 0.1
