@@ -307,7 +307,7 @@ def jointloss_losses(
             )
         )
     joint = torch.stack([x.total.mean() for x in terms_all]).sum()
-    loss = loss + votes + joint
+    loss = loss + cfg.vote_weight * votes + joint
     first, last = terms_all[0], terms_all[-1]
     stats.update(
         loss=float(loss.detach()),

@@ -34,6 +34,7 @@ class JointLossTrainConfig(TrainOptions):
         model_points: model points of the losses.
         conf_w: DenseFusion's confidence regulariser ``w`` (distances in metres).
         votes: stage 2: per crop, this many votes get the (geometric) confidence-weighted loss.
+        vote_weight: weight of that loss (0: stage 2 trains only the rendered best vote and the refiner).
         colour_weight, iou_weight, geometry_weight: the joint loss's ``λ`` (LAB units, IoU, metres).
         geometry_clip: bound on each observed point's distance in the geometry term, metres.
         refine_iterations: ``K`` of the refiner (trained and validated).
@@ -70,6 +71,7 @@ class JointLossTrainConfig(TrainOptions):
     model_points: int = 500
     conf_w: float = 0.015
     votes: int = 32
+    vote_weight: float = 1.0
     colour_weight: float = 2e-4
     iou_weight: float = 0.1
     geometry_weight: float = 1.0
