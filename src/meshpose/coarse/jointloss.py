@@ -14,6 +14,7 @@ the eight LM-O objects by their BOP ids.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from meshpose.coarse.base import estimate_each
+from meshpose.geometry.lie import rotation_angle
 from meshpose.nets.jointloss import JointLossNet, load_jointloss_net, run_jointloss
 from meshpose.nets.jointloss_batch import SkippedDetection, collate, make_sample
 from meshpose.types import Detection, Failure, FailureCode, ObjectModel, Observation, Pose, PoseEstimate
@@ -132,7 +134,9 @@ class JointLossEstimator:
                 break
             ti = out.t[0, i]
             if all(
-                float((ti - out.t[0, j]).norm()) > sep or _angle_deg(out.R[0, i], out.R[0, j]) > 15.0 for j in chosen
+                float((ti - out.t[0, j]).norm()) > sep
+                or float(rotation_angle(out.R[0, i], out.R[0, j])) > math.radians(15.0)
+                for j in chosen
             ):
                 chosen.append(i)
         R = out.R[0, chosen]
@@ -148,8 +152,3 @@ class JointLossEstimator:
             for j in range(len(chosen))
         ]
         return hyps, None, {"points": len(sample.points)}
-
-
-def _angle_deg(Ra: torch.Tensor, Rb: torch.Tensor) -> float:
-    c = (torch.trace(Ra.T @ Rb) - 1.0) / 2.0
-    return float(torch.rad2deg(torch.arccos(c.clamp(-1.0, 1.0))))

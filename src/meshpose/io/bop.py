@@ -308,6 +308,11 @@ class BopDataset:
     def depth_path(self, scene_id: int, im_id: int) -> Path | None:
         return self._image_file(scene_id, im_id, ("depth",))
 
+    def depth(self, scene_id: int, im_id: int) -> np.ndarray | None:
+        """The depth map of an image in metres (``(H, W)`` float32, 0 where missing), ``None`` without one."""
+        dp = self.depth_path(scene_id, im_id)
+        return None if dp is None else read_depth(dp, self.depth_scale_mm(scene_id, im_id))
+
     @cached_property
     def _camera_json(self) -> dict[str, Any] | None:
         for name in ("camera.json", f"camera_{self.split}.json"):
@@ -385,17 +390,16 @@ class BopDataset:
             )
         depth = None
         if with_depth:
-            dp = self.depth_path(scene_id, im_id)
-            if dp is not None:
-                depth = read_depth(dp, self.depth_scale_mm(scene_id, im_id))
-                if depth.shape != rgb.shape[:2]:
-                    raise ImageError(
-                        f"depth image {dp} is {depth.shape[1]}×{depth.shape[0]} but the colour image {rgb_path.name} "
-                        f"is {rgb.shape[1]}×{rgb.shape[0]}: a depth map of another camera or resolution?",
-                        path=dp,
-                        value=(depth.shape[1], depth.shape[0]),
-                        cause="size mismatch",
-                    )
+            depth = self.depth(scene_id, im_id)
+            if depth is not None and depth.shape != rgb.shape[:2]:
+                dp = self.depth_path(scene_id, im_id)
+                raise ImageError(
+                    f"depth image {dp} is {depth.shape[1]}×{depth.shape[0]} but the colour image {rgb_path.name} "
+                    f"is {rgb.shape[1]}×{rgb.shape[0]}: a depth map of another camera or resolution?",
+                    path=dp,
+                    value=(depth.shape[1], depth.shape[0]),
+                    cause="size mismatch",
+                )
         return Observation(rgb=rgb, camera=camera, depth=depth)
 
     def gt(self, scene_id: int, im_id: int) -> list[GtInstance]:

@@ -35,6 +35,7 @@ __all__ = [
     "collate",
     "crop_box",
     "make_sample",
+    "mask_points",
     "skip_reason",
     "valid_depth",
 ]
@@ -118,6 +119,33 @@ def valid_depth(depth: np.ndarray) -> np.ndarray:
     return np.isfinite(depth) & (depth > 0)
 
 
+def mask_points(
+    mask: np.ndarray, depth: np.ndarray, K: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` pixels drawn from ``mask`` ∩ valid depth (with replacement when there are fewer), back-projected.
+
+    Args:
+        mask: ``(H, W)`` bool.
+        depth: ``(H, W)`` metres (0 or non-finite = missing).
+        K: ``(3, 3)`` intrinsics of the image.
+        n: pixels to draw.
+        rng: draws them.
+
+    Returns:
+        ``(points (n, 3) float64`` camera frame, metres, ``uv (n, 2) float64`` their pixel coordinates``)``.
+
+    Raises:
+        ValueError: no pixel of the mask has valid depth.
+    """
+    ys, xs = np.nonzero(mask & valid_depth(depth))
+    if len(ys) == 0:
+        raise ValueError("no pixel of the mask has valid depth")
+    pick = rng.choice(len(ys), size=n, replace=len(ys) < n)
+    ys, xs = ys[pick], xs[pick]
+    uv = np.stack([xs, ys], axis=1).astype(np.float64)
+    return unproject(uv, depth[ys, xs].astype(np.float64), np.array(K)).numpy(), uv
+
+
 def make_sample(
     rgb: np.ndarray,
     depth: np.ndarray,
@@ -153,11 +181,8 @@ def make_sample(
         raise SkippedDetection(f"detection {key} (object {det.obj_id}): {reason}")
     assert det.mask is not None
     box = crop_box(det, margin)
-    ys, xs = np.nonzero(det.mask & valid_depth(depth))
-    pick = rng.choice(len(ys), size=points, replace=len(ys) < points)
-    ys, xs = ys[pick], xs[pick]
-    uv = np.stack([xs, ys], axis=1).astype(np.float64)
-    pts = unproject(uv, depth[ys, xs].astype(np.float64), np.array(camera.K)).numpy().astype(np.float32)
+    pts64, uv = mask_points(det.mask, depth, camera.K, points, rng)
+    pts = pts64.astype(np.float32)
     cams, affines = crop_cameras(camera, box[None], crop, crop)
     cuv = uv @ affines[0][:, :2].T + affines[0][:, 2]
     cu = np.clip(np.rint(cuv[:, 0]), 0, crop - 1).astype(np.int64)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from meshpose.coarse.base import Estimator
 from meshpose.io.bop import BopDataset
 from meshpose.io.detections import DetectionsByImage, read_detections
+from meshpose.io.jsonfile import write_json_atomic
 from meshpose.refine.base import Refiner
 from meshpose.run.estimate_job import (
     EstimateSpec,
@@ -130,12 +130,6 @@ def _pseudo_settings(cfg: AdaptConfig, estimator_config: dict[str, Any]) -> dict
     }
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
 def compute_pseudo_poses(
     cfg: AdaptConfig,
     run: Path,
@@ -213,9 +207,10 @@ def compute_pseudo_poses(
                 poses.append(PseudoPose(key[0], key[1], idx[rec.detection], rec.obj_id, R, t, float(score)))
             if not outcome.failures or any(f.obj_id is not None for f in outcome.failures):
                 done.add(key)  # an image that failed as a whole is retried by the next call
-            _write_json(
+            write_json_atomic(
                 path,
                 {"settings": settings, "images": sorted(done), "poses": [p.to_dict() for p in poses]},
+                indent=None,
             )
             if progress is not None:
                 progress(n, len(left), key)

@@ -47,14 +47,15 @@ import torch
 
 from meshpose.geometry.crop import crop_box_around_object, crop_image
 from meshpose.geometry.lie import perturb_pose
-from meshpose.geometry.projection import unproject
 from meshpose.io.bop import BopDataset
 from meshpose.io.detections import DetectionsByImage, read_detections
 from meshpose.nets.batch import METHOD, CropBatch, load_genflow_model, make_crop_batch, run_network
 from meshpose.nets.genflow import GenFlowNet
+from meshpose.nets.jointloss_batch import mask_points, valid_depth
 from meshpose.render.base import Lighting, Renderer, render_alone
 from meshpose.train.adapt_config import AdaptConfig, PseudoPose
 from meshpose.train.common import (
+    batch_to_device,
     initial_weights,
     lazy_validation,
     loop_config,
@@ -67,16 +68,14 @@ from meshpose.train.jointloss import ObjectTensors, render_crops
 from meshpose.train.loop import LoopResult, train_loop
 from meshpose.train.losses import sequence_loss
 from meshpose.train.selfsup_losses import JointLossTerms, JointLossWeights, joint_loss
-from meshpose.types import ObjectModel, Observation, Pose
+from meshpose.types import Observation, Pose
 
 __all__ = [
     "AdaptConfig",
     "AdaptData",
     "PseudoPose",
     "adapt_losses",
-    "batch_to",
     "curriculum_share",
-    "object_tensors",
     "selfsup_terms",
     "split_images",
     "train_adapt",
@@ -100,11 +99,6 @@ def split_images(images: Sequence[tuple[int, int]], share: float, seed: int) -> 
     k = min(n - 1, max(1, round(share * n)))
     order = np.random.default_rng([seed, _SALT, 1]).permutation(n)
     return {keys[int(i)] for i in order[:k]}
-
-
-def object_tensors(objects: dict[int, ObjectModel], model_points: int, faces: int, seed: int = 0) -> ObjectTensors:
-    """:class:`~meshpose.train.jointloss.ObjectTensors` of ``objects`` (their symmetries are not used here)."""
-    return ObjectTensors.of(objects, model_points, faces, seed)
 
 
 def curriculum_share(step: int, cfg: AdaptConfig) -> float:
@@ -151,7 +145,7 @@ class AdaptData:
         self.train = sorted(train, key=lambda p: (-p.score, p.scene_id, p.im_id, p.det_index))
         self.held_out_images = sorted(held_out)
         self.objects = self.bop.objects(sorted({p.obj_id for p in usable}))
-        self.tensors = object_tensors(self.objects, cfg.model_points, cfg.render_faces, cfg.seed)
+        self.tensors = ObjectTensors.of(self.objects, cfg.model_points, cfg.render_faces, cfg.seed)
         self.with_depth = bool(cfg.use_depth and self.bop.has_depth)
         self._renderer = renderer
         self._cache: OrderedDict[tuple[int, int], Observation] = OrderedDict()
@@ -245,13 +239,9 @@ class AdaptData:
         n = self.cfg.observed_points
         if obs.depth is None or not self.with_depth:
             return np.zeros((n, 3), np.float32), np.zeros(n, bool)
-        ys, xs = np.nonzero(mask & (obs.depth > 0))
-        if len(ys) == 0:
+        if not np.any(mask & valid_depth(obs.depth)):
             return np.zeros((n, 3), np.float32), np.zeros(n, bool)
-        pick = rng.choice(len(ys), n, replace=len(ys) < n)
-        uv = np.stack([xs[pick], ys[pick]], 1).astype(np.float64)
-        z = obs.depth[ys[pick], xs[pick]].astype(np.float64)
-        pts = unproject(uv, z, np.array(obs.camera.K, np.float64)).numpy()
+        pts, _ = mask_points(mask, obs.depth, obs.camera.K, n, rng)
         return pts.astype(np.float32), np.ones(n, bool)
 
     def batches(self, start_step: int, rank: int) -> Iterator[dict[str, Any]]:
@@ -286,15 +276,6 @@ class AdaptData:
                 out.append(data)
         log.info("validation: %d held-out item(s)", sum(len(d["obj_index"]) for d in out))
         return out
-
-
-def batch_to(data: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """A :meth:`AdaptData.make_batch` batch on ``device``."""
-    out = dict(data)
-    for k, v in data.items():
-        if isinstance(v, torch.Tensor | CropBatch):
-            out[k] = v.to(device)
-    return out
 
 
 def selfsup_terms(data: dict[str, Any], pose: Pose, cfg: AdaptConfig, objects: ObjectTensors) -> JointLossTerms:
@@ -376,7 +357,7 @@ def validate_adapt(
     total, start, iou, colour, n = 0.0, 0.0, 0.0, 0.0, 0
     with torch.no_grad():
         for data in batches:
-            data = batch_to(data, device)
+            data = batch_to_device(data, device)
             last = selfsup_terms(data, _network(net, data, cfg)[-1], cfg, objects)
             first = selfsup_terms(data, data["batch"].pose, cfg, objects)
             total += float(last.total.sum())
@@ -451,7 +432,7 @@ def train_adapt(
             cfg.net.to_dict(),
             data=data.batches,
             loss=lambda m, batch: adapt_losses(m, batch, cfg, objects),
-            to_device=batch_to,
+            to_device=batch_to_device,
             validate=validate,
         )
         if not data.val:

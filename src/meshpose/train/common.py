@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import numpy as np
 import torch
 
+from meshpose.nets.batch import CropBatch
 from meshpose.nets.checkpoint import Checkpoint
 from meshpose.synth import SceneConfig, SceneSampler, SyntheticSample, default_distractors, resolve_objects
 from meshpose.train.loop import (
@@ -367,10 +368,11 @@ def lazy_validation(
 
 
 def batch_to_device(data: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """A batch dict on ``device``: its tensors and poses moved, anything else (models, cameras, lights) as is."""
+    """A batch dict on ``device``: its tensors, poses and crop batches moved, anything else (models, cameras,
+    lights) as is."""
     out = dict(data)
     for k, v in data.items():
-        if isinstance(v, torch.Tensor):
+        if isinstance(v, torch.Tensor | CropBatch):
             out[k] = v.to(device)
         elif isinstance(v, Pose):
             out[k] = v.to(device=device)

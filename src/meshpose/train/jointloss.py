@@ -427,7 +427,7 @@ def validate_jointloss(
                 gR, gt = data["gt_R"][j].double().numpy(), data["gt_t"][j].double().numpy()
                 est_err.append(adds(R0[j].double().numpy(), t0_[j].double().numpy(), gR, gt, points[oid]))
                 ref_err.append(adds(Rr[j].double().numpy(), tr[j].double().numpy(), gR, gt, points[oid]))
-                diams.append(float(objects.diameters[objects.obj_ids.index(oid)]))
+                diams.append(float(objects.diameters[data["obj_index"][j]]))
     return {
         "est_auc": adds_auc(est_err),
         "ref_auc": adds_auc(ref_err),

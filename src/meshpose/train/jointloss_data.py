@@ -25,7 +25,6 @@ import torch.utils.data
 
 from meshpose.io.bop import BopDataset
 from meshpose.io.detections import DetectionsByImage
-from meshpose.io.images import read_depth
 from meshpose.nets.jointloss_batch import (
     JointSample,
     SampleKey,
@@ -191,10 +190,10 @@ class JointLossDataset(torch.utils.data.Dataset[JointSample]):
         self._cached: tuple[tuple[int, int], np.ndarray, np.ndarray, Camera] | None = None
 
     def _depth(self, scene_id: int, im_id: int) -> np.ndarray:
-        path = self.dataset.depth_path(scene_id, im_id)
-        if path is None:
+        depth = self.dataset.depth(scene_id, im_id)
+        if depth is None:
             raise ValueError(f"{self.dataset!r} has no depth for scene {scene_id} image {im_id}: jointloss needs RGB-D")
-        return read_depth(path, self.dataset.depth_scale_mm(scene_id, im_id))
+        return depth
 
     def _image(self, scene_id: int, im_id: int) -> tuple[np.ndarray, np.ndarray, Camera]:
         if self._cached is None or self._cached[0] != (scene_id, im_id):

@@ -40,9 +40,8 @@ from scipy.spatial import cKDTree
 
 from meshpose.geometry.projection import unproject
 from meshpose.io.bop import BopDataset
-from meshpose.io.images import read_depth
+from meshpose.nets.jointloss_batch import SampleKey, skip_reason, valid_depth
 from meshpose.render.content import read_cache_npz, write_cache_npz
-from meshpose.train.jointloss_data import SampleKey, skip_reason
 from meshpose.types import Camera, Detection, ObjectModel, Pose
 
 log = logging.getLogger(__name__)
@@ -207,16 +206,27 @@ def start_rotations(directions: int, inplane: int, rng: np.random.Generator | No
     return Rs
 
 
-def _depth_from_points(points_cam: np.ndarray, camera: Camera) -> np.ndarray:
-    """A sparse depth image (nearest point per pixel) of points seen by ``camera``."""
-    depth = np.full((camera.height, camera.width), np.inf)
-    z = points_cam[:, 2]
-    ok = z > 1e-6
-    uv = points_cam[ok] @ camera.K.T
+def _pixels(points_cam: np.ndarray, camera: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nearest pixel of each camera-frame point in front of the camera that lands inside the image.
+
+    Returns:
+        ``(keep (N,) bool, u, v)``: which points those are, and their pixel columns and rows (int64).
+    """
+    front = points_cam[:, 2] > 1e-6
+    uv = points_cam[front] @ camera.K.T
     u = np.rint(uv[:, 0] / uv[:, 2]).astype(np.int64)
     v = np.rint(uv[:, 1] / uv[:, 2]).astype(np.int64)
     inside = (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
-    np.minimum.at(depth, (v[inside], u[inside]), z[ok][inside])
+    keep = np.zeros(len(points_cam), bool)
+    keep[np.flatnonzero(front)[inside]] = True
+    return keep, u[inside], v[inside]
+
+
+def _depth_from_points(points_cam: np.ndarray, camera: Camera) -> np.ndarray:
+    """A sparse depth image (nearest point per pixel) of points seen by ``camera``."""
+    depth = np.full((camera.height, camera.width), np.inf)
+    keep, u, v = _pixels(points_cam, camera)
+    np.minimum.at(depth, (v, u), points_cam[keep, 2])
     depth[~np.isfinite(depth)] = 0.0
     return depth
 
@@ -232,7 +242,7 @@ def free_space_depth(depth: np.ndarray) -> np.ndarray:
     Returns:
         ``(H, W)`` float32, metres.
     """
-    d = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
+    d = np.where(valid_depth(depth), depth, 0.0).astype(np.float32)
     return cv2.erode(d, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0.0)
 
 
@@ -283,17 +293,12 @@ def score_pose(
     inl = (plane < inlier_tol) & (d < inlier_tol + spacing)
     fitness = float(np.mean(inl))
     rmse = float(np.sqrt(np.mean(plane[inl] ** 2))) if inl.any() else math.inf
-    z = vis[:, 2]
-    front = z > 1e-6
-    uv = vis[front] @ camera.K.T
-    u = np.rint(uv[:, 0] / uv[:, 2]).astype(np.int64)
-    v = np.rint(uv[:, 1] / uv[:, 2]).astype(np.int64)
-    inside = (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
-    obs = free_depth[v[inside], u[inside]]
+    keep, u, v = _pixels(vis, camera)
+    obs = free_depth[v, u]
     valid = obs > 0
-    zin = z[front][inside][valid]
+    zin = vis[keep, 2][valid]
     violation = float(np.mean(zin < obs[valid] - free_space_tol)) if len(zin) else 1.0
-    behind = float(np.count_nonzero(~front)) / len(z)  # points behind the camera are never right
+    behind = float(np.mean(vis[:, 2] <= 1e-6))  # points behind the camera are never right
     violation = max(violation, behind)
     return fitness - violation_weight * violation, fitness, rmse, violation
 
@@ -551,17 +556,17 @@ def weak_labels(
             obj_ids[k] = oid
             try:
                 if depth_of is None or depth_of[0] != (s, i):
-                    path = dataset.depth_path(s, i)
-                    if path is None:
+                    image_depth = dataset.depth(s, i)
+                    if image_depth is None:
                         raise ValueError(f"no depth image for scene {s} image {i}")
-                    depth_of = ((s, i), read_depth(path, dataset.depth_scale_mm(s, i)), dataset.camera(s, i))
+                    depth_of = ((s, i), image_depth, dataset.camera(s, i))
                 _, depth, camera = depth_of
                 reason = skip_reason(det, depth, min_points)
                 if reason is not None:
                     raise ValueError(reason)
                 assert det.mask is not None
                 rng = np.random.default_rng([seed, s, i, j])
-                ys, xs = np.nonzero(det.mask & np.isfinite(depth) & (depth > 0))
+                ys, xs = np.nonzero(det.mask & valid_depth(depth))
                 pick = rng.permutation(len(ys))[:max_points]
                 uv = np.stack([xs[pick], ys[pick]], axis=1).astype(np.float64)
                 pts = unproject(uv, depth[ys[pick], xs[pick]].astype(np.float64), np.array(camera.K)).numpy()
