@@ -11,7 +11,9 @@ import roma
 import torch
 
 import meshpose.train.jointloss_losses as jl_losses
+from meshpose.geometry.lie import rotation_angle
 from meshpose.nets.jointloss import (
+    Correspondences,
     JointInput,
     JointLossEstimator,
     JointLossNetConfig,
@@ -325,3 +327,107 @@ def test_tiny_estimator_overfits_four_samples() -> None:
         assert float(dist.median(1).values.max()) < 0.012
     finally:
         torch.set_num_threads(threads)
+
+
+DENSE = JointLossNetConfig(
+    **{**TINY.to_dict(), "refiner_kind": "dense", "refiner_scale": 10.0, "refiner_surface_points": 600}
+)
+
+
+def _box_surface(n: int, g: torch.Generator, size: tuple[float, float, float] = (0.1, 0.06, 0.04)) -> torch.Tensor:
+    """``(n, 6)`` points on a box's surface and their outward unit normals."""
+    half = torch.tensor(size) / 2
+    x = (torch.rand(n, 3, generator=g) * 2 - 1) * half
+    axis = torch.randint(0, 3, (n,), generator=g)
+    sign = torch.randint(0, 2, (n,), generator=g).float() * 2 - 1
+    x[torch.arange(n), axis] = sign * half[axis]
+    nrm = torch.zeros(n, 3)
+    nrm[torch.arange(n), axis] = sign
+    return torch.cat([x, nrm], 1)
+
+
+def test_dense_refiner_starts_as_robust_icp_fits_exactly_and_trains() -> None:
+    torch.manual_seed(7)
+    g = torch.Generator().manual_seed(7)
+    b, n = 3, 200
+    est, ref = JointLossEstimator(DENSE), JointLossRefiner(DENSE)
+    ref.set_surfaces(_box_surface(600, g)[None])
+    with pytest.raises(ValueError, match="shape"):
+        ref.set_surfaces(torch.zeros(2, 600, 6))
+    inp, R_gt, t_gt = _scene(b, n, 32, g)
+    out = est(inp)
+    # at the truth, an untrained refiner stays there (every observed point is on the surface: δ ≈ 0, fit = identity)
+    q, dR, dt = ref(inp, out.emb.detach(), R_gt, t_gt)
+    assert q.shape == (b, 4) and dR.shape == (b, 3, 3) and dt.shape == (b, 3)
+    assert float((dR.detach() - torch.eye(3)).abs().max()) < 0.01 and float(dt.detach().abs().max()) < 0.002
+    # untrained, its steps are robust point-to-plane ICP steps: from 4° / 6 mm off, four of them get closer
+    R_start = R_gt @ roma.rotvec_to_rotmat(torch.tensor([0.05, -0.03, 0.04]))
+    t_start = t_gt + torch.tensor([0.004, -0.003, 0.003])
+    model = _box_points(80, g)[None].expand(b, 80, 3)
+    eye = torch.eye(4).expand(b, 1, 4, 4)
+    with torch.no_grad():
+        its = ref.refine(inp, R_start, t_start, out.emb, iterations=4)
+    d0 = pose_distance(R_start[:, None], t_start[:, None], R_gt, t_gt, model, eye)[:, 0]
+    d4 = pose_distance(its[-1][0][:, None], its[-1][1][:, None], R_gt, t_gt, model, eye)[:, 0]
+    assert bool((d4 < 0.6 * d0).all()), (d0, d4)
+
+    # a network that puts every point at its true object coordinate: the rigid fit lands on the truth in one step,
+    # the Gauss-Newton step (linearised) within a few
+    def perfect(inputs: JointInput, emb: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> Correspondences:
+        x_obj = (inputs.points - t[:, None]) @ R
+        y = (inputs.points - t_gt[:, None]) @ R_gt
+        normal = torch.nn.functional.normalize(torch.randn(y.shape, generator=torch.Generator().manual_seed(0)), dim=-1)
+        return Correspondences(x_obj, y, normal, torch.full(x_obj.shape[:2], 0.7))
+
+    exact = JointLossRefiner(JointLossNetConfig(**{**DENSE.to_dict(), "refiner_solver": "kabsch"}))
+    exact.correspondences = perfect  # type: ignore[method-assign]
+    trace: list[tuple[torch.Tensor, torch.Tensor]] = []
+    (R1, t1), (R2, _) = exact.refine(inp, R_start, t_start, out.emb.detach(), iterations=2, trace=trace)
+    assert torch.allclose(R1, R_gt, atol=1e-4) and torch.allclose(t1, t_gt, atol=1e-5)
+    assert torch.allclose(R2, R_gt, atol=1e-4) and len(trace) == 2
+    newton = JointLossRefiner(DENSE)
+    newton.correspondences = perfect  # type: ignore[method-assign]
+    steps = newton.refine(inp, R_start, t_start, out.emb.detach(), iterations=4)
+    errors = [float(rotation_angle(R, R_gt).max()) for R, _ in steps]
+    assert errors[0] < 0.05 and errors[-1] < 1e-4 and float((steps[-1][1] - t_gt).abs().max()) < 1e-5, errors
+    # the coordinate loss is the confidence term alone at the target, and larger off it
+    y, c = trace[0]
+    at = jl_losses.coordinate_loss(inp.points, y, c, R_gt, t_gt, w=0.015)
+    assert torch.allclose(at, (-0.015 * c.log()).mean(1), atol=1e-5)
+    off = jl_losses.coordinate_loss(inp.points, y + 0.01, c, R_gt, t_gt, w=0.015)
+    assert bool((off > at + 0.005).all())
+    # gradients of the pose loss and the coordinate loss reach every refiner parameter, not the estimator
+    trace = []
+    iterates = ref.refine(inp, R_start, t_start, out.emb.detach(), iterations=2, trace=trace)
+    terms = refiner_loss(iterates, R_gt, t_gt, model, eye, torch.full((b,), 0.12))
+    coord = jl_losses.coordinate_loss(inp.points, trace[0][0], trace[0][1], R_gt, t_gt)
+    (terms.loss.mean() + coord.mean()).backward()
+    missing = [k for k, p in ref.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert not missing, missing
+    assert all(p.grad is None for p in est.parameters())
+    # the surfaces travel with the weights
+    again = JointLossRefiner(DENSE)
+    again.load_state_dict(ref.state_dict())
+    assert torch.equal(again.surface, ref.surface)
+    with pytest.raises(ValueError, match="dense"):
+        JointLossRefiner(TINY).correspondences(inp, out.emb, R_gt, t_gt)
+    with pytest.raises(ValueError, match="refiner_kind"):
+        JointLossNetConfig(refiner_kind="nope")
+    with pytest.raises(ValueError, match="refiner_solver"):
+        JointLossNetConfig(refiner_solver="nope")
+
+
+def test_symmetric_target_is_the_equivalent_nearest_the_current_pose() -> None:
+    g = torch.Generator().manual_seed(8)
+    b = 2
+    sym = _box_symmetries(b)
+    model = _box_points(60, g)[None].expand(b, 60, 3)
+    R_gt, t_gt = _random_rotations(b, g), torch.randn(b, 3, generator=g)
+    # the current pose is near the target turned by the box's second symmetry: that equivalent is chosen
+    turned_R = R_gt @ sym[:, 2, :3, :3]
+    near = turned_R @ roma.rotvec_to_rotmat(torch.tensor([0.05, 0.0, -0.05]))
+    R_sel, t_sel = jl_losses.symmetric_target(near, t_gt, R_gt, t_gt, model, sym)
+    assert torch.allclose(R_sel, turned_R, atol=1e-5) and torch.allclose(t_sel, t_gt, atol=1e-6)
+    # without symmetries the target itself
+    R_one, _ = jl_losses.symmetric_target(near, t_gt, R_gt, t_gt, model, sym[:, :1])
+    assert torch.allclose(R_one, R_gt)

@@ -13,7 +13,8 @@ from tests.support.unlabeled import make_unlabeled
 from meshpose.eval.pose_errors import adds
 from meshpose.io.bop import BopDataset
 from meshpose.io.detections import read_detections
-from meshpose.nets.jointloss import JointLossNet, JointLossNetConfig, best_pose, load_jointloss_net
+from meshpose.nets.checkpoint import Checkpoint, Provenance, save_checkpoint
+from meshpose.nets.jointloss import JointLossNet, JointLossNetConfig, best_pose, load_jointloss_net, surface_samples
 from meshpose.train.jointloss import JointLossTrainConfig, ObjectTensors, joint_input, train_jointloss
 from meshpose.train.jointloss_data import JointLossDataset, collate
 
@@ -105,3 +106,34 @@ def test_a_run_needs_frames_and_detections(tmp_path: Path) -> None:
         train_jointloss(JointLossTrainConfig(data=str(tmp_path)), tmp_path / "run")
     with pytest.raises(ValueError, match="val_detections"):
         JointLossTrainConfig(val_data=str(tmp_path))
+
+
+def test_dense_refiner_run_and_a_run_started_from_its_weights(
+    unlabeled: tuple[Path, Path, Truth], tmp_path: Path
+) -> None:
+    root, dets, _ = unlabeled
+    dense = JointLossNetConfig(
+        cnn_width=8, colour_dim=16, geo_dims=(32, 64), global_dims=(64, 128), head_dims=(64, 32),
+        refiner_kind="dense", refiner_scale=10.0, refiner_surface_points=300,
+    )  # fmt: skip
+    first = tmp_path / "first"
+    train_jointloss(_config(root, dets, steps=4, weak_steps=4, net=dense), first)
+    net = load_jointloss_net(first / "model.pt")
+    objects = BopDataset(root, "train_pbr").objects()
+    # the dense refiner's surfaces are the training objects', in head order, and ship with the weights
+    want = torch.stack([surface_samples(objects[o].mesh, 300, 0) for o in net.config.obj_ids])
+    assert net.config.refiner_kind == "dense" and torch.equal(net.refiner.surface, want)
+    # a new run starts from those weights (sizes and kind taken from them)
+    second = tmp_path / "second"
+    train_jointloss(_config(root, dets, steps=2, weak_steps=2, lr=1e-12, init_weights=str(first / "model.pt")), second)
+    again = load_jointloss_net(second / "model.pt")
+    assert again.config == net.config
+    start, now = net.state_dict(), again.state_dict()
+    assert start.keys() == now.keys() and all(torch.allclose(now[k], start[k], atol=1e-6) for k in start)
+    # weights of other objects are refused
+    other = JointLossNet(JointLossNetConfig(**{**net.config.to_dict(), "obj_ids": (901, 902)}))
+    save_checkpoint(
+        tmp_path / "other.pt", Checkpoint(other.state_dict(), other.config.to_dict(), Provenance.now("jointloss"))
+    )
+    with pytest.raises(ValueError, match="know objects"):
+        train_jointloss(_config(root, dets, steps=2, init_weights=str(tmp_path / "other.pt")), tmp_path / "third")

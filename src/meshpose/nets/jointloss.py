@@ -40,27 +40,59 @@ global feature alone → one residual ``(ΔR, Δt)`` per item, the pose of the o
     x = R x_obj + t = R (ΔR m + Δt) + t   ⇒   R' = R ΔR,   t' = R Δt + t
 
 (:func:`compose_residual`). The refiner's heads start at the identity residual.
+
+``refiner_kind="dense"`` (new runs; the seed's global regression is ``"regress"``): a learned-correspondence step.
+Each observed point ``x_objᵢ`` is first paired with the foot of its nearest model surface sample's tangent plane,
+``fᵢ`` (the model's surface samples and normals are a buffer of the weights: the refiner is object-specific, as
+the heads are); the same attention + fusion sees ``[x_obj ‖ f − x_obj]``, and per-point heads (point features ‖
+global feature, as the estimator's) give a correction ``δᵢ`` and a confidence: ``yᵢ = fᵢ + δᵢ`` is where the point
+lies on the model, weighted by ``cᵢ = sigmoid(·) / (1 + (|fᵢ − x_objᵢ| / τ)²)`` (a Cauchy kernel on the
+point-to-plane residual). The residual ``x_obj ≈ ΔR y + Δt`` is solved from them, differentiably: by default one
+weighted Gauss–Newton step of the point-to-plane distance with a small point-to-point term
+(:func:`point_to_plane_step`; ``refiner_solver="kabsch"``: the least-squares rigid fit :func:`rigid_fit`, which
+converges more slowly — measured on held-out crops: ADD-S AUC 0.868 vs 0.875 at K = 2 with the same weights), and
+composed as above. Untrained (``δ ≈ 0``) one step is one robust point-to-plane ICP step; training teaches the
+corrections (colour can tell where closest points are wrong) and the confidences. *Why:* the regressed residual
+of the global average-pooled feature did not learn in our CPU budget (2,650 steps of stage 1: its iterates were no
+better than the identity from 5°–30° starts on held-out crops; a per-point coordinate head without the surface
+pairing did not either in 400 steps), and a refiner that starts as robust ICP is useful from its first step.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import roma
 import torch
 import torch.nn.functional as F
+import trimesh
 from torch import nn
 
 from meshpose.nets.checkpoint import WeightsSpec, load_model
+from meshpose.nets.jointloss_blocks import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ColourEncoder,
+    DenseFusion,
+    JointInput,
+    JointLossNetConfig,
+    JointOutput,
+    PointSpatialAttention,
+    count_parameters,
+    gather_points,
+    mlp1d,
+    quat_to_rotmat,
+    select_object,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "METHOD",
     "ColourEncoder",
+    "Correspondences",
     "JointInput",
     "JointLossEstimator",
     "JointLossNet",
@@ -72,145 +104,15 @@ __all__ = [
     "compose_residual",
     "count_parameters",
     "load_jointloss_net",
+    "point_to_plane_step",
     "quat_to_rotmat",
+    "rigid_fit",
     "run_jointloss",
+    "surface_samples",
 ]
 
 #: the method name of ``jointloss`` checkpoints
 METHOD = "jointloss"
-
-#: ImageNet channel means and standard deviations (RGB, colours in [0, 1]); applied inside the networks
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class JointLossNetConfig:
-    """Sizes of the ``jointloss`` estimator and refiner.
-
-    Args:
-        num_objects: objects with their own heads (per-object heads as in DenseFusion; ≥ 1).
-        image_size: side ``h = w`` of the colour crop, pixels (the nets accept any size; this is the default the
-            data pipeline uses).
-        num_points: ``N``, the sampled foreground pixels per crop (the nets accept any ``N``).
-        colour_dim: ``di``, channels of the per-pixel colour embedding.
-        cnn_width: channels of the colour U-Net at stride 1 (×2 at stride 2, ×4 at stride 4).
-        geo_dims: channels of the two per-point fusion depths (the geometry MLP and the colour projection alike).
-        global_dims: channels of the per-point layers before the global average pool (the last one is the global
-            feature's size).
-        head_dims: hidden channels of the estimator's per-point heads (and of the refiner's global MLP).
-        attention_kernel: side of the spatial-attention convolution (odd).
-        obj_ids: the BOP ``obj_id`` of each head, in head order (known-object weights; empty: heads by index only).
-            Saved with the weights, so that inference maps an object to its head and refuses an unknown one.
-    """
-
-    num_objects: int = 1
-    image_size: int = 80
-    num_points: int = 500
-    colour_dim: int = 32
-    cnn_width: int = 32
-    geo_dims: tuple[int, int] = (64, 128)
-    global_dims: tuple[int, int] = (256, 256)
-    head_dims: tuple[int, int] = (256, 128)
-    attention_kernel: int = 7
-    obj_ids: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.num_objects < 1:
-            raise ValueError(f"num_objects must be ≥ 1, got {self.num_objects}")
-        if self.obj_ids and len(self.obj_ids) != self.num_objects:
-            raise ValueError(f"obj_ids names {len(self.obj_ids)} objects for {self.num_objects} heads")
-        if self.attention_kernel < 1 or self.attention_kernel % 2 == 0:
-            raise ValueError(f"attention_kernel must be odd and ≥ 1, got {self.attention_kernel}")
-        if min(self.colour_dim, self.cnn_width, *self.geo_dims, *self.global_dims, *self.head_dims) < 1:
-            raise ValueError("every width must be ≥ 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> JointLossNetConfig:
-        kw: dict[str, Any] = {
-            k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in cls.__dataclass_fields__
-        }
-        return cls(**kw)
-
-
-@dataclass(frozen=True, eq=False)
-class JointInput:
-    """One batch of RGB-D crops for the ``jointloss`` networks.
-
-    Args:
-        rgb: ``(B, 3, h, w)`` float colour crop around the detection, in ``[0, 1]`` (not normalised: the networks
-            apply the ImageNet normalisation; the background is kept, ``choose`` selects the object's pixels).
-        choose: ``(B, N)`` int64 flat indices ``v · w + u`` into the crop of the sampled foreground pixels
-            (repeats allowed, e.g. to pad a small mask to ``N``).
-        points: ``(B, N, 3)`` the observed depth at those pixels back-projected, metres, camera frame.
-        obj_index: ``(B,)`` int64 index of each item's object in ``[0, num_objects)``.
-    """
-
-    rgb: torch.Tensor
-    choose: torch.Tensor
-    points: torch.Tensor
-    obj_index: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if self.rgb.ndim != 4 or self.rgb.shape[1] != 3:
-            raise ValueError(f"rgb must be (B, 3, h, w), got {tuple(self.rgb.shape)}")
-        b, _, h, w = self.rgb.shape
-        if self.choose.ndim != 2 or self.choose.shape[0] != b:
-            raise ValueError(f"choose must be (B, N) with B = {b}, got {tuple(self.choose.shape)}")
-        n = self.choose.shape[1]
-        if tuple(self.points.shape) != (b, n, 3):
-            raise ValueError(f"points must be (B, N, 3) = ({b}, {n}, 3), got {tuple(self.points.shape)}")
-        if tuple(self.obj_index.shape) != (b,):
-            raise ValueError(f"obj_index must be (B,) = ({b},), got {tuple(self.obj_index.shape)}")
-        if self.choose.dtype != torch.int64 or self.obj_index.dtype != torch.int64:
-            raise ValueError("choose and obj_index must be int64")
-        if n > 0 and (int(self.choose.min()) < 0 or int(self.choose.max()) >= h * w):
-            raise ValueError(f"choose must index the {h}×{w} crop (0 … {h * w - 1})")
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(h, w)`` of the crop."""
-        return int(self.rgb.shape[2]), int(self.rgb.shape[3])
-
-    def to(self, device: torch.device | str) -> JointInput:
-        """The same batch on ``device``."""
-        return JointInput(
-            self.rgb.to(device), self.choose.to(device), self.points.to(device), self.obj_index.to(device)
-        )
-
-
-@dataclass(frozen=True, eq=False)
-class JointOutput:
-    """The estimator's per-point votes.
-
-    Args:
-        quat: ``(B, N, 4)`` unit quaternions, XYZW (``q`` and ``−q`` are the same rotation).
-        R: ``(B, N, 3, 3)`` the same rotations as matrices (``cam_from_obj``).
-        t: ``(B, N, 3)`` translations, metres, camera frame: ``tᵢ = pᵢ + Δᵢ``.
-        offset: ``(B, N, 3)`` the offsets ``Δᵢ``, metres.
-        c: ``(B, N)`` confidences in ``(0, 1)``.
-        emb: ``(B, di, N)`` the gathered colour embeddings (before attention), to give the refiner.
-    """
-
-    quat: torch.Tensor
-    R: torch.Tensor
-    t: torch.Tensor
-    offset: torch.Tensor
-    c: torch.Tensor
-    emb: torch.Tensor
-
-
-def count_parameters(net: nn.Module) -> int:
-    """Number of trainable parameters of ``net``."""
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
-
-
-def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
-    """``(..., 3, 3)`` rotation matrices of (not necessarily unit) XYZW quaternions ``(..., 4)`` (normalised first)."""
-    return roma.unitquat_to_rotmat(F.normalize(q, dim=-1, eps=1e-8))
 
 
 def compose_residual(
@@ -236,143 +138,106 @@ def compose_residual(
     return R @ dR, (R @ dt[..., None])[..., 0] + t
 
 
+def rigid_fit(src: torch.Tensor, dst: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted least-squares rigid transform with ``dst ≈ R src + t`` (Kabsch, through
+    :func:`roma.rigid_points_registration`; solved in float64 for a stable SVD gradient).
+
+    Args:
+        src: ``(B, N, 3)``; dst: ``(B, N, 3)`` corresponding points, metres.
+        weights: ``(B, N)`` non-negative weights (not all zero).
+
+    Returns:
+        ``(R (B, 3, 3), t (B, 3))`` in the dtype of ``src``.
+
+    Example:
+        >>> src = torch.randn(1, 10, 3, dtype=torch.float64)
+        >>> R_true = roma.rotvec_to_rotmat(torch.tensor([[0.1, 0.2, -0.3]], dtype=torch.float64))
+        >>> R, t = rigid_fit(src, src @ R_true.transpose(1, 2) + 0.5, torch.ones(1, 10))
+        >>> bool(torch.allclose(R, R_true)) and bool(torch.allclose(t, torch.full((1, 3), 0.5, dtype=torch.float64)))
+        True
+    """
+    w = weights.double() + 1e-9
+    R, t = roma.rigid_points_registration(src.double(), dst.double(), weights=w)
+    return R.to(src.dtype), t.to(src.dtype)
+
+
+class Correspondences(NamedTuple):
+    """The dense refiner's per-point prediction (:meth:`JointLossRefiner.correspondences`).
+
+    Args:
+        x_obj: ``(B, N, 3)`` the observed points in the current object frame, metres.
+        y: ``(B, N, 3)`` where the network puts them on the model (object frame), metres.
+        normal: ``(B, N, 3)`` unit model normals there.
+        c: ``(B, N)`` weights in ``(0, 1)``.
+    """
+
+    x_obj: torch.Tensor
+    y: torch.Tensor
+    normal: torch.Tensor
+    c: torch.Tensor
+
+
+def point_to_plane_step(
+    x: torch.Tensor, y: torch.Tensor, normal: torch.Tensor, weights: torch.Tensor, point_weight: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One weighted Gauss–Newton step for the rigid motion with ``x ≈ ΔR y + Δt``: point-to-plane residuals
+    ``nᵢ · (yᵢ − xᵢ)`` plus ``point_weight`` × the point-to-point ones (they keep the step defined where the planes
+    alone leave a direction free), linearised at the identity (``ΔR ≈ I + [ω]×``), solved in float64 and
+    differentiable.
+
+    Args:
+        x: ``(B, N, 3)`` observed points; y: ``(B, N, 3)`` their model points; normal: ``(B, N, 3)`` unit normals at
+            ``y`` (metres, one frame).
+        weights: ``(B, N)`` non-negative weights.
+        point_weight: weight of the point-to-point residuals.
+
+    Returns:
+        ``(ΔR (B, 3, 3), Δt (B, 3))`` in the dtype of ``x``.
+
+    Example:
+        >>> y = torch.randn(1, 50, 3, dtype=torch.float64)
+        >>> n = torch.nn.functional.normalize(torch.randn(1, 50, 3, dtype=torch.float64), dim=-1)
+        >>> R, t = point_to_plane_step(y + 0.01, y, n, torch.ones(1, 50))
+        >>> bool(torch.allclose(R, torch.eye(3, dtype=torch.float64), atol=1e-9)), [round(float(v), 6) for v in t[0]]
+        (True, [0.01, 0.01, 0.01])
+    """
+    xd, yd, nd, w = x.double(), y.double(), normal.double(), weights.double()
+    r_plane = ((yd - xd) * nd).sum(-1)  # (B, N)
+    j_plane = torch.cat([torch.cross(yd, nd, dim=-1), nd], -1)  # d r / d (ω, v): (B, N, 6)
+    A = torch.einsum("bn,bni,bnj->bij", w, j_plane, j_plane)
+    g = torch.einsum("bn,bni,bn->bi", w, j_plane, r_plane)
+    if point_weight > 0:
+        zero = torch.zeros_like(yd[..., 0])
+        skew = torch.stack(  # −[y]×: d (ω × y) / d ω
+            [
+                torch.stack([zero, yd[..., 2], -yd[..., 1]], -1),
+                torch.stack([-yd[..., 2], zero, yd[..., 0]], -1),
+                torch.stack([yd[..., 1], -yd[..., 0], zero], -1),
+            ],
+            -2,
+        )
+        j_point = torch.cat([skew, torch.eye(3, dtype=yd.dtype, device=yd.device).expand_as(skew)], -1)  # (B,N,3,6)
+        A = A + point_weight * torch.einsum("bn,bnki,bnkj->bij", w, j_point, j_point)
+        g = g + point_weight * torch.einsum("bn,bnki,bnk->bi", w, j_point, yd - xd)
+    total = w.sum(1).clamp_min(1e-12)[:, None]
+    A = A / total[..., None] + 1e-9 * torch.eye(6, dtype=A.dtype, device=A.device)
+    xi = -torch.linalg.solve(A, g / total)
+    return roma.rotvec_to_rotmat(xi[:, :3]).to(x.dtype), xi[:, 3:].to(x.dtype)
+
+
+def surface_samples(mesh: trimesh.Trimesh, count: int, seed: int = 0) -> torch.Tensor:
+    """``(count, 6)`` points on ``mesh``'s surface (area-uniform) and the unit normals of their faces, float32
+    (the dense refiner's model, :meth:`JointLossRefiner.set_surfaces`)."""
+    pts, face = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    nrm = np.asarray(mesh.face_normals)[face]
+    return torch.tensor(np.concatenate([pts, nrm], 1), dtype=torch.float32)
+
+
 def best_pose(out: JointOutput) -> tuple[torch.Tensor, torch.Tensor]:
     """The most confident point's pose: ``(R (B, 3, 3), t (B, 3))``."""
     i = out.c.argmax(dim=1)
     b = torch.arange(out.c.shape[0], device=out.c.device)
     return out.R[b, i], out.t[b, i]
-
-
-def _gather_points(feat: torch.Tensor, choose: torch.Tensor) -> torch.Tensor:
-    """``(B, C, N)`` values of ``feat`` ``(B, C, h, w)`` at the flat pixel indices ``choose`` ``(B, N)``."""
-    b, c = feat.shape[:2]
-    idx = choose[:, None, :].expand(b, c, choose.shape[1])
-    return feat.reshape(b, c, -1).gather(2, idx)
-
-
-def _conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.GroupNorm(min(8, cout), cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class ColourEncoder(nn.Module):
-    """A small U-Net on the colour crop: per-pixel embeddings at stride 1.
-
-    Encoder ``w`` (stride 1) → ``2w`` (stride 2) → ``4w`` (stride 4), decoder back up by bilinear upsampling with
-    additive skip connections, then a 1×1 conv to ``colour_dim`` channels. Receptive field ≈ 40 px.
-
-    Args:
-        colour_dim: output channels ``di``.
-        width: channels ``w`` at stride 1.
-    """
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, colour_dim: int = 32, width: int = 32) -> None:
-        super().__init__()
-        w = width
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.stem = _conv_block(3, w)
-        self.down1 = nn.Sequential(_conv_block(w, 2 * w, 2), _conv_block(2 * w, 2 * w))
-        self.down2 = nn.Sequential(_conv_block(2 * w, 4 * w, 2), _conv_block(4 * w, 4 * w))
-        self.lat2 = nn.Conv2d(4 * w, 2 * w, 1)
-        self.up1 = _conv_block(2 * w, 2 * w)
-        self.lat1 = nn.Conv2d(2 * w, w, 1)
-        self.up0 = _conv_block(w, w)
-        self.out = nn.Conv2d(w, colour_dim, 1)
-
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        """``(B, di, h, w)`` embeddings of ``rgb`` ``(B, 3, h, w)`` in ``[0, 1]`` (ImageNet-normalised here)."""
-        x0 = self.stem((rgb - self.mean) / self.std)
-        x1 = self.down1(x0)
-        x2 = self.down2(x1)
-        y1 = self.up1(F.interpolate(self.lat2(x2), size=x1.shape[-2:], mode="bilinear", align_corners=False) + x1)
-        y0 = self.up0(F.interpolate(self.lat1(y1), size=x0.shape[-2:], mode="bilinear", align_corners=False) + x0)
-        return self.out(y0)
-
-
-class PointSpatialAttention(nn.Module):
-    """CBAM's spatial attention for per-point features, on the pixel grid the points came from.
-
-    For features ``(B, C, N)`` of the pixels ``choose``: the max and the mean over the channels (``(B, 2, N)``) are
-    scattered to their pixels in an ``h × w`` grid with a third occupancy channel (1 where a sampled point lies,
-    0 elsewhere, where the other two are 0), a ``k × k`` conv and a sigmoid give one weight per pixel, gathered back
-    per point ``(B, 1, N)``.
-
-    Args:
-        kernel: side ``k`` of the convolution (odd).
-    """
-
-    def __init__(self, kernel: int = 7) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 1, kernel, padding=kernel // 2)
-
-    def forward(self, feat: torch.Tensor, choose: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Weights ``(B, 1, N)`` in ``(0, 1)`` of the features ``feat`` ``(B, C, N)`` at pixels ``choose``."""
-        b, _, n = feat.shape
-        h, w = size
-        stats = torch.cat([feat.amax(1, keepdim=True), feat.mean(1, keepdim=True), torch.ones_like(feat[:, :1])], 1)
-        grid = feat.new_zeros(b, 3, h * w).scatter(2, choose[:, None, :].expand(b, 3, n), stats)
-        weights = torch.sigmoid(self.conv(grid.view(b, 3, h, w)))
-        return _gather_points(weights, choose)
-
-
-class _DenseFusion(nn.Module):
-    """Attention-weighted two-depth dense fusion of colour and geometry features (shared by both networks).
-
-    Returns the per-point features ``[c₁ ‖ g₁ ‖ c₂ ‖ g₂]`` ``(B, 2 (d₁ + d₂), N)`` and the global feature
-    ``(B, d_global)`` (average over the points).
-    """
-
-    def __init__(self, cfg: JointLossNetConfig) -> None:
-        super().__init__()
-        d1, d2 = cfg.geo_dims
-        g1, g2 = cfg.global_dims
-        self.geo1 = nn.Conv1d(3, d1, 1)
-        self.geo2 = nn.Conv1d(d1, d2, 1)
-        self.col1 = nn.Conv1d(cfg.colour_dim, d1, 1)
-        self.col2 = nn.Conv1d(d1, d2, 1)
-        self.att_colour = PointSpatialAttention(cfg.attention_kernel)
-        self.att_geometry = PointSpatialAttention(cfg.attention_kernel)
-        self.glob1 = nn.Conv1d(2 * d2, g1, 1)
-        self.glob2 = nn.Conv1d(g1, g2, 1)
-        self.point_dim = 2 * (d1 + d2)
-        self.global_dim = g2
-
-    def forward(
-        self, emb: torch.Tensor, points: torch.Tensor, choose: torch.Tensor, size: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``emb`` ``(B, di, N)``, ``points`` ``(B, N, 3)`` (already in the frame the net should see)."""
-        g = torch.relu(self.geo1(points.transpose(1, 2)))
-        c = torch.relu(self.col1(emb))
-        g = g * self.att_geometry(g, choose, size)
-        c = c * self.att_colour(c, choose, size)
-        g2 = torch.relu(self.geo2(g))
-        c2 = torch.relu(self.col2(c))
-        pair2 = torch.cat([c2, g2], 1)
-        x = torch.relu(self.glob2(torch.relu(self.glob1(pair2))))
-        return torch.cat([c, g, pair2], 1), x.mean(2)
-
-
-def _mlp1d(cin: int, hidden: tuple[int, ...], cout: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Conv1d(cin, h, 1), nn.ReLU(inplace=True)]
-        cin = h
-    layers.append(nn.Conv1d(cin, cout, 1))
-    return nn.Sequential(*layers)
-
-
-def _select_object(x: torch.Tensor, obj_index: torch.Tensor, k: int) -> torch.Tensor:
-    """``(B, k, ...)`` the rows of object ``obj_index`` from per-object outputs ``(B, num_objects · k, ...)``."""
-    b = x.shape[0]
-    x = x.view(b, -1, k, *x.shape[2:])
-    return x[torch.arange(b, device=x.device), obj_index]
 
 
 class JointLossEstimator(nn.Module):
@@ -386,12 +251,12 @@ class JointLossEstimator(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or JointLossNetConfig()
         self.colour = ColourEncoder(cfg.colour_dim, cfg.cnn_width)
-        self.fusion = _DenseFusion(cfg)
+        self.fusion = DenseFusion(cfg)
         cin = self.fusion.point_dim + self.fusion.global_dim
         k = cfg.num_objects
-        self.rot_head = _mlp1d(cin, cfg.head_dims, 4 * k)
-        self.trans_head = _mlp1d(cin, cfg.head_dims, 3 * k)
-        self.conf_head = _mlp1d(cin, cfg.head_dims, k)
+        self.rot_head = mlp1d(cin, cfg.head_dims, 4 * k)
+        self.trans_head = mlp1d(cin, cfg.head_dims, 3 * k)
+        self.conf_head = mlp1d(cin, cfg.head_dims, k)
         with torch.no_grad():  # offsets start small (tᵢ ≈ pᵢ: the object's origin near its surface)
             last = self.trans_head[-1]
             assert isinstance(last, nn.Conv1d)
@@ -401,7 +266,7 @@ class JointLossEstimator(nn.Module):
 
     def colour_embedding(self, inputs: JointInput) -> torch.Tensor:
         """``(B, di, N)`` the colour branch's embeddings gathered at ``inputs.choose`` (what the refiner takes)."""
-        return _gather_points(self.colour(inputs.rgb), inputs.choose)
+        return gather_points(self.colour(inputs.rgb), inputs.choose)
 
     def forward(self, inputs: JointInput) -> JointOutput:
         """Per-point poses and confidences of the batch (shapes in :class:`JointOutput`)."""
@@ -410,10 +275,10 @@ class JointLossEstimator(nn.Module):
         feat, glob = self.fusion(emb, inputs.points - centre, inputs.choose, inputs.size)
         n = feat.shape[2]
         x = torch.cat([feat, glob[:, :, None].expand(-1, -1, n)], 1)
-        q = _select_object(self.rot_head(x), inputs.obj_index, 4).transpose(1, 2)  # (B, N, 4)
+        q = select_object(self.rot_head(x), inputs.obj_index, 4).transpose(1, 2)  # (B, N, 4)
         q = F.normalize(q, dim=-1, eps=1e-8)
-        offset = _select_object(self.trans_head(x), inputs.obj_index, 3).transpose(1, 2)
-        c = torch.sigmoid(_select_object(self.conf_head(x), inputs.obj_index, 1)[:, 0])
+        offset = select_object(self.trans_head(x), inputs.obj_index, 3).transpose(1, 2)
+        c = torch.sigmoid(select_object(self.conf_head(x), inputs.obj_index, 1)[:, 0])
         return JointOutput(quat=q, R=roma.unitquat_to_rotmat(q), t=inputs.points + offset, offset=offset, c=c, emb=emb)
 
     @staticmethod
@@ -432,8 +297,22 @@ class JointLossRefiner(nn.Module):
     def __init__(self, cfg: JointLossNetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or JointLossNetConfig()
-        self.fusion = _DenseFusion(cfg)
         k = cfg.num_objects
+        self.fusion = DenseFusion(cfg, geo_in=6 if cfg.refiner_kind == "dense" else 3)
+        if cfg.refiner_kind == "dense":
+            #: (K, P, 6) per object: surface samples and their unit normals, object frame, metres (set_surfaces)
+            self.surface: torch.Tensor
+            self.register_buffer("surface", torch.zeros(k, cfg.refiner_surface_points, 6))
+            cin = self.fusion.point_dim + self.fusion.global_dim
+            self.coord_head = mlp1d(cin, cfg.head_dims, 3 * k)
+            self.conf_head = mlp1d(cin, cfg.head_dims, k)
+            with torch.no_grad():  # δ starts near 0: y ≈ x_obj, the identity residual
+                last = self.coord_head[-1]
+                assert isinstance(last, nn.Conv1d)
+                last.weight.mul_(0.01)
+                if last.bias is not None:
+                    last.bias.zero_()
+            return
         h1, h2 = cfg.head_dims
         self.rot_head = nn.Sequential(
             nn.Linear(self.fusion.global_dim, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 4 * k)
@@ -461,11 +340,60 @@ class JointLossRefiner(nn.Module):
         Returns:
             ``(quat (B, 4) XYZW, ΔR (B, 3, 3), Δt (B, 3))``: the residual, in the current object frame.
         """
+        if self.cfg.refiner_kind == "dense":
+            dR, dt = self.solve(self.correspondences(inputs, emb, R, t))
+            return roma.rotmat_to_unitquat(dR), dR, dt
+        scale = self.cfg.refiner_scale
         x_obj = (inputs.points - t[:, None]) @ R  # Rᵀ (x − t), row vectors
-        _, glob = self.fusion(emb, x_obj, inputs.choose, inputs.size)
-        q = F.normalize(_select_object(self.rot_head(glob), inputs.obj_index, 4), dim=-1, eps=1e-8)
-        dt = _select_object(self.trans_head(glob), inputs.obj_index, 3)
+        _, glob = self.fusion(emb, x_obj * scale, inputs.choose, inputs.size)
+        q = F.normalize(select_object(self.rot_head(glob), inputs.obj_index, 4), dim=-1, eps=1e-8)
+        dt = select_object(self.trans_head(glob), inputs.obj_index, 3) / scale
         return q, roma.unitquat_to_rotmat(q), dt
+
+    def set_surfaces(self, surface: torch.Tensor) -> None:
+        """Give the dense refiner its objects' surface samples and normals ``(K, P, 6)`` (object frame, metres;
+        unit normals), in head order (:func:`surface_samples`)."""
+        if self.cfg.refiner_kind != "dense":
+            raise ValueError("set_surfaces() belongs to the dense refiner (refiner_kind='dense')")
+        if surface.shape != self.surface.shape:
+            raise ValueError(f"surface must have shape {tuple(self.surface.shape)}, got {tuple(surface.shape)}")
+        self.surface.copy_(surface.to(self.surface))
+
+    def solve(self, corr: Correspondences) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual ``(ΔR (B, 3, 3), Δt (B, 3))`` with ``x_obj ≈ ΔR y + Δt`` from the dense refiner's
+        correspondences, by ``refiner_solver``."""
+        if self.cfg.refiner_solver == "kabsch":
+            return rigid_fit(corr.y, corr.x_obj, corr.c)
+        return point_to_plane_step(corr.x_obj, corr.y, corr.normal, corr.c)
+
+    def correspondences(
+        self, inputs: JointInput, emb: torch.Tensor, R: torch.Tensor, t: torch.Tensor
+    ) -> Correspondences:
+        """The dense refiner's per-point prediction from the pose ``(R, t)`` (``refiner_kind="dense"`` only).
+
+        Returns:
+            :class:`Correspondences`: the observed points in the current object frame, where the network puts them
+            on the model (object frame, metres), the model normals there and the points' weights.
+        """
+        if self.cfg.refiner_kind != "dense":
+            raise ValueError("correspondences() belongs to the dense refiner (refiner_kind='dense')")
+        scale = self.cfg.refiner_scale
+        x_obj = (inputs.points - t[:, None]) @ R  # Rᵀ (x − t), row vectors
+        surf = self.surface[inputs.obj_index]  # (B, P, 6)
+        with torch.no_grad():
+            nearest = torch.cdist(x_obj.detach(), surf[..., :3]).argmin(-1)  # (B, N)
+        pn = surf.gather(1, nearest[..., None].expand(-1, -1, 6))
+        p, nrm = pn[..., :3], pn[..., 3:]
+        foot = x_obj - ((x_obj - p) * nrm).sum(-1, keepdim=True) * nrm  # onto the nearest tangent plane
+        res = foot - x_obj
+        geo = torch.cat([x_obj * scale, res * (100.0 * scale / 10.0)], -1)  # residuals in cm at scale 10
+        feat, glob = self.fusion(emb, geo, inputs.choose, inputs.size)
+        n = feat.shape[2]
+        x = torch.cat([feat, glob[:, :, None].expand(-1, -1, n)], 1)
+        delta = select_object(self.coord_head(x), inputs.obj_index, 3).transpose(1, 2) / (10.0 * scale)
+        robust = 1.0 / (1.0 + (res.norm(dim=-1) / self.cfg.refiner_robust) ** 2)
+        c = torch.sigmoid(select_object(self.conf_head(x), inputs.obj_index, 1)[:, 0]) * robust
+        return Correspondences(x_obj, foot + delta, nrm, c)
 
     def refine(
         self,
@@ -475,6 +403,7 @@ class JointLossRefiner(nn.Module):
         emb: torch.Tensor,
         iterations: int = 2,
         detach: bool = True,
+        trace: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``iterations`` residual steps, each composed as ``R' = R ΔR``, ``t' = R Δt + t``.
 
@@ -486,6 +415,8 @@ class JointLossRefiner(nn.Module):
             detach: cut the gradient at each step's incoming pose (DenseFusion: each iterate's loss trains only
                 its own step and the estimator is not trained through the refiner); ``False`` back-propagates
                 through the whole chain, down to ``R, t``.
+            trace: the dense refiner appends each step's ``(y (B, N, 3), c (B, N))`` here (its per-point object
+                coordinates and confidences, :meth:`correspondences`), for their own loss in training.
 
         Returns:
             The ``K`` iterates ``[(R₁, t₁), …, (R_K, t_K)]`` (not the start), each ``((B, 3, 3), (B, 3))``.
@@ -494,7 +425,12 @@ class JointLossRefiner(nn.Module):
         for _ in range(iterations):
             if detach:
                 R, t = R.detach(), t.detach()
-            _, dR, dt = self(inputs, emb, R, t)
+            if trace is not None and self.cfg.refiner_kind == "dense":
+                corr = self.correspondences(inputs, emb, R, t)
+                dR, dt = self.solve(corr)
+                trace.append((corr.y, corr.c))
+            else:
+                _, dR, dt = self(inputs, emb, R, t)
             R, t = compose_residual(R, t, dR, dt)
             out.append((R, t))
         return out

@@ -49,19 +49,22 @@ from meshpose.nets.jointloss import (
     JointLossNetConfig,
     best_pose,
     load_jointloss_net,
+    surface_samples,
 )
 from meshpose.render.diff import DiffMesh, SoftRasterSettings, render_soft
 from meshpose.train.common import (
     batch_to_device,
+    initial_weights,
     lazy_validation,
     loop_config,
     method_task,
     resume_config,
     training_process,
+    with_weights,
 )
 from meshpose.train.jointloss_config import JointLossTrainConfig
 from meshpose.train.jointloss_data import JointAugment, JointLossDataset, JointSample, collate
-from meshpose.train.jointloss_losses import dense_fusion_loss, refiner_loss
+from meshpose.train.jointloss_losses import coordinate_loss, dense_fusion_loss, refiner_loss, symmetric_target
 from meshpose.train.loop import LoopResult, train_loop
 from meshpose.train.selfsup_losses import JointLossWeights, geometric_loss, joint_loss
 from meshpose.train.weak_labels import WeakLabelSet, weak_labels
@@ -254,7 +257,8 @@ def jointloss_losses(
     stage = int(data["stage"])
     gen = torch.Generator().manual_seed(int(data["step"]) * 7919 + 1)
     Rs, ts = refiner_starts(R0, t0, data["weak_R"], data["weak_t"], data["weak_ok"], diam, cfg, stage, gen)
-    iterates = net.refiner.refine(inputs, Rs, ts, out.emb.detach(), iterations=cfg.refine_iterations)
+    trace: list[tuple[torch.Tensor, torch.Tensor]] = []
+    iterates = net.refiner.refine(inputs, Rs, ts, out.emb.detach(), iterations=cfg.refine_iterations, trace=trace)
     stats: dict[str, float] = {"stage": float(stage), "weak_share": float(ok.mean())}
     weak = torch.zeros((), dtype=R0.dtype)
     if stage == 1 or cfg.weak_weight > 0:
@@ -265,6 +269,11 @@ def jointloss_losses(
             ref = refiner_loss(iterates, data["weak_R"], data["weak_t"], pts, syms, diam)
             weak = weak + _masked_mean(ref.loss, ok)
             stats["ref_weak"] = float(_masked_mean(ref.distance, ok))
+        if trace:  # the dense refiner: its per-point object coordinates against the weak target's
+            tR, tt = symmetric_target(Rs, ts, data["weak_R"], data["weak_t"], pts, syms)
+            coord = torch.stack([coordinate_loss(data["points"], y, c, tR, tt, cfg.conf_w) for y, c in trace]).mean(0)
+            weak = weak + _masked_mean(coord, ok)
+            stats["ref_coord"] = float(_masked_mean(coord.detach(), ok))
     if stage == 1:
         stats["loss"] = float(weak.detach())
         return weak, stats
@@ -320,6 +329,16 @@ def jointloss_losses(
         ref_geo=float(last.geometry.detach().mean()),
     )
     return loss, stats
+
+
+def _with_surfaces(
+    net: JointLossNet, objects: dict[int, ObjectModel], obj_ids: tuple[int, ...], seed: int
+) -> JointLossNet:
+    """``net`` with its dense refiner's surface samples of ``objects`` (head order); other refiners unchanged."""
+    if net.config.refiner_kind == "dense":
+        count = net.config.refiner_surface_points
+        net.refiner.set_surfaces(torch.stack([surface_samples(objects[o].mesh, count, seed) for o in obj_ids]))
+    return net
 
 
 def _weak_targets(
@@ -465,6 +484,7 @@ def train_jointloss(
     """
     run = Path(run_dir)
     cfg, ck = resume_config(cfg, run, METHOD, resume=resume, steps=steps)
+    cfg, start = initial_weights(cfg, ck, load_jointloss_net)
     cfg.check_data()
     bop = BopDataset(cfg.data, split=cfg.split)
     dets = read_detections(cfg.detections)
@@ -474,6 +494,11 @@ def train_jointloss(
     dataset = JointLossDataset(
         bop, dets, tensors.obj_ids, crop=cfg.crop, points=cfg.points, seed=cfg.seed, augment=augment
     )
+    if start is not None and tuple(start.config.obj_ids) != tensors.obj_ids:
+        raise ValueError(
+            f"init_weights {cfg.init_weights!r} know objects {list(start.config.obj_ids)}, the frames' dataset "
+            f"{list(tensors.obj_ids)}: start from weights of the same objects, or without init_weights"
+        )
     net_cfg = JointLossNetConfig.from_dict(
         {
             **cfg.net.to_dict(),
@@ -494,7 +519,7 @@ def train_jointloss(
         task = method_task(
             cfg,
             METHOD,
-            JointLossNet(net_cfg),
+            _with_surfaces(with_weights(JointLossNet(net_cfg), start), objects, tensors.obj_ids, cfg.seed),
             net_cfg.to_dict(),
             data=lambda start, rank: _batches(cfg, dataset, weak, tensors, rank, start),
             loss=lambda m, batch: jointloss_losses(m, batch, cfg, tensors),  # type: ignore[arg-type]

@@ -52,7 +52,10 @@ class JointLossTrainConfig(TrainOptions):
         val_split: its split.
         val_detections: its detections.
         val_items: validation crops (the first ones, in a fixed order).
-        net: network sizes (``num_objects`` and ``obj_ids`` are set from ``data``'s objects).
+        net: network sizes (``num_objects`` and ``obj_ids`` are set from ``data``'s objects; taken from the weights
+            when ``init_weights`` is given).
+        init_weights: start a new run from these ``jointloss`` weights (a weights spec: a file, ``package:lmo``)
+            instead of a random initialisation; they must know exactly ``data``'s objects.
     """
 
     data: str = ""
@@ -94,6 +97,7 @@ class JointLossTrainConfig(TrainOptions):
     val_every: int = 500
     ckpt_every: int = 50
     net: JointLossNetConfig = field(default_factory=JointLossNetConfig)
+    init_weights: str | None = None
 
     tuple_options: ClassVar[tuple[str, ...]] = ("image_size",)
 

@@ -26,9 +26,11 @@ import torch
 
 __all__ = [
     "PoseLossTerms",
+    "coordinate_loss",
     "dense_fusion_loss",
     "pose_distance",
     "refiner_loss",
+    "symmetric_target",
 ]
 
 #: at most this many point coordinates per chunk of the no-gradient symmetry search
@@ -174,3 +176,71 @@ def refiner_loss(
     loss = torch.stack(dists).mean(0)
     last = dists[-1].detach()
     return PoseLossTerms(loss, last, last / diameter.to(last.dtype))
+
+
+def symmetric_target(
+    R: torch.Tensor,
+    t: torch.Tensor,
+    target_R: torch.Tensor,
+    target_t: torch.Tensor,
+    points: torch.Tensor,
+    symmetries: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target pose among its symmetric equivalents ``T* S`` that is nearest to ``(R, t)`` (no gradient).
+
+    A symmetric object's observed points have one object-frame coordinate per symmetry; the dense refiner is
+    taught the one its current pose is closest to (the same choice :func:`pose_distance` makes).
+
+    Args:
+        R: ``(B, 3, 3)``; t: ``(B, 3)`` the current poses.
+        target_R: ``(B, 3, 3)``; target_t: ``(B, 3)`` the target poses.
+        points: ``(B, P, 3)`` model points, metres.
+        symmetries: ``(B, S, 4, 4)`` symmetry transforms.
+
+    Returns:
+        ``(R (B, 3, 3), t (B, 3))`` the chosen equivalent target, ``T* S``.
+    """
+    with torch.no_grad():
+        dt = target_R.dtype
+        sym = symmetries.to(dt)
+        SR, St = sym[..., :3, :3], sym[..., :3, 3]  # (B, S, 3, 3), (B, S, 3)
+        Rs = target_R[:, None] @ SR  # (B, S, 3, 3)
+        ts = (target_R[:, None] @ St[..., None])[..., 0] + target_t[:, None]  # (B, S, 3)
+        pts = points.to(dt)
+        cur = pts @ R.to(dt).transpose(-1, -2) + t.to(dt)[:, None]  # (B, P, 3)
+        cand = pts[:, None] @ Rs.transpose(-1, -2) + ts[:, :, None]  # (B, S, P, 3)
+        best = (cand - cur[:, None]).norm(dim=-1).mean(-1).argmin(1)  # (B,)
+        b = torch.arange(len(best), device=best.device)
+        return Rs[b, best], ts[b, best]
+
+
+def coordinate_loss(
+    observed: torch.Tensor,
+    coords: torch.Tensor,
+    c: torch.Tensor,
+    target_R: torch.Tensor,
+    target_t: torch.Tensor,
+    w: float = 0.015,
+) -> torch.Tensor:
+    """The dense refiner's per-point loss: each observed point's predicted object coordinate against the target
+    pose's, ``eᵢ = |yᵢ − R*ᵀ (xᵢ − t*)|`` (metres), confidence-weighted as DenseFusion's votes:
+    ``mean_i (eᵢ cᵢ − w log cᵢ)`` per item.
+
+    Args:
+        observed: ``(B, N, 3)`` the observed points, camera frame, metres.
+        coords: ``(B, N, 3)`` predicted object coordinates ``y``, metres.
+        c: ``(B, N)`` confidences in ``(0, 1)``.
+        target_R: ``(B, 3, 3)``; target_t: ``(B, 3)`` the target pose (e.g. :func:`symmetric_target`).
+        w: weight of the confidence regulariser.
+
+    Returns:
+        ``(B,)`` the loss.
+
+    Example:
+        >>> x = torch.randn(1, 5, 3)
+        >>> float(coordinate_loss(x, x, torch.ones(1, 5), torch.eye(3)[None], torch.zeros(1, 3))[0])
+        0.0
+    """
+    target = (observed - target_t[:, None]) @ target_R  # R*ᵀ (x − t*), row vectors
+    e = (coords - target.to(coords.dtype)).norm(dim=-1)
+    return (e * c - w * torch.log(c.clamp_min(1e-12))).mean(1)
