@@ -216,3 +216,42 @@ def test_adapt_runs_resumes_and_changes_the_weights(unlabeled: Unlabeled, tmp_pa
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "resume" and r["step"] == 2 for r in log)
     assert json.loads((run / "config.json").read_text())["crop_size"] == 64
+
+
+def test_pseudo_label_term_points_to_the_pseudo_pose_and_trains(unlabeled: Unlabeled, tmp_path: Path) -> None:
+    from meshpose.io.detections import read_detections
+    from meshpose.nets.batch import load_genflow_model as load
+    from meshpose.train.adapt import adapt_losses
+
+    dets = read_detections(unlabeled.dets)
+    pseudo = [dataclasses.replace(p, obj_id=dets[p.image][p.det_index].obj_id) for p in _pseudo_from_truth(unlabeled)]
+    cfg = AdaptConfig(
+        data=str(unlabeled.root), detections=str(unlabeled.dets), val_share=0.0, rot_deg=(8.0, 8.0),
+        trans_frac=(0.05, 0.05), pseudo_weight=1.0, **{k: v for k, v in TINY.items() if k not in ("val_share",)},
+    )  # fmt: skip
+    data = AdaptData(cfg, pseudo)
+    batch = data.make_batch(data.train[:4], np.random.default_rng(0))
+    assert batch is not None
+    net = load("package")
+    with torch.no_grad():
+        _, right = adapt_losses(net, batch, cfg, data.tensors)
+        # the same crops with pseudo poses turned 20° away: the pseudo-label term is larger
+        wrong = dict(batch)
+        gen = torch.Generator().manual_seed(1)
+        wrong["target"] = Pose.stack(
+            [perturb_pose(batch["target"][k], math.radians(20.0), 0.0, gen) for k in range(len(batch["obj_index"]))]
+        )
+        _, off = adapt_losses(net, wrong, cfg, data.tensors)
+    assert right["pseudo_visible"] > 0.05 and off["pseudo_pose"] > right["pseudo_pose"]
+    # a run with the term trains (finite losses logged); a teacher chain without genflow is refused
+    run = tmp_path / "run"
+    est = NearTruth(unlabeled.truth)
+    opts = {**TINY, "pseudo_weight": 1.0}
+    adapt("genflow", unlabeled.root, unlabeled.dets, run, options=opts, steps=2, estimator=est, refiner=Identity())
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert any("pseudo_flow" in r and math.isfinite(r["pseudo_flow"]) for r in log)
+    with pytest.raises(ValueError, match="must run genflow"):
+        adapt(
+            "genflow", unlabeled.root, unlabeled.dets, tmp_path / "other", options={**TINY, "pseudo_refine": "contour"},
+            estimator=est,
+        )  # fmt: skip

@@ -126,7 +126,7 @@ def _pseudo_settings(cfg: AdaptConfig, estimator_config: dict[str, Any]) -> dict
         "use_depth": cfg.use_depth,
         "estimator": "picopose",
         "estimator_config": estimator_config,
-        "refiner": "genflow",
+        "refiner": cfg.pseudo_refine,
     }
 
 
@@ -142,7 +142,8 @@ def compute_pseudo_poses(
 ) -> list[PseudoPose]:
     """The pseudo poses of the detections ``todo`` (image → detection indices), cached in ``run/pseudo_poses.json``.
 
-    Each detection's ``picopose`` estimate is refined by ``genflow`` with ``cfg.init_weights`` and scored by the
+    Each detection's ``picopose`` estimate is refined by ``cfg.pseudo_refine`` (``genflow`` with ``cfg.init_weights``,
+    alone or in a chain) and scored by the
     render-and-compare score; a detection that gives no pose is left out (logged). Images already in the cache are
     not recomputed.
 
@@ -176,14 +177,18 @@ def compute_pseudo_poses(
     if left:
         run.mkdir(parents=True, exist_ok=True)
         weights = cfg.init_weights if cfg.init_weights not in (None, "package") else None
+        members = cfg.pseudo_refine.split("+")
+        if "genflow" not in members:
+            raise ValueError(f"pseudo_refine {cfg.pseudo_refine!r} must run genflow (the network being adapted)")
+        ref_cfg: dict[str, Any] = {"weights": weights} if len(members) == 1 else {"genflow": {"weights": weights}}
         spec = EstimateSpec(
             dataset=cfg.data,
             split=cfg.split,
             method="picopose",
             config=est_cfg,
             hypotheses=1,
-            refine="genflow",
-            refine_config={"weights": weights},
+            refine=cfg.pseudo_refine,
+            refine_config=ref_cfg,
             use_depth=cfg.use_depth,
         )
         state = EstimateWorkerState(spec, refiner, estimator)

@@ -105,6 +105,13 @@ class AdaptConfig(TrainOptions):
         net: network sizes (taken from ``init_weights``).
         init_weights: the weights to adapt (``"package"``: those shipped with meshpose; a ``model.pt`` or
             checkpoint).
+        pseudo_refine: the refiner (or chain, ``"genflow+contour"``) that turns each detection's ``picopose``
+            estimate into its pseudo pose; its ``genflow`` runs with ``init_weights``.
+        pseudo_weight: weight of the pseudo-label term: ``genflow``'s own supervised loss (flow of the rendered
+            points to where the pseudo pose projects them, inside the detection's mask, + ``pose_weight`` · the
+            point-matching loss) with the pseudo pose in place of the truth (0: the self-supervised joint loss
+            alone).
+        pose_weight: weight of the point-matching loss inside the pseudo-label term (``genflow`` training's).
     """
 
     data: str = ""
@@ -143,6 +150,9 @@ class AdaptConfig(TrainOptions):
     val_items: int = 64
     net: GenFlowNetConfig = field(default_factory=GenFlowNetConfig)
     init_weights: str | None = "package"
+    pseudo_refine: str = "genflow"
+    pseudo_weight: float = 0.0
+    pose_weight: float = 10.0
 
     tuple_options: ClassVar[tuple[str, ...]] = ("image_size", "padding", "rot_deg", "trans_frac")
 
@@ -164,6 +174,8 @@ class AdaptConfig(TrainOptions):
             raise ValueError("curriculum_start must be > 0 (the first steps need items)")
         if self.batch_size < 1 or self.iterations < 1 or self.steps < 0 or not 0.0 < self.gamma <= 1.0:
             raise ValueError("need batch_size ≥ 1, iterations ≥ 1, steps ≥ 0, 0 < gamma ≤ 1")
+        if self.pseudo_weight < 0 or self.pose_weight < 0:
+            raise ValueError("pseudo_weight and pose_weight must be ≥ 0")
         if self.images_range is not None and not self.images_range[0] < self.images_range[1]:
             raise ValueError(f"images_range [A, B) needs A < B, got {self.images_range}")
 

@@ -38,7 +38,7 @@ import torch.utils.data
 
 from meshpose.eval.metrics import add_or_adds
 from meshpose.nets.batch import METHOD, CropBatch, load_genflow_model, run_network
-from meshpose.nets.genflow import STRIDE, GenFlowNet, project_points
+from meshpose.nets.genflow import STRIDE, GenFlowNet, GenFlowOutput, project_points
 from meshpose.synth import resolve_objects
 from meshpose.train.common import (
     initial_weights,
@@ -82,24 +82,47 @@ class PoseRefiner(Protocol):
 # ----------------------------------------------------------------------------------------------------------
 # Losses
 # ----------------------------------------------------------------------------------------------------------
-def genflow_losses(
-    net: GenFlowNet | torch.nn.Module, data: dict[str, Any], cfg: GenFlowTrainConfig
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Forward pass and losses of one batch (:func:`collate_items`); returns the total loss and scalars to log."""
-    batch: CropBatch = data["batch"]
-    out = run_network(net, batch, cfg.iterations)
-    gt: Pose = data["gt"]
+def supervised_terms(
+    out: GenFlowOutput,
+    batch: CropBatch,
+    target: Pose,
+    own: torch.Tensor,
+    points: torch.Tensor,
+    symmetries: torch.Tensor,
+    gamma: float,
+    depth: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``genflow``'s supervised terms toward a target pose (the truth in training, a pseudo pose in ``adapt``).
+
+    The flow target of each rendered point is where ``target`` projects it; a point counts where it lands inside
+    the crop, on the object's own pixels (``own``) and — given the clean depth — at the depth the target gives it
+    (within 5 % of the diameter, at least 1 cm: not hidden).
+
+    Args:
+        out: the network's output (:func:`~meshpose.nets.batch.run_network`).
+        batch: its crops.
+        target: ``(B,)`` the target poses.
+        own: ``(B, 1, s, s)`` the object's visible pixels in the crop (instance mask, or a detection's mask).
+        points: ``(B, P, 3)``; symmetries: ``(B, S, 4, 4)`` of the objects, for the point-matching loss.
+        gamma: the sequence loss's decay.
+        depth: ``(B, 1, s, s)`` clean observed depth, metres (``None``: no depth test).
+
+    Returns:
+        ``(flow loss, point-matching loss, flow target (B, N, 2), visibility (B, N) float)``, the losses
+        gamma-weighted over the iterations (point matching clamped at 1 per item).
+    """
     K64 = batch.K.to(torch.float64)
     points64 = out.points.to(torch.float64)
-    gt_uv = project_points(gt.to(torch.float64), points64, K64)
+    gt_uv = project_points(target.to(torch.float64), points64, K64)
     flow_gt = (gt_uv - out.source.to(torch.float64)).to(torch.float32)  # (B, N, 2)
-    z_gt = (points64 @ gt.R.to(torch.float64).transpose(-1, -2) + gt.t.to(torch.float64)[:, None])[..., 2]
     s = batch.obs_rgb.shape[-1]
     inside = (gt_uv > -0.5).all(-1) & (gt_uv < s - 0.5).all(-1)
-    own = sample_nearest(data["instance"], gt_uv) > 0.5
-    dc = sample_nearest(data["depth_clean"], gt_uv)
-    tol = torch.clamp(0.05 * batch.diameter, min=0.01)[:, None]
-    visible = out.valid & inside & own & ((dc - z_gt.float()).abs() < tol)
+    visible = out.valid & inside & (sample_nearest(own, gt_uv) > 0.5)
+    if depth is not None:
+        R64, t64 = target.R.to(torch.float64), target.t.to(torch.float64)
+        z_gt = (points64 @ R64.transpose(-1, -2) + t64[:, None])[..., 2]
+        tol = torch.clamp(0.05 * batch.diameter, min=0.01)[:, None]
+        visible = visible & ((sample_nearest(depth, gt_uv) - z_gt.float()).abs() < tol)
     vis = visible.to(torch.float32)
     n_vis = vis.sum(1).clamp_min(1.0)
     diam = batch.diameter.to(torch.float64)
@@ -108,10 +131,23 @@ def genflow_losses(
         pred = step.flow.flatten(2).transpose(1, 2)
         err = (pred - flow_gt).abs().sum(-1) / STRIDE  # L1 in feature cells
         flow_terms.append(((err * vis).sum(1) / n_vis).mean())
-        pm = point_matching_loss(step.pose, gt, data["points"], data["symmetries"], diam)
+        pm = point_matching_loss(step.pose, target, points, symmetries, diam)
         pose_terms.append(pm.clamp(max=1.0).mean())
-    flow_loss = sequence_loss(flow_terms, cfg.gamma)
-    pose_loss = sequence_loss(pose_terms, cfg.gamma)
+    return sequence_loss(flow_terms, gamma), sequence_loss(pose_terms, gamma), flow_gt, vis
+
+
+def genflow_losses(
+    net: GenFlowNet | torch.nn.Module, data: dict[str, Any], cfg: GenFlowTrainConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward pass and losses of one batch (:func:`collate_items`); returns the total loss and scalars to log."""
+    batch: CropBatch = data["batch"]
+    out = run_network(net, batch, cfg.iterations)
+    gt: Pose = data["gt"]
+    sup = supervised_terms(
+        out, batch, gt, data["instance"], data["points"], data["symmetries"], cfg.gamma, depth=data["depth_clean"]
+    )
+    flow_loss, pose_loss, flow_gt, vis = sup
+    diam = batch.diameter.to(torch.float64)
     total = flow_loss + cfg.pose_weight * pose_loss.to(torch.float32)
     with torch.no_grad():
         pm_init = point_matching_loss(batch.pose, gt, data["points"], data["symmetries"], diam)
