@@ -21,6 +21,7 @@ __all__ = ["ESTIMATORS", "available_estimators", "make_estimator"]
 ESTIMATORS: dict[str, tuple[str, str]] = {
     "picopose": ("meshpose.coarse.picopose", "PicoPoseEstimator"),
     "jointloss": ("meshpose.coarse.jointloss", "JointLossEstimator"),
+    "register": ("meshpose.coarse.register", "RegisterEstimator"),
 }
 
 
