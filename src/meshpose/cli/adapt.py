@@ -53,9 +53,10 @@ def adapt(
     threads: Threads = None,
     verbose: Verbose = False,
 ) -> None:
-    """Adapt a learned refiner to your camera and lighting from unlabeled images: pseudo poses from the refiner
-    itself (estimate + refine, cached), then self-supervised render-and-compare training (colour + mask IoU, +
-    geometry with depth), confident detections first, a held-out share of the images choosing best.pt.
+    """Adapt a learned refiner to your camera and lighting from unlabeled images: pseudo poses from picopose + the
+    refiner itself + contour (cached), then training toward them (the refiner's own flow and pose loss) and by
+    self-supervised render-and-compare (colour + mask IoU, + geometry with depth), confident detections first, a
+    held-out share of the images choosing best.pt.
     Ground-truth poses are never read. Use the result with ``--config '{"weights": "OUT/model.pt"}'``."""
     setup_logging(verbose)
     from meshpose.run.adapt import adapt as run_adapt

@@ -5,9 +5,10 @@ What a run does (:func:`adapt`), for ``genflow`` (the one method supported so fa
 1. open the user's BOP dataset (``--images``) and refuse it when its split holds no images; read the detections
    (``--detections``) and keep those with a mask of an object the dataset has a mesh of — a file with none is refused;
    ``images_range`` keeps the images with ``im_id`` in ``[A, B)``;
-2. compute the **pseudo poses** once: per image, the ``picopose`` estimate of each detection refined by ``genflow`` at
-   the *starting* weights and scored by the render-and-compare score (the ``meshpose estimate --refine genflow``
-   per-image job, :func:`~meshpose.run.estimate_job.process_estimate`). They are cached in ``RUN/pseudo_poses.json``
+2. compute the **pseudo poses** once: per image, the ``picopose`` estimate of each detection refined by the teacher
+   ``pseudo_refine`` (default ``genflow+contour``, ``genflow`` at the *starting* weights) and scored by the
+   render-and-compare score (the ``meshpose estimate --refine …`` per-image job,
+   :func:`~meshpose.run.estimate_job.process_estimate`). They are cached in ``RUN/pseudo_poses.json``
    after every image, so a stopped run goes on where it was;
 3. adapt the network (:func:`meshpose.train.adapt.train_adapt`) — resumable with ``resume``.
 
