@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detections", required=True)
     ap.add_argument("--weights", default="package:lmo")
     ap.add_argument("--refiners", default="icp,genflow+icp", help="baseline refiners run from the raw estimates")
+    ap.add_argument(
+        "--ref-iterations", default="4,2", help="refiner iterations K, comma-separated (rows est+ref, est+refK)"
+    )
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True, type=Path)
@@ -50,11 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     dets = read_detections(args.detections)
     net = load_jointloss_net(args.weights)
     est0 = JointLossEstimator(JointLossEstimatorConfig(weights=args.weights, refine_iterations=0), model=net)
-    est2 = JointLossEstimator(JointLossEstimatorConfig(weights=args.weights, refine_iterations=2), model=net)
+    ks = [int(v) for v in args.ref_iterations.split(",") if v]
+    refined = {
+        ("jointloss_est+ref" if i == 0 else f"jointloss_est+ref{k}"): JointLossEstimator(
+            JointLossEstimatorConfig(weights=args.weights, refine_iterations=k), model=net
+        )
+        for i, k in enumerate(ks)
+    }
     baselines = {name: make_refiner(name) for name in args.refiners.split(",") if name}
     objects = ds.objects()
     keys = sorted(k for k in dets if dets[k])[: args.max_images]
-    names = ["jointloss_est", "jointloss_est+ref", *(f"est+{b}" for b in baselines)]
+    names = ["jointloss_est", *refined, *(f"est+{b}" for b in baselines)]
     err: dict[str, list[float]] = {n: [] for n in names}
     err_sym: dict[str, list[float]] = {n: [] for n in names}
     secs: dict[str, float] = {n: 0.0 for n in names}
@@ -68,19 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         raw = est0.estimate(obs, list(objects.values()), image_dets)
         secs["jointloss_est"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        refd = est2.estimate(obs, list(objects.values()), image_dets)
-        secs["jointloss_est+ref"] += time.perf_counter() - t0
-        for det, r0, r2 in zip(image_dets, raw, refd, strict=True):
+        refd = {}
+        for name, est in refined.items():
+            t0 = time.perf_counter()
+            refd[name] = est.estimate(obs, list(objects.values()), image_dets)
+            secs[name] += time.perf_counter() - t0
+        for i, (det, r0) in enumerate(zip(image_dets, raw, strict=True)):
             inst = [g for g in gts if g.obj_id == det.obj_id]
             if len(inst) != 1:
                 continue
             obj = objects[det.obj_id]
             gR, gt = inst[0].pose.numpy()
-            poses: dict[str, Pose | None] = {
-                "jointloss_est": r0.hypotheses[0].pose if r0.hypotheses else None,
-                "jointloss_est+ref": r2.hypotheses[0].pose if r2.hypotheses else None,
-            }
+            poses: dict[str, Pose | None] = {"jointloss_est": r0.hypotheses[0].pose if r0.hypotheses else None}
+            for name, found in refd.items():
+                poses[name] = found[i].hypotheses[0].pose if found[i].hypotheses else None
             for b, refiner in baselines.items():
                 name = f"est+{b}"
                 if poses["jointloss_est"] is None:

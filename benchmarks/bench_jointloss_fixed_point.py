@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--split", default="test")
     ap.add_argument("--methods", default="jointloss,contour,icp")
+    ap.add_argument("--config", default="{}", help="options of the jointloss refiner, JSON")
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True, type=Path)
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = ds.image_keys(targets_only=False)[: args.max_images]
     out: dict[str, dict[str, float]] = {}
     for name in args.methods.split(","):
-        refiner = make_refiner(name)
+        refiner = make_refiner(name, **(json.loads(args.config) if name == "jointloss" else {}))
         err, rot, tra, diam, secs = [], [], [], [], 0.0
         for scene_id, im_id in keys:
             obs = ds.observation(scene_id, im_id, with_depth=True)

@@ -4,7 +4,8 @@ The refiner seam gives poses, not detections, so the pixels the network reads ar
 object rendered there (silhouette dilated by ``dilate_px``) ∩ the observed depth within ``depth_band`` · diameter of
 the rendered depth range (∩ ``obs.mask`` when the observation has one). From that mask, the crop and the sampled
 points are built as for the estimator (:mod:`meshpose.nets.jointloss_batch`) and the network's refiner applies
-``iterations`` residual corrections (default 2, the paper's ``K``). The weights know their objects by BOP id
+``iterations`` residual corrections (default 4, chosen on held-out synthetic crops: ADD-S AUC 0.881 / 0.886 / 0.889
+at 2 / 3 / 4 with ``package:lmo``; the paper's ``K`` is 2). The weights know their objects by BOP id
 (``obj_ids``); another object fails with ``UNKNOWN_OBJECT`` and keeps its initial pose.
 """
 
@@ -37,15 +38,19 @@ class JointLossRefinerConfig:
         iterations: residual steps (``refine(iterations=…)`` overrides it).
         dilate_px: the rendered silhouette is dilated by this many pixels to find the object's pixels.
         depth_band: observed depth counts within this share of the diameter outside the rendered depth range.
+            Defaults 0 and 0.05, chosen on held-out synthetic frames (the 30-image validation set of
+            ``package:lmo``): the dense refiner registers the points it is given, and a dilated silhouette with a
+            wide band (4 px, 0.25) hands it background — from the true pose it drifted to a median 6.0° (ADD(-S)
+            0.927) and from 10° / 5 % starts it reached AR 0.732, against 0.58° (1.000) and AR 0.897 with these.
         margin: crop side over the mask box's longer side.
         min_points: fewest pixels with valid depth.
         seed: seed of the pixel sampling.
     """
 
     weights: str = "package:lmo"
-    iterations: int = 2
-    dilate_px: int = 4
-    depth_band: float = 0.25
+    iterations: int = 4
+    dilate_px: int = 0
+    depth_band: float = 0.05
     margin: float = 1.2
     min_points: int = 50
     seed: int = 0
