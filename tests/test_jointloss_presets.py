@@ -23,7 +23,7 @@ def net() -> JointLossNet:
     torch.manual_seed(0)
     cfg = JointLossNetConfig(
         num_objects=2, obj_ids=(1, 2), image_size=48, num_points=64, cnn_width=8, colour_dim=8,
-        geo_dims=(16, 32), global_dims=(32, 64), head_dims=(32, 16),
+        geo_dims=(16, 32), global_dims=(32, 64), head_dims=(32, 16), refiner_kind="regress", refiner_scale=1.0,
     )  # fmt: skip
     return JointLossNet(cfg).eval()
 

@@ -37,6 +37,8 @@ TINY = JointLossNetConfig(
     geo_dims=(32, 64),
     global_dims=(64, 64),
     head_dims=(64, 32),
+    refiner_kind="regress",
+    refiner_scale=1.0,
 )
 
 

@@ -54,7 +54,13 @@ def _config(root: Path, dets: Path, **kw: object) -> JointLossTrainConfig:
         augment=False,
         min_weak_score=0.0,
         net=JointLossNetConfig(
-            cnn_width=8, colour_dim=16, geo_dims=(32, 64), global_dims=(64, 128), head_dims=(64, 32)
+            cnn_width=8,
+            colour_dim=16,
+            geo_dims=(32, 64),
+            global_dims=(64, 128),
+            head_dims=(64, 32),
+            refiner_kind="regress",
+            refiner_scale=1.0,
         ),
     )
     base.update(kw)

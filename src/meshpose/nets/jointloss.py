@@ -41,7 +41,7 @@ global feature alone → one residual ``(ΔR, Δt)`` per item, the pose of the o
 
 (:func:`compose_residual`). The refiner's heads start at the identity residual.
 
-``refiner_kind="dense"`` (new runs; the seed's global regression is ``"regress"``): a learned-correspondence step.
+``refiner_kind="dense"`` (the default; the seed's global regression is ``"regress"``): a learned-correspondence step.
 Each observed point ``x_objᵢ`` is first paired with the foot of its nearest model surface sample's tangent plane,
 ``fᵢ`` (the model's surface samples and normals are a buffer of the weights: the refiner is object-specific, as
 the heads are); the same attention + fusion sees ``[x_obj ‖ f − x_obj]``, and per-point heads (point features ‖
@@ -110,6 +110,9 @@ __all__ = [
     "run_jointloss",
     "surface_samples",
 ]
+
+#: how weights saved before ``refiner_kind`` existed are read (the seed's regressed refiner, metres)
+_LEGACY = {"refiner_kind": "regress", "refiner_scale": 1.0}
 
 #: the method name of ``jointloss`` checkpoints
 METHOD = "jointloss"
@@ -474,7 +477,7 @@ def load_jointloss_net(path: str | os.PathLike[str] | WeightsSpec | None = None)
         FileNotFoundError: no such file, or no shipped weights of that name.
         ValueError: not a checkpoint, or one of another method.
     """
-    return load_model(path, METHOD, lambda c: JointLossNet(JointLossNetConfig.from_dict(c)), "cpu")
+    return load_model(path, METHOD, lambda c: JointLossNet(JointLossNetConfig.from_dict({**_LEGACY, **c})), "cpu")
 
 
 def run_jointloss(

@@ -55,10 +55,11 @@ class JointLossNetConfig:
             Saved with the weights, so that inference maps an object to its head and refuses an unknown one.
         refiner_scale: the refiner sees its points (current object frame) multiplied by this, and its translation
             residual is divided by it (1: metres). The residuals a refiner must see are millimetres; in metres the
-            first layer's response to them is buried under its biases, so new runs use 10 (decimetres: LM-O-sized
-            objects span about ±1).
-        refiner_kind: ``"regress"`` (the seed's: the residual regressed from the global feature) or ``"dense"``
-            (learned correspondences on the model surface + a weighted rigid fit; module docstring).
+            first layer's response to them is buried under its biases, so the default is 10 (decimetres: LM-O-sized
+            objects span about ±1). Weights saved without this key are read with 1 (:func:`load_jointloss_net`).
+        refiner_kind: ``"dense"`` (the default: learned correspondences on the model surface solved for the
+            residual; :mod:`meshpose.nets.jointloss`) or ``"regress"`` (the seed's: the residual regressed from the
+            global feature; weights saved without this key are read as ``"regress"``).
         refiner_surface_points: the dense refiner's surface samples per object (with normals).
         refiner_robust: ``τ`` of the dense refiner's Cauchy weight on the point-to-plane residual, metres.
         refiner_solver: how the dense refiner turns its correspondences into a residual: ``"gauss_newton"`` (one
@@ -75,8 +76,8 @@ class JointLossNetConfig:
     head_dims: tuple[int, int] = (256, 128)
     attention_kernel: int = 7
     obj_ids: tuple[int, ...] = ()
-    refiner_scale: float = 1.0
-    refiner_kind: str = "regress"
+    refiner_scale: float = 10.0
+    refiner_kind: str = "dense"
     refiner_surface_points: int = 2048
     refiner_robust: float = 0.01
     refiner_solver: str = "gauss_newton"
