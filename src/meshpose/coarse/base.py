@@ -29,7 +29,7 @@ from meshpose.types import (
     PoseEstimate,
 )
 
-__all__ = ["Estimator", "check_detection", "estimate_each"]
+__all__ = ["Estimator", "check_detection", "distinct_poses", "estimate_each"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,54 @@ def check_detection(obs: Observation, objects: dict[int, ObjectModel], det: Dete
         if n < MIN_MASK_PX:
             return Failure(FailureCode.BAD_DETECTION, f"mask is empty ({n} pixels, need {MIN_MASK_PX})")
     return None
+
+
+def distinct_poses(
+    R: np.ndarray,
+    t: np.ndarray,
+    count: int,
+    max_t: float,
+    max_deg: float,
+    symmetries: np.ndarray | None = None,
+) -> list[int]:
+    """The hypotheses an estimator keeps from its ranked candidates: greedily, in the given order (best first), each
+    candidate that is not within ``max_deg`` degrees *and* ``max_t`` metres of one already kept (under one of the
+    object's ``symmetries``), until ``max(1, count)`` are kept.
+
+    Args:
+        R: ``(N, 3, 3)``; t: ``(N, 3)`` the candidate poses (``cam_from_obj``, metres), best first.
+        count: hypotheses wanted.
+        max_t: translation tolerance, metres.
+        max_deg: rotation tolerance, degrees.
+        symmetries: ``(S, 4, 4)`` ``obj_from_obj`` transforms (``None``: the identity only).
+
+    Returns:
+        Indices into the candidates, in order.
+
+    Example:
+        >>> R = np.stack([np.eye(3)] * 3)
+        >>> distinct_poses(R, np.array([[0, 0, 1.0], [0, 0, 1.001], [0.2, 0, 1.0]]), 3, 0.01, 15.0)
+        [0, 2]
+    """
+    S = np.eye(4)[None] if symmetries is None else np.asarray(symmetries, np.float64)
+    R = np.asarray(R, np.float64)
+    t = np.asarray(t, np.float64)
+    kept: list[int] = []
+    copies: list[tuple[np.ndarray, np.ndarray]] = []  # the symmetric copies of each kept pose
+    for i in range(len(R)):
+        if len(kept) >= max(1, count):
+            break
+        close = False
+        for Rs, ts in copies:
+            cos = (np.einsum("sij,ij->s", Rs, R[i]) - 1.0) / 2.0
+            ang = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+            if np.any((ang <= max_deg) & (np.linalg.norm(ts - t[i], axis=1) <= max_t)):
+                close = True
+                break
+        if not close:
+            kept.append(i)
+            copies.append((R[i] @ S[:, :3, :3], S[:, :3, 3] @ R[i].T + t[i]))
+    return kept
 
 
 def estimate_each(

@@ -14,7 +14,6 @@ the eight LM-O objects by their BOP ids.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,8 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from meshpose.coarse.base import estimate_each
-from meshpose.geometry.lie import rotation_angle
+from meshpose.coarse.base import distinct_poses, estimate_each
 from meshpose.nets.jointloss import JointLossNet, load_jointloss_net, run_jointloss
 from meshpose.nets.jointloss_batch import SkippedDetection, collate, make_sample
 from meshpose.types import Detection, Failure, FailureCode, ObjectModel, Observation, Pose, PoseEstimate
@@ -128,18 +126,9 @@ class JointLossEstimator:
         data = collate([sample])
         out, _ = run_jointloss(self.model, data, torch.tensor([head]), 0)
         order = torch.argsort(out.c[0], descending=True)
-        chosen: list[int] = []
         sep = cfg.min_vote_separation * model.diameter
-        for i in order.tolist():
-            if len(chosen) >= max(1, hypotheses):
-                break
-            ti = out.t[0, i]
-            if all(
-                float((ti - out.t[0, j]).norm()) > sep
-                or float(rotation_angle(out.R[0, i], out.R[0, j])) > math.radians(15.0)
-                for j in chosen
-            ):
-                chosen.append(i)
+        keep = distinct_poses(out.R[0, order].double().numpy(), out.t[0, order].double().numpy(), hypotheses, sep, 15.0)
+        chosen = [int(order[k]) for k in keep]
         R = out.R[0, chosen]
         t = out.t[0, chosen]
         if cfg.refine_iterations > 0:

@@ -28,10 +28,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from meshpose.coarse.base import estimate_each
-from meshpose.geometry.projection import unproject
-from meshpose.geometry.registration import WeakLabel, WeakPoseConfig, register_hypotheses
-from meshpose.nets.jointloss_batch import valid_depth
+from meshpose.coarse.base import distinct_poses, estimate_each
+from meshpose.geometry.projection import valid_depth
+from meshpose.geometry.registration import WeakPoseConfig, detection_points, register_hypotheses
 from meshpose.types import (
     Detection,
     EstimateResult,
@@ -39,7 +38,6 @@ from meshpose.types import (
     FailureCode,
     ObjectModel,
     Observation,
-    Pose,
     PoseEstimate,
 )
 
@@ -89,26 +87,6 @@ class RegisterEstimatorConfig:
             raise ValueError("register needs min_separation ≥ 0 and min_separation_deg ≥ 0")
         if self.threads is not None and self.threads < 1:
             raise ValueError("register needs threads ≥ 1 (or None)")
-
-
-def _same_pose(a: Pose, b: Pose, symmetries: np.ndarray, max_t: float, max_deg: float) -> bool:
-    """Whether ``b`` is within ``max_deg`` degrees and ``max_t`` metres of ``a`` under one of the symmetries.
-
-    Args:
-        a, b: single ``cam_from_obj`` poses.
-        symmetries: ``(S, 4, 4)`` ``obj_from_obj`` transforms (the first the identity).
-        max_t: translation tolerance, metres.
-        max_deg: rotation tolerance, degrees.
-    """
-    Ra, ta = a.numpy()
-    Rb, tb = b.numpy()
-    S = np.asarray(symmetries, np.float64)
-    Rs = Ra @ S[:, :3, :3]  # (S, 3, 3): the symmetric copies of a
-    ts = S[:, :3, 3] @ Ra.T + ta
-    cos = (np.einsum("sij,ij->s", Rs, Rb) - 1.0) / 2.0
-    ang = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-    dist = np.linalg.norm(ts - tb, axis=1)
-    return bool(np.any((ang <= max_deg) & (dist <= max_t)))
 
 
 class RegisterEstimator:
@@ -166,30 +144,26 @@ class RegisterEstimator:
             return [], Failure(FailureCode.NO_DEPTH, "the observation has no depth image (an RGB-D method)"), {}
         if det.mask is None:
             return [], Failure(FailureCode.BAD_DETECTION, "register needs a mask (its points are the mask's)"), {}
-        ys, xs = np.nonzero(det.mask & valid_depth(depth))
-        if len(ys) < cfg.min_points:
+        valid = int(np.count_nonzero(det.mask & valid_depth(depth)))
+        if valid < cfg.min_points:
             return (
                 [],
                 Failure(
                     FailureCode.NO_DEPTH,
-                    f"{len(ys)} pixels of the mask have valid depth < {cfg.min_points} "
+                    f"{valid} pixels of the mask have valid depth < {cfg.min_points} "
                     f"(mask has {int(np.count_nonzero(det.mask))})",
                 ),
                 {},
             )
         # the seed of the weak labels of the same detection (meshpose.train.weak_labels); ids of -1 (unknown) wrap
         rng = np.random.default_rng([cfg.seed, det.scene_id % 2**32, det.im_id % 2**32, j])
-        pick = rng.permutation(len(ys))[: cfg.max_points]
-        uv = np.stack([xs[pick], ys[pick]], axis=1).astype(np.float64)
-        pts = unproject(uv, depth[ys[pick], xs[pick]].astype(np.float64), np.array(obs.camera.K)).numpy()
+        pts = detection_points(det.mask, depth, obs.camera.K, cfg.max_points, rng)
         found = register_hypotheses(pts, model, obs.camera, det.mask, depth=depth, config=cfg.registration, rng=rng)
-        chosen: list[WeakLabel] = []
+        Rs = np.stack([lab.pose.numpy()[0] for lab in found])
+        ts = np.stack([lab.pose.numpy()[1] for lab in found])
         max_t = cfg.min_separation * float(model.diameter)
-        for lab in found:
-            if len(chosen) >= max(1, hypotheses):
-                break
-            if not any(_same_pose(c.pose, lab.pose, model.symmetries, max_t, cfg.min_separation_deg) for c in chosen):
-                chosen.append(lab)
+        keep = distinct_poses(Rs, ts, hypotheses, max_t, cfg.min_separation_deg, model.symmetries)
+        chosen = [found[k] for k in keep]
         hyps = [
             PoseEstimate(
                 det.obj_id,

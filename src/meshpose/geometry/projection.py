@@ -12,7 +12,7 @@ from numpy.typing import ArrayLike
 
 from meshpose.types import Pose
 
-__all__ = ["depth_to_points", "pixel_grid", "project", "project_object_points", "unproject"]
+__all__ = ["depth_to_points", "pixel_grid", "project", "project_object_points", "unproject", "valid_depth"]
 
 
 def _tensor(x: ArrayLike | torch.Tensor, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -189,3 +189,8 @@ def depth_to_points(depth: torch.Tensor | ArrayLike, K: torch.Tensor | ArrayLike
     else:
         pts = unproject(uv, d.reshape(H * W), Kt)
     return pts.reshape(*d.shape, 3)
+
+
+def valid_depth(depth: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: finite, positive depth (0 and non-finite values mean missing)."""
+    return np.isfinite(depth) & (depth > 0)

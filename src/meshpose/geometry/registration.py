@@ -34,11 +34,13 @@ import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
+from meshpose.geometry.projection import unproject, valid_depth
 from meshpose.types import Camera, ObjectModel, Pose
 
 __all__ = [
     "WeakLabel",
     "WeakPoseConfig",
+    "detection_points",
     "free_space_depth",
     "model_cloud",
     "register_hypotheses",
@@ -231,7 +233,7 @@ def free_space_depth(depth: np.ndarray) -> np.ndarray:
     Returns:
         ``(H, W)`` float32, metres.
     """
-    d = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
+    d = np.where(valid_depth(depth), depth, 0.0).astype(np.float32)
     return cv2.erode(d, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0.0)
 
 
@@ -411,6 +413,25 @@ def _label(found: _Refined, time_s: float) -> WeakLabel:
     )
 
 
+def detection_points(
+    mask: np.ndarray, depth: np.ndarray, K: np.ndarray, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The observed points of a detection as the search takes them: up to ``count`` distinct pixels of ``mask`` ∩
+    valid depth, in the random order ``rng`` draws, back-projected (camera frame, metres; ``(≤ count, 3)`` float64).
+
+    Args:
+        mask: ``(H, W)`` bool detection mask.
+        depth: ``(H, W)`` the image's depth, metres (0 or non-finite = missing).
+        K: ``(3, 3)`` intrinsics.
+        count: most points.
+        rng: draws them (its state goes on to the search, as the weak labels' and ``register``'s seeding expects).
+    """
+    ys, xs = np.nonzero(mask & valid_depth(depth))
+    pick = rng.permutation(len(ys))[:count]
+    uv = np.stack([xs[pick], ys[pick]], axis=1).astype(np.float64)
+    return unproject(uv, depth[ys[pick], xs[pick]].astype(np.float64), np.asarray(K)).numpy()
+
+
 def weak_pose(
     points_cam: np.ndarray,
     obj: ObjectModel,
@@ -442,15 +463,7 @@ def weak_pose(
     Raises:
         ValueError: fewer than 3 finite observed points.
     """
-    t0 = time.perf_counter()
-    cfg = config if config is not None else WeakPoseConfig()
-    rng = rng if rng is not None else np.random.default_rng(0)
-    best: _Refined | None = None
-    for found in _search(points_cam, obj, camera, mask, depth, cfg, starts, rng):
-        if best is None or found[0][0] > best[0][0]:
-            best = found
-    assert best is not None
-    return _label(best, time.perf_counter() - t0)
+    return register_hypotheses(points_cam, obj, camera, mask, depth=depth, config=config, starts=starts, rng=rng)[0]
 
 
 def register_hypotheses(
@@ -466,7 +479,7 @@ def register_hypotheses(
 ) -> list[WeakLabel]:
     """Every pose the search of :func:`weak_pose` refined (its ``top_k`` best starts), best score first.
 
-    The first is :func:`weak_pose`'s answer for the same arguments and ``rng`` state. Several starts may converge
+    The first is :func:`weak_pose`'s answer (it is this list's head). Several starts may converge
     to the same pose: the list is not de-duplicated. Arguments, units and errors as :func:`weak_pose`; each
     label's ``time_s`` is the time of the whole search.
     """
@@ -474,6 +487,6 @@ def register_hypotheses(
     cfg = config if config is not None else WeakPoseConfig()
     rng = rng if rng is not None else np.random.default_rng(0)
     found = _search(points_cam, obj, camera, mask, depth, cfg, starts, rng)
-    found.sort(key=lambda f: -f[0][0])  # stable: among equal scores the first found stays first, as in weak_pose
+    found.sort(key=lambda f: -f[0][0])  # stable: among equal scores the first found stays first
     dt = time.perf_counter() - t0
     return [_label(f, dt) for f in found]

@@ -389,11 +389,12 @@ class JointLossRefiner(nn.Module):
         p, nrm = pn[..., :3], pn[..., 3:]
         foot = x_obj - ((x_obj - p) * nrm).sum(-1, keepdim=True) * nrm  # onto the nearest tangent plane
         res = foot - x_obj
-        geo = torch.cat([x_obj * scale, res * (100.0 * scale / 10.0)], -1)  # residuals in cm at scale 10
+        fine = 10.0 * scale  # the residuals and corrections are millimetres: a finer unit (cm at scale 10)
+        geo = torch.cat([x_obj * scale, res * fine], -1)
         feat, glob = self.fusion(emb, geo, inputs.choose, inputs.size)
         n = feat.shape[2]
         x = torch.cat([feat, glob[:, :, None].expand(-1, -1, n)], 1)
-        delta = select_object(self.coord_head(x), inputs.obj_index, 3).transpose(1, 2) / (10.0 * scale)
+        delta = select_object(self.coord_head(x), inputs.obj_index, 3).transpose(1, 2) / fine
         robust = 1.0 / (1.0 + (res.norm(dim=-1) / self.cfg.refiner_robust) ** 2)
         c = torch.sigmoid(select_object(self.conf_head(x), inputs.obj_index, 1)[:, 0]) * robust
         return Correspondences(x_obj, foot + delta, nrm, c)

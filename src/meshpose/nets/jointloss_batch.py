@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from meshpose.geometry import crop_cameras, crop_image, square_crop_box
-from meshpose.geometry.projection import unproject
+from meshpose.geometry.projection import unproject, valid_depth
 from meshpose.types import Camera, Detection
 
 __all__ = [
@@ -112,11 +112,6 @@ def skip_reason(det: Detection, depth: np.ndarray, min_points: int) -> str | Non
     if n < min_points:
         return f"{n} pixels of mask with valid depth < {min_points} (mask has {int(np.count_nonzero(det.mask))})"
     return None
-
-
-def valid_depth(depth: np.ndarray) -> np.ndarray:
-    """``(H, W)`` bool: finite, positive depth."""
-    return np.isfinite(depth) & (depth > 0)
 
 
 def mask_points(

@@ -195,8 +195,9 @@ class AdaptData:
         for p in chosen:
             obs = self.observation(p.image)
             obj = self.objects[p.obj_id]
-            mask = self.dets[p.image][p.det_index].mask
-            assert mask is not None
+            det_mask = self.dets[p.image][p.det_index].mask
+            assert det_mask is not None
+            mask = np.asarray(det_mask, bool)
             rot = math.radians(float(rng.uniform(*cfg.rot_deg)))
             trans = float(rng.uniform(*cfg.trans_frac)) * obj.diameter
             start = perturb_pose(Pose(p.R, p.t), rot, trans, gen)
@@ -210,9 +211,9 @@ class AdaptData:
             if self.with_depth and obs.depth is not None:
                 depth = crop_image(obs.depth, obs.camera, box, s, s, interpolation="nearest")[0].astype(np.float32)
             rgb_l, cam_l = crop_image(obs.rgb, obs.camera, box, size, size)
-            mask_s = crop_image(np.asarray(mask, bool), obs.camera, box, s, s, interpolation="nearest")[0]
-            mask_l = crop_image(np.asarray(mask, bool), obs.camera, box, size, size, interpolation="nearest")[0]
-            pts, valid = self._observed_points(obs, np.asarray(mask, bool), rng)
+            mask_s = crop_image(mask, obs.camera, box, s, s, interpolation="nearest")[0]
+            mask_l = crop_image(mask, obs.camera, box, size, size, interpolation="nearest")[0]
+            pts, valid = self._observed_points(obs, mask, rng)
             rows.append(
                 dict(
                     rgb=rgb, depth=depth, cam=cam, start=start, obj=obj, index=self.tensors.obj_ids.index(p.obj_id),

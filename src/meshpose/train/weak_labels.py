@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from meshpose.geometry.projection import unproject
 from meshpose.geometry.registration import (
     WeakLabel,
     WeakPoseConfig,
+    detection_points,
     free_space_depth,
     model_cloud,
     register_hypotheses,
@@ -29,7 +29,7 @@ from meshpose.geometry.registration import (
     weak_pose,
 )
 from meshpose.io.bop import BopDataset
-from meshpose.nets.jointloss_batch import SampleKey, skip_reason, valid_depth
+from meshpose.nets.jointloss_batch import SampleKey, skip_reason
 from meshpose.render.content import read_cache_npz, write_cache_npz
 from meshpose.types import Camera, Detection, ObjectModel, Pose
 
@@ -175,10 +175,7 @@ def weak_labels(
                     raise ValueError(reason)
                 assert det.mask is not None
                 rng = np.random.default_rng([seed, s, i, j])
-                ys, xs = np.nonzero(det.mask & valid_depth(depth))
-                pick = rng.permutation(len(ys))[:max_points]
-                uv = np.stack([xs[pick], ys[pick]], axis=1).astype(np.float64)
-                pts = unproject(uv, depth[ys[pick], xs[pick]].astype(np.float64), np.array(camera.K)).numpy()
+                pts = detection_points(det.mask, depth, camera.K, max_points, rng)
                 obj = objects[oid] if objects is not None else dataset.object(oid)
                 done.labels[k] = weak_pose(pts, obj, camera, det.mask, depth=depth, config=cfg, rng=rng)
             except Exception as exc:  # one bad detection never stops the others
