@@ -429,7 +429,8 @@ def detection_points(
     ys, xs = np.nonzero(mask & valid_depth(depth))
     pick = rng.permutation(len(ys))[:count]
     uv = np.stack([xs[pick], ys[pick]], axis=1).astype(np.float64)
-    return unproject(uv, depth[ys[pick], xs[pick]].astype(np.float64), np.asarray(K)).numpy()
+    z = depth[ys[pick], xs[pick]].astype(np.float64)
+    return unproject(uv, z, np.array(K)).numpy()  # K copied: it may be read-only
 
 
 def weak_pose(
