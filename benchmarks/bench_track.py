@@ -31,7 +31,7 @@ from meshpose.geometry.lie import perturb_pose
 from meshpose.refine.registry import make_refiner
 from meshpose.synth.novel import novel_object
 from meshpose.synth.sequence import SequenceConfig, render_sequence
-from meshpose.track import Tracker, TrackerConfig, fast_refiner_options
+from meshpose.track import Tracker, TrackerConfig, fast_refiner_options, fast_tracker_options
 from meshpose.types import ObjectModel, Pose
 
 
@@ -55,6 +55,7 @@ def _tracker_opts(args: argparse.Namespace) -> dict[str, Any]:
 
 def _tracker(method: str, fast: bool, tracker_opts: dict[str, Any]) -> Tracker:
     opts = fast_refiner_options(method) if fast else {}
+    tracker_opts = fast_tracker_options(tracker_opts) if fast else tracker_opts
     return Tracker(make_refiner(method, **opts), config=TrackerConfig.from_dict(tracker_opts))
 
 
@@ -106,6 +107,69 @@ def synthetic(args: argparse.Namespace, mode: str, step: int) -> dict[str, Any]:
         "ms_per_object_frame_median": ms["median"],
         "ms_per_object_frame_mean": ms["mean"],
         "match_ms_per_object_frame_mean": mm["mean"],
+    }
+
+
+def _plain_novel(index: int, seed: int, obj_id: int) -> ObjectModel:
+    """A generated object in one flat, fairly saturated colour: textureless, as LM-O's objects nearly are."""
+    import colorsys
+    import dataclasses
+
+    import trimesh
+
+    from meshpose.synth.novel import novel_mesh
+
+    obj = novel_mesh(index, seed)
+    mesh = obj.mesh.copy()
+    rng = np.random.default_rng([seed, index])
+    rgb = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.4, 0.9), rng.uniform(0.5, 0.95))
+    colour = np.array([*(np.asarray(rgb) * 255), 255]).astype(np.uint8)
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=np.tile(colour, (len(mesh.vertices), 1)))
+    fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return obj.__class__(**{**fields, "mesh": mesh}).to_object_model(obj_id)
+
+
+def still_scenes(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    """LM-O-like synthetic sequences: ``--objects`` flat-coloured generated objects standing still on a textured
+    table, a hand-held camera turning ``--camera-jump-deg`` between frames; every object starts from its first
+    frame's truth perturbed by ``--init-rot-deg`` / ``--init-trans-frac``; no reset (as the LM-O protocol)."""
+    ok = total = 0
+    times: list[float] = []
+    jump = tuple(float(v) for v in (args.camera_jump_deg or "15,35").split(","))
+    gen = torch.Generator().manual_seed(args.seed)
+    for s in range(args.still):
+        objs = [
+            _plain_novel(args.first_object + args.objects * s + j, args.object_seed, j + 1) for j in range(args.objects)
+        ]
+        d_mean = float(np.mean([o.diameter for o in objs]))
+        cfg = SequenceConfig(
+            width=args.width,
+            height=args.height,
+            frames=args.frames,
+            seed=5000 + s,
+            blur_samples=1,
+            camera_jump_deg=jump,  # type: ignore[arg-type]
+            size_frac=(0.6, 0.8),
+            table_m=8.0 * d_mean,
+        )
+        seq = render_sequence(objs, cfg)
+        inits = [
+            perturb_pose(seq.gt[0][j], math.radians(args.init_rot_deg), args.init_trans_frac * o.diameter, gen)
+            for j, o in enumerate(objs)
+        ]
+        tracker = _tracker(args.method, mode == "fast", _tracker_opts(args))
+        tracker.start(objs, Pose.stack(inits), frame=0)
+        for i in range(len(seq)):
+            for j, r in enumerate(tracker.step(seq.observation(i), frame=i)):
+                times.append(r.time_s)
+                ok += _err(objs[j], r.pose, seq.gt[i][j]) < 0.1
+                total += 1
+    ms = _ms(times)
+    return {
+        "success": ok / max(total, 1),
+        "instances": total,
+        "ms_per_object_frame_median": ms["median"],
+        "ms_per_object_frame_mean": ms["mean"],
     }
 
 
@@ -179,6 +243,7 @@ def main() -> None:
         "--camera-jump-deg", default="", help="synthetic static scenes, camera turning LO,HI degrees per frame"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--still", type=int, default=0, help="LM-O-like synthetic still-scene sequences (see still_scenes)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
@@ -190,6 +255,9 @@ def main() -> None:
         for step in steps:
             out["synthetic"][f"{mode}/step{step}"] = r = synthetic(args, mode, step)
             print(mode, "step", step, json.dumps(r), flush=True)
+        if args.still:
+            out.setdefault("still", {})[mode] = r = still_scenes(args, mode)
+            print(mode, "still", json.dumps(r), flush=True)
         if args.dataset is not None:
             out["bop"][mode] = r = bop_sequence(args, mode)
             print(mode, "bop", json.dumps(r), flush=True)

@@ -148,3 +148,14 @@ def test_split_corners_splits_only_where_needed() -> None:
     assert len(v) == 24  # 8 corners × 3 sides
     np.testing.assert_allclose(v[f], box.vertices[box.faces])
     np.testing.assert_allclose(n[f], np.repeat(box.face_normals[:, None], 3, axis=1), atol=1e-12)
+
+
+def test_a_mesh_that_will_not_reach_the_budget_keeps_its_smallest_decimation(caplog: pytest.LogCaptureFixture) -> None:
+    # A vertex-coloured cone: its vertices are split along the rims, which pins the decimation above 3000 faces.
+    from meshpose.mesh import vertex_colored_mesh
+
+    cone = vertex_colored_mesh("cone", seed=2, size_m=0.1)
+    with caplog.at_level("WARNING"):
+        out = simplify_mesh(cone, max_faces=3000)
+    assert 3000 < len(out.faces) < len(cone.faces)
+    assert "could not reach 3000" in caplog.text

@@ -77,7 +77,7 @@ def track(
     from meshpose.io.results import read_inits
     from meshpose.refine.registry import make_refiner
     from meshpose.run.track import TrackSpec, track_dataset
-    from meshpose.track import TrackerConfig, fast_refiner_options
+    from meshpose.track import TrackerConfig, fast_refiner_options, fast_tracker_options
 
     try:
         set_threads(threads)
@@ -88,6 +88,8 @@ def track(
         if fast:
             overrides = fast_refiner_options(method, overrides)
         tracker_opts = json_object(tracker_config, "--tracker-config", "tracker options")
+        if fast:
+            tracker_opts = fast_tracker_options(tracker_opts)
         TrackerConfig.from_dict(tracker_opts)  # bad options fail here, before any work
         refiner = make_refiner(method, **overrides)
         if refiner.modality == "rgbd" and not ds.has_depth:

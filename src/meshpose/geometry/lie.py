@@ -21,6 +21,7 @@ from numpy.typing import ArrayLike
 from meshpose.types import Pose, se3_exp, se3_log, skew
 
 __all__ = [
+    "interpolate_pose",
     "perturb_pose",
     "random_rotations",
     "random_unit_vectors",
@@ -221,3 +222,28 @@ def perturb_pose(
     dR = roma.rotvec_to_rotmat(axis * rot_rad).to(dtype=pose.dtype, device=pose.device)
     dt = (direction * trans_m).to(dtype=pose.dtype, device=pose.device)
     return Pose(dR @ pose.R, pose.t + dt)
+
+
+def interpolate_pose(a: Pose, b: Pose, weight: float) -> Pose:
+    """The pose ``weight`` of the way from ``a`` to ``b``: rotation along the geodesic (slerp), translation on the
+    straight line — each component separately, so an object's centre moves on a line (not the screw motion of
+    se(3) interpolation, which swings the centre around when the rotation is large).
+
+    Args:
+        a: ``(...)`` poses (``weight`` 0).
+        b: poses of the same batch shape (``weight`` 1).
+        weight: in ``[0, 1]``.
+
+    Returns:
+        The interpolated poses, ``a``'s dtype.
+
+    Example:
+        >>> z = Pose.identity(dtype=torch.float64)
+        >>> b = Pose(rotation_about_axis([0.0, 0.0, 1.0], math.pi / 2), torch.tensor([0.2, 0.0, 0.0]))
+        >>> m = interpolate_pose(z, b, 0.5)
+        >>> round(math.degrees(float(rotation_angle(z.R, m.R))), 6), [round(float(v), 6) for v in m.t]
+        (45.0, [0.1, 0.0, 0.0])
+    """
+    rel = roma.rotmat_to_rotvec(a.R.transpose(-1, -2) @ b.R.to(a.R.dtype))
+    R = a.R @ roma.rotvec_to_rotmat(weight * rel)
+    return Pose(R, (1.0 - weight) * a.t + weight * b.t.to(a.t.dtype))

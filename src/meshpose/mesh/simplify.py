@@ -28,6 +28,8 @@ across edges whose dihedral angle is under ``sharp_angle_deg`` and sharp otherwi
 
 from __future__ import annotations
 
+import logging
+
 import fast_simplification
 import numpy as np
 import trimesh
@@ -37,6 +39,8 @@ from meshpose.mesh.load import MeshError
 from meshpose.mesh.sample import barycentric
 
 __all__ = ["corner_normals", "merge_positions", "simplify_mesh", "split_corners"]
+
+log = logging.getLogger(__name__)
 
 
 def simplify_mesh(mesh: trimesh.Trimesh, max_faces: int = 20_000, *, sharp_angle_deg: float = 45.0) -> trimesh.Trimesh:
@@ -115,11 +119,14 @@ def simplify_mesh(mesh: trimesh.Trimesh, max_faces: int = 20_000, *, sharp_angle
 
 def _decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
     """Quadric decimation to ``≤ max_faces`` faces (retrying with a lower target if the first run overshoots);
-    degenerate faces and unreferenced vertices are removed."""
+    degenerate faces and unreferenced vertices are removed. A mesh that will not go that low (vertices split along
+    sharp rims pin the edges there) keeps its smallest attempt, with a warning: a budget is a budget, not a reason
+    to refuse an object."""
     if len(faces) <= max_faces:
         return _compact(vertices, faces)
     target = max_faces
     n_out = len(faces)
+    smallest: tuple[np.ndarray, np.ndarray] | None = None
     for _ in range(8):
         v, f = fast_simplification.simplify(
             np.ascontiguousarray(vertices, dtype=np.float64),
@@ -130,7 +137,12 @@ def _decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[
         n_out = len(f)
         if 0 < n_out <= max_faces:
             return _compact(np.asarray(v, dtype=np.float64), f)
+        if 0 < n_out < (len(faces) if smallest is None else len(smallest[1])):
+            smallest = (np.asarray(v, dtype=np.float64), f)
         target = max(4, int(target * 0.85))
+    if smallest is not None:
+        log.warning("decimation could not reach %d faces; kept %d of %d", max_faces, len(smallest[1]), len(faces))
+        return _compact(*smallest)
     raise MeshError(f"decimation could not reach {max_faces} faces (last attempt: {n_out} faces)")
 
 

@@ -68,6 +68,9 @@ class SequenceConfig:
             within ``±depth_range``. ``None``: objects move along their own trajectories (the options above).
         camera_jump_frac: the look-at point of a jumping camera lies within this many mean object diameters of the
             scene centre.
+        table_m: with ``camera_jump_deg``, a textured table of this side (metres) under the objects (0: none), seen
+            and moving with the scene but not annotated — as the cluttered table of LM-O, whose texture is what
+            tells a tracker how the camera moved when the objects themselves have little.
         seed: seed of everything random.
     """
 
@@ -91,6 +94,7 @@ class SequenceConfig:
     depth_noise_m: float = 0.001
     camera_jump_deg: tuple[float, float] | None = None
     camera_jump_frac: float = 1.0
+    table_m: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -243,7 +247,39 @@ def _static_scene(objects: list[ObjectModel], cfg: SequenceConfig, rng: np.rando
         m = np.eye(4)
         m[:3, :3], m[:3, 3] = R, -R @ eye
         cams.append(m)
-    return [_StaticInWorld(cams, w, cfg.frame_step) for w in world_from_obj]
+    out = [_StaticInWorld(cams, w, cfg.frame_step) for w in world_from_obj]
+    if cfg.table_m > 0:  # its top just under the lowest point any object can reach
+        table = np.eye(4)
+        table[2, 3] = -0.5 * d_max - 0.01
+        out.append(_StaticInWorld(cams, table, cfg.frame_step))
+    return out
+
+
+def _table(side_m: float, rng: np.random.Generator) -> ObjectModel:
+    """A square of ``side_m`` metres in the z = 0 plane facing +z, textured with a procedural photograph-like
+    background (dead leaves, noise, stripes, text patches) of 1024 px strewn with small printed shapes, in grey."""
+    import trimesh
+    from PIL import Image
+
+    h = 0.5 * side_m
+    v = np.array([[-h, -h, 0.0], [h, -h, 0.0], [h, h, 0.0], [-h, h, 0.0]])
+    uv = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    import cv2
+
+    texture = random_background(1024, 1024, rng)
+    for _ in range(1500):  # printed clutter: small shapes with corners for a feature detector
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x, y = (int(v) for v in rng.integers(0, 1024, 2))
+        r = int(rng.integers(3, 14))
+        if rng.random() < 0.5:
+            cv2.rectangle(texture, (x - r, y - r // 2), (x + r, y + r // 2), colour, -1)
+        else:
+            cv2.circle(texture, (x, y), r, colour, -1)
+    grey = cv2.cvtColor(texture, cv2.COLOR_RGB2GRAY)  # a grey print: the objects' colours stand out
+    image = Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
+    mesh = trimesh.Trimesh(v, np.array([[0, 1, 2], [0, 2, 3]]), process=False)
+    mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=image)
+    return make_object_model(mesh, OCCLUDER_ID + 1, name="table", num_points=16)
 
 
 def _occluder(obj: ObjectModel, seed: int) -> ObjectModel:
@@ -314,7 +350,13 @@ def render_sequence(objects: list[ObjectModel], config: SequenceConfig | None = 
         if cfg.camera_jump_deg is None
         else _static_scene(objects, cfg, rng)
     )
+    extra: list[tuple[ObjectModel, _Trajectory | _StaticInWorld]] = []  # rendered, not annotated
+    if len(trajs) > len(objects):
+        extra.append((_table(cfg.table_m, rng), trajs[-1]))
+        trajs = trajs[: len(objects)]
     bg = random_background(cfg.width, cfg.height, rng).astype(np.float32) / 255.0
+    if extra:  # a picture glued to the camera would not move with the scene: a plain wall behind the table
+        bg = np.broadcast_to(rng.uniform(0.3, 0.7, 3).astype(np.float32), bg.shape).copy()
     phase = rng.uniform(0, 2 * math.pi, 4)
     occ = _occluder(objects[0], cfg.seed) if cfg.occlusion is not None else None
     occ_R = torch.from_numpy(_small_tilt(rng))
@@ -331,7 +373,8 @@ def render_sequence(objects: list[ObjectModel], config: SequenceConfig | None = 
         center = None
         for k, ds in enumerate(offsets):
             poses = [tr.pose(s + float(ds)) for tr in trajs]
-            scene, scene_poses = list(objects), list(poses)
+            scene = list(objects) + [o for o, _ in extra]
+            scene_poses = list(poses) + [tr.pose(s + float(ds)) for _, tr in extra]
             off = _occluder_offset(i, cfg)
             if occ is not None and off is not None:
                 scene.append(occ)

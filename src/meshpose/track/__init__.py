@@ -19,11 +19,12 @@ from meshpose.track.matches import (
     predict_from_matches,
 )
 from meshpose.track.motion import ConstantVelocity, MotionConfig
-from meshpose.track.presets import FAST_CONTOUR, fast_refiner_options
+from meshpose.track.presets import FAST_CONTOUR, FAST_TRACKER, fast_refiner_options, fast_tracker_options
 from meshpose.track.tracker import Tracker, TrackerConfig, TrackResult, TrackStatus, check_frame
 
 __all__ = [
     "FAST_CONTOUR",
+    "FAST_TRACKER",
     "ConstantVelocity",
     "FrameFeatures",
     "MatchConfig",
@@ -37,5 +38,6 @@ __all__ = [
     "check_frame",
     "detect_features",
     "fast_refiner_options",
+    "fast_tracker_options",
     "predict_from_matches",
 ]

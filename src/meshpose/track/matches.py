@@ -35,6 +35,15 @@ import numpy as np
 import torch
 
 from meshpose.geometry.pnp import PnPResult, pnp_ransac
+from meshpose.track.scene_map import (
+    EssentialMotion,
+    best_motion,
+    carry_points,
+    essential_motion,
+    metric_scale,
+    scene_motion,
+    triangulate,
+)
 from meshpose.types import Camera, ObjectModel, Pose
 
 __all__ = [
@@ -77,7 +86,10 @@ class MatchConfig:
             matches, the background's included: the camera's rotation and direction of travel even when the
             objects themselves have almost no texture (LM-O); the object matches then only fix the scale.
         min_epipolar: matches (inliers of the essential matrix) that motion needs.
-        min_scale_matches: object matches that must agree on its scale.
+        retry_keyframes: with ``scene_rigid``, when the latest keyframe gives no camera motion (too few matches
+            after a large jump), up to this many older keyframes are tried, newest first (they are kept for that).
+        min_scale_matches: points of known depth (object or map matches) that must agree on its scale (3 was too
+            few: on LM-O three stray object matches gave lengths 30 % off).
     """
 
     detector: Literal["sift", "orb"] = "sift"
@@ -93,7 +105,8 @@ class MatchConfig:
     own_inlier_frac: float = 0.5
     epipolar_px: float = 1.0
     min_epipolar: int = 30
-    min_scale_matches: int = 3
+    min_scale_matches: int = 8
+    retry_keyframes: int = 3
 
     def __post_init__(self) -> None:
         if self.detector not in ("sift", "orb"):
@@ -138,6 +151,10 @@ class MatchPrediction:
         scene_motion: ``cam_cur_from_cam_prev`` of the scene-rigid PnP, ``None`` when not asked or not found.
         scene_inliers: its inliers.
         timings: seconds per stage (``render``, ``match``, ``pnp``, ``total``; detection is the features').
+        essentials: with ``scene_rigid``, the camera motions up to scale that all matches allow
+            (:func:`~meshpose.track.scene_map.essential_motion`; empty with too little support); the tracker tries
+            lengths of them when ``scene_motion`` is ``None``.
+        pairs: ``(i_prev, i_cur)`` the matched keypoints (all of them with ``scene_rigid``), for the map.
     """
 
     poses: list[Pose | None]
@@ -147,6 +164,8 @@ class MatchPrediction:
     scene_motion: Pose | None = None
     scene_inliers: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    essentials: list[EssentialMotion] = field(default_factory=list)
+    pairs: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _detector(config: MatchConfig) -> Any:
@@ -257,116 +276,6 @@ def _sample(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return out.reshape(len(uv), image.shape[2]).astype(np.float64)
 
 
-def _reprojection_inliers(
-    motion: Pose, points: np.ndarray, uv: np.ndarray, camera: Camera, threshold_px: float
-) -> np.ndarray:
-    """``(M,)`` bool: the ``(M, 3)`` previous-camera ``points`` moved by ``motion`` project within ``threshold_px``
-    of ``uv`` ``(M, 2)`` (and lie in front of the camera)."""
-    R, t = motion.numpy()
-    p = points @ R.T + t
-    z = p[:, 2]
-    proj = p @ np.asarray(camera.K, dtype=np.float64).T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        err = np.linalg.norm(proj[:, :2] / proj[:, 2:] - uv, axis=1)
-    return (z > 1e-6) & (err <= threshold_px)
-
-
-def _epipolar_motion(
-    p_prev: np.ndarray, p_cur: np.ndarray, points: np.ndarray, uv: np.ndarray, camera: Camera, cfg: MatchConfig
-) -> Pose | None:
-    """The camera motion ``cam_cur_from_cam_prev`` of a static scene from the essential matrix of all matches
-    (``(A, 2)`` pixels in both frames; rotation and direction of travel), its scale from the object matches
-    (``(M, 3)`` previous-camera points, metres, seen at ``(M, 2)`` pixels): a 1-D RANSAC over each match's own
-    scale, then least squares over the agreeing ones. ``None`` when either part lacks support (an orbit-shaped
-    scale prior — the camera keeps its distance to the objects' centre — was tried on LM-O: 0.5–2.5 d off)."""
-    if len(p_prev) < cfg.min_epipolar or len(points) < cfg.min_scale_matches:
-        return None
-    K = np.asarray(camera.K, dtype=np.float64)
-    a, b = np.ascontiguousarray(p_prev, np.float64), np.ascontiguousarray(p_cur, np.float64)
-    try:
-        E, mask = cv2.findEssentialMat(a, b, K, method=cv2.RANSAC, prob=0.999, threshold=cfg.epipolar_px)
-        if E is None or E.shape[0] < 3:
-            return None
-        n_in, R, t, _ = cv2.recoverPose(E[:3], a, b, K, mask=mask)
-    except cv2.error:
-        return None
-    if n_in < cfg.min_epipolar:
-        return None
-    R, t = np.asarray(R, np.float64), np.asarray(t, np.float64).reshape(3)
-    Y = points @ R.T  # rotated, not yet translated
-    xn = (uv - K[:2, 2]) / np.diag(K)[:2]  # normalised image coordinates
-    # x' (Y_z + s t_z) = Y_x + s t_x  →  s (x' t_z - t_x) = Y_x - x' Y_z  (and the same for y)
-    coef = np.stack([xn[:, 0] * t[2] - t[0], xn[:, 1] * t[2] - t[1]], 1)
-    rhs = np.stack([Y[:, 0] - xn[:, 0] * Y[:, 2], Y[:, 1] - xn[:, 1] * Y[:, 2]], 1)
-    denom = (coef**2).sum(1)
-    ok = denom > 1e-12
-    if ok.sum() < cfg.min_scale_matches:
-        return None
-    scales = (coef * rhs).sum(1)[ok] / denom[ok]
-    best: np.ndarray | None = None
-    for sc in scales:
-        inl = _reprojection_inliers(Pose.from_matrix(_rt(R, sc * t)), points, uv, camera, cfg.reprojection_px)
-        if best is None or inl.sum() > best.sum():
-            best = inl
-    if best is None or best.sum() < cfg.min_scale_matches:
-        return None
-    sel = best & (denom > 1e-12)
-    scale = float((coef[sel] * rhs[sel]).sum() / max((coef[sel] ** 2).sum(), 1e-12))
-    return Pose.from_matrix(_rt(R, scale * t))
-
-
-def _rt(R: np.ndarray, t: np.ndarray) -> torch.Tensor:
-    m = torch.eye(4, dtype=torch.float64)
-    m[:3, :3], m[:3, 3] = torch.from_numpy(R), torch.from_numpy(t)
-    return m
-
-
-def _scene_motion(
-    candidates: list[tuple[Pose, int]],
-    own: Sequence[PnPResult | None],
-    poses: Pose,
-    points: np.ndarray,
-    uv: np.ndarray,
-    obj_of: np.ndarray,
-    camera: Camera,
-    cfg: MatchConfig,
-) -> tuple[Pose | None, np.ndarray]:
-    """The camera motion most *objects* agree on, and its inliers.
-
-    Candidates: ``(motion, inliers it needs)`` (the pooled PnP over every object match, the epipolar motion), and
-    each object's own pose turned into a camera motion (``own · prev⁻¹``). The pooled consensus alone follows the
-    object with the most matches, which may be the one that moved; a candidate is scored by the objects it explains
-    (at least ``own_inlier_frac`` of an object's matches), then by its inliers.
-    """
-    pooled = candidates[0][0] if candidates else None
-    cands = list(candidates)
-    for j, r in enumerate(own):
-        if r is not None and r.pose is not None:
-            cands.append((r.pose @ poses[j].inverse(), cfg.min_inliers))
-    best: tuple[tuple[int, int], Pose, np.ndarray] | None = None
-    for c, need in cands:
-        inl = _reprojection_inliers(c, points, uv, camera, cfg.reprojection_px)
-        if inl.sum() < need:
-            continue
-        objects = 0
-        for j in np.unique(obj_of):
-            sel = obj_of == j
-            objects += int(inl[sel].sum() >= max(4.0, cfg.own_inlier_frac * sel.sum()))
-        score = (objects, int(inl.sum()))
-        if best is None or score > best[0]:
-            best = (score, c, inl)
-    if best is None:
-        return None, np.zeros(len(points), bool)
-    motion, inl = best[1], best[2]
-    if motion is not pooled and inl.sum() >= cfg.min_inliers:  # polish it on every match it explains
-        again = pnp_ransac(uv[inl], points[inl], camera, max_reprojection_error_px=cfg.reprojection_px, seed=0)
-        if again.success and again.pose is not None:
-            polished = _reprojection_inliers(again.pose, points, uv, camera, cfg.reprojection_px)
-            if polished.sum() >= inl.sum():
-                motion, inl = again.pose, polished
-    return motion, inl
-
-
 def predict_from_matches(
     prev: FrameFeatures,
     cur: FrameFeatures,
@@ -377,6 +286,7 @@ def predict_from_matches(
     scene_rigid: bool = False,
     config: MatchConfig | None = None,
     seed: int = 0,
+    prev_points: np.ndarray | None = None,
 ) -> MatchPrediction:
     """Predict each object's pose in the current frame from feature matches with the previous frame.
 
@@ -390,6 +300,9 @@ def predict_from_matches(
             scene) and predict with it the objects that have no own prediction or whose own one agrees with it.
         config: options (default :class:`MatchConfig`).
         seed: RANSAC seed.
+        prev_points: with ``scene_rigid``, the map of the previous frame: ``(len(prev), 3)`` points in its camera
+            frame (metres, NaN: none) per keypoint (:mod:`meshpose.track.scene_map`); matches to them join the
+            objects' matches in the camera motion's PnP and fix the essential motion's scale.
 
     Returns:
         :class:`MatchPrediction` (objects without a prediction: ``None``, source ``"none"``).
@@ -406,20 +319,25 @@ def predict_from_matches(
     none: list[PredictionSource] = ["none"] * n
     counts, own_inl = np.zeros(n, np.int64), np.zeros(n, np.int64)
     timings: dict[str, float] = {}
-    if n == 0 or len(prev) < cfg.min_inliers or len(cur) < cfg.min_inliers or prev.detector != cur.detector:
+    mapped = scene_rigid and prev_points is not None  # the map alone may give the camera motion
+    if (n == 0 and not mapped) or min(len(prev), len(cur)) < cfg.min_inliers or prev.detector != cur.detector:
         return MatchPrediction([None] * n, none, counts, own_inl, timings={"total": time.perf_counter() - t0})
 
     # 1. Which previous keypoints lie on which object, and where on it.
     from meshpose.render.gl import get_default_renderer
 
     small = camera.scaled(cfg.render_scale)
-    out = get_default_renderer().render(list(objects), poses, small)
     sx, sy = small.width / camera.width, small.height / camera.height
     uv_small = np.stack([(prev.keypoints[:, 0] + 0.5) * sx - 0.5, (prev.keypoints[:, 1] + 0.5) * sy - 0.5], 1)
-    stable = _stable_instances(out.instance[0], int(np.ceil(cfg.edge_px * cfg.render_scale)))
-    ui = np.clip(np.rint(uv_small[:, 0]).astype(np.int64), 0, small.width - 1)
-    vi = np.clip(np.rint(uv_small[:, 1]).astype(np.int64), 0, small.height - 1)
-    owner = stable[vi, ui] - 1  # object index per previous keypoint, -1: none
+    xyz_image = np.zeros((small.height, small.width, 3), np.float32)
+    owner = np.full(len(prev), -1, np.int64)  # object index per previous keypoint, -1: none
+    if n:
+        out = get_default_renderer().render(list(objects), poses, small)
+        xyz_image = out.xyz[0]
+        stable = _stable_instances(out.instance[0], int(np.ceil(cfg.edge_px * cfg.render_scale)))
+        ui = np.clip(np.rint(uv_small[:, 0]).astype(np.int64), 0, small.width - 1)
+        vi = np.clip(np.rint(uv_small[:, 1]).astype(np.int64), 0, small.height - 1)
+        owner = stable[vi, ui] - 1
     on_obj = np.flatnonzero(owner >= 0)
     t1 = time.perf_counter()
     timings["render"] = t1 - t0
@@ -429,7 +347,7 @@ def predict_from_matches(
     on = owner[a_prev] >= 0
     i_prev, i_cur = a_prev[on], a_cur[on]
     obj_of = owner[i_prev]
-    xyz = _sample(out.xyz[0], uv_small[i_prev])  # object-frame points, metres
+    xyz = _sample(xyz_image, uv_small[i_prev])  # object-frame points, metres
     uv_cur = cur.keypoints[i_cur]
     t2 = time.perf_counter()
     timings["match"] = t2 - t1
@@ -461,17 +379,29 @@ def predict_from_matches(
             pred[j], source[j] = res.pose, "own"
     motion: Pose | None = None
     scene_inl = 0
+    essentials: list[EssentialMotion] = []
     if scene_rigid:
-        R, t = poses.R.numpy()[obj_of], poses.t.numpy()[obj_of]
-        x_prev_cam = np.einsum("mij,mj->mi", R, xyz) + t  # the points in the previous camera frame
+        x_prev_cam = np.zeros((0, 3))
+        if n:
+            R, t = poses.R.numpy()[obj_of], poses.t.numpy()[obj_of]
+            x_prev_cam = np.einsum("mij,mj->mi", R, xyz) + t  # the points in the previous camera frame
+        if prev_points is not None:  # the map's points (background included) where no object lies
+            bg = (owner[a_prev] < 0) & np.all(np.isfinite(prev_points[a_prev]), axis=1)
+            x_prev_cam = np.concatenate([x_prev_cam, prev_points[a_prev[bg]]])
+            uv_cur = np.concatenate([uv_cur, cur.keypoints[a_cur[bg]]])
+            obj_of = np.concatenate([obj_of, np.full(int(bg.sum()), -1)])
         candidates: list[tuple[Pose, int]] = []
-        pooled = pnp(uv_cur, x_prev_cam) if len(i_prev) >= cfg.min_inliers else None
+        pooled = pnp(uv_cur, x_prev_cam) if len(uv_cur) >= cfg.min_inliers else None
         if pooled is not None and pooled.success and pooled.pose is not None:
             candidates.append((pooled.pose, cfg.min_inliers))
-        epi = _epipolar_motion(prev.keypoints[a_prev], cur.keypoints[a_cur], x_prev_cam, uv_cur, camera, cfg)
-        if epi is not None:
-            candidates.append((epi, cfg.min_scale_matches))
-        motion, inl = _scene_motion(candidates, own, poses, x_prev_cam, uv_cur, obj_of, camera, cfg)
+        essentials = essential_motion(
+            prev.keypoints[a_prev], cur.keypoints[a_cur], camera, cfg.epipolar_px, cfg.min_epipolar
+        )
+        for essential in essentials:
+            epi = metric_scale(essential, x_prev_cam, uv_cur, camera, cfg)
+            if epi is not None:
+                candidates.append((epi, cfg.min_scale_matches))
+        motion, inl = scene_motion(candidates, own, poses, x_prev_cam, uv_cur, obj_of, camera, cfg)
         if motion is not None:
             scene_inl = int(inl.sum())
             for j in range(n):
@@ -484,13 +414,18 @@ def predict_from_matches(
     t3 = time.perf_counter()
     timings["pnp"] = t3 - t2
     timings["total"] = t3 - t0
-    return MatchPrediction(pred, source, counts, own_inl, motion, scene_inl, timings)
+    return MatchPrediction(pred, source, counts, own_inl, motion, scene_inl, timings, essentials, (a_prev, a_cur))
+
+
+_NO_POSES = Pose(torch.zeros(0, 3, 3, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64))
 
 
 @dataclass(frozen=True, eq=False)
 class _Keyframe:
     features: FrameFeatures
     poses: dict[int, Pose]  # track id → cam_from_obj in this frame, of the tracks that were good in it
+    points: np.ndarray | None = None  # scene_rigid: the map, (len(features), 3) camera-frame points, NaN: none
+    carried: dict[int, Pose] = field(default_factory=dict)  # scene_rigid: tracks not good here, moved by the camera
 
 
 class MatchPredictor:
@@ -501,7 +436,9 @@ class MatchPredictor:
     keyframe of its last good frame — the previous frame while it tracks well; after bad frames (an object hidden,
     a frame whose matches failed) the last frame where its pose was right, so that one bad frame does not anchor
     the next ones on a wrong pose. Every track with a pose in that keyframe is rendered (they hide each other) and,
-    with ``scene_rigid``, adds its matches to the camera motion.
+    with ``scene_rigid``, adds its matches to the camera motion; a new keyframe then also gets the map of
+    :mod:`meshpose.track.scene_map`: its matches with the keyframe it was predicted from, triangulated with the
+    camera motion its refined objects agree on.
 
     Args:
         config: options of the matching.
@@ -515,10 +452,12 @@ class MatchPredictor:
         self.seed = seed
         self._keys: dict[float, _Keyframe] = {}
         self._current: tuple[float, FrameFeatures] | None = None
+        self._found: dict[float, MatchPrediction] = {}  # the observed frame's predictions, by keyframe
+        self._camera: Camera | None = None
 
     def reset(self) -> None:
         """Forget every frame."""
-        self._keys, self._current = {}, None
+        self._keys, self._current, self._found = {}, None, {}
 
     @property
     def keyframes(self) -> list[float]:
@@ -528,7 +467,7 @@ class MatchPredictor:
     def observe(self, rgb: np.ndarray, time_: float) -> FrameFeatures:
         """Detect the features of the frame at ``time_`` (kept until :meth:`commit`)."""
         feats = detect_features(rgb, self.config)
-        self._current = (float(time_), feats)
+        self._current, self._found = (float(time_), feats), {}
         return feats
 
     def predict(
@@ -546,36 +485,101 @@ class MatchPredictor:
         """
         if self._current is None:
             return {}
-        t_cur, cur = self._current
+        self._camera = camera
+        t_cur = self._current[0]
         groups: dict[float, list[int]] = {}
         for k, a in anchors.items():
+            if self.scene_rigid:  # the latest keyframe that holds the track, carried by the camera or not
+                held = [b for b, f in self._keys.items() if b < t_cur and (k in f.poses or k in f.carried)]
+                a = max(held, default=a)
             key = self._keys.get(a)
-            if key is not None and a < t_cur and k in key.poses:
+            if key is not None and a < t_cur and (k in key.poses or k in key.carried):
                 groups.setdefault(a, []).append(k)
         out: dict[int, tuple[Pose, PredictionSource]] = {}
         for a in sorted(groups, reverse=True):
-            key = self._keys[a]
-            ids = [k for k in key.poses if k in models]
-            res = predict_from_matches(
-                key.features,
-                cur,
-                camera,
-                [models[k] for k in ids],
-                Pose.stack([key.poses[k] for k in ids]),
-                scene_rigid=self.scene_rigid,
-                config=self.config,
-                seed=self.seed,
-            )
-            for k, pose, src in zip(ids, res.poses, res.source, strict=True):
-                if pose is not None and k in groups[a]:
-                    out[k] = (pose, src)
+            self._predict_from(a, groups[a], models, camera, out)
+        if self.scene_rigid:  # no camera motion from the latest keyframe: older ones, newest first
+            older = [b for b in sorted(self._keys, reverse=True) if b < t_cur and b not in self._found]
+            for b in older[: self.config.retry_keyframes]:
+                key = self._keys[b]
+                todo = [k for k in anchors if k not in out and (k in key.poses or k in key.carried)]
+                if todo:
+                    self._predict_from(b, todo, models, camera, out)
         return out
 
-    def commit(self, good: dict[int, Pose], keep: set[float]) -> None:
+    def _predict_from(
+        self,
+        a: float,
+        tracks: list[int],
+        models: dict[int, ObjectModel],
+        camera: Camera,
+        out: dict[int, tuple[Pose, PredictionSource]],
+    ) -> None:
+        """Predict ``tracks`` from the keyframe at ``a`` into ``out`` (the keyframe's good tracks are rendered)."""
+        assert self._current is not None
+        key = self._keys[a]
+        ids = [k for k in key.poses if k in models]
+        res = predict_from_matches(
+            key.features,
+            self._current[1],
+            camera,
+            [models[k] for k in ids],
+            Pose.stack([key.poses[k] for k in ids]) if ids else _NO_POSES,
+            scene_rigid=self.scene_rigid,
+            config=self.config,
+            seed=self.seed,
+            prev_points=key.points,
+        )
+        self._found[a] = res
+        for k, pose, src in zip(ids, res.poses, res.source, strict=True):
+            if pose is not None and k in tracks:
+                out[k] = (pose, src)
+        for k in tracks:
+            if k in key.carried and res.scene_motion is not None:
+                out[k] = (res.scene_motion @ key.carried[k], "scene")
+
+    def unscaled(self, track_ids: Sequence[int]) -> tuple[list[EssentialMotion], dict[int, Pose]] | None:
+        """With ``scene_rigid``: the motions up to scale from the latest keyframe of the observed frame's
+        predictions that had any, and the poses it holds of ``track_ids`` (good or carried) — for a frame where
+        nothing fixed the motion's scale. ``None`` without one."""
+        for a in sorted(self._found, reverse=True):
+            res, key = self._found[a], self._keys.get(a)
+            if key is None or not res.essentials:
+                continue
+            poses = {k: key.poses.get(k, key.carried.get(k)) for k in track_ids}
+            held = {k: p for k, p in poses.items() if p is not None}
+            if held:
+                return res.essentials, held
+        return None
+
+    def commit(self, good: dict[int, Pose], keep: set[float], carried: dict[int, Pose] | None = None) -> None:
         """Make the observed frame a keyframe with the poses of its ``good`` tracks; drop the keyframes not in
-        ``keep`` (the times tracks still anchor on)."""
+        ``keep`` (the times tracks still anchor on). With ``scene_rigid`` the keyframe gets its map (see the class)
+        and the ``carried`` poses of tracks that were not good in it but that the camera motion predicted (a still
+        object the refiner lost is still where the camera motion puts it)."""
         if self._current is not None:
             t, feats = self._current
-            self._keys[t] = _Keyframe(feats, {k: p.reshape().to(torch.float64) for k, p in good.items()})
-            self._current = None
+            poses = {k: p.reshape().to(torch.float64) for k, p in good.items()}
+            mapped = self._map(feats, poses) if self.scene_rigid else None
+            moved = {k: p.reshape().to(torch.float64) for k, p in (carried or {}).items() if k not in poses}
+            self._keys[t] = _Keyframe(feats, poses, mapped, moved if self.scene_rigid else {})
+            self._current, self._found = None, {}
+        if self.scene_rigid:  # the latest few stay for a frame that the latest one does not explain
+            keep = keep | set(sorted(self._keys)[-(self.config.retry_keyframes + 1) :])
         self._keys = {a: f for a, f in self._keys.items() if a in keep}
+
+    def _map(self, feats: FrameFeatures, poses: dict[int, Pose]) -> np.ndarray | None:
+        """The observed frame's map points from its matches with the latest keyframe it was predicted from, with
+        the camera motion between the two that best explains where the good objects' centres went
+        (:func:`~meshpose.track.scene_map.best_motion`; ``None``: no keyframe, or no motion explains them)."""
+        for a in sorted(self._found, reverse=True):
+            res, key = self._found[a], self._keys.get(a)
+            if key is None or res.pairs is None or self._camera is None:
+                continue
+            motion = best_motion(res.scene_motion, res.essentials, key.poses, poses)
+            if motion is None:
+                continue
+            i_prev, i_cur = res.pairs
+            pts, ok = triangulate(key.features.keypoints[i_prev], feats.keypoints[i_cur], motion, self._camera)
+            return carry_points(len(feats), i_prev, i_cur, key.points, motion, pts, ok)
+        return None

@@ -35,10 +35,12 @@ import numpy as np
 import torch
 
 from meshpose.coarse.base import Estimator
-from meshpose.geometry.lie import perturb_pose
+from meshpose.geometry.lie import interpolate_pose, perturb_pose
 from meshpose.refine.base import Refiner
-from meshpose.track.matches import MatchConfig, MatchPredictor, PredictionSource
-from meshpose.track.motion import ConstantVelocity, MotionConfig
+from meshpose.track.config import TrackerConfig
+from meshpose.track.matches import MatchPredictor, PredictionSource
+from meshpose.track.motion import ConstantVelocity
+from meshpose.track.scene_map import length_grid, search_length
 from meshpose.types import Detection, ObjectModel, Observation, Pose
 
 __all__ = ["TrackResult", "TrackStatus", "Tracker", "TrackerConfig", "check_frame"]
@@ -53,110 +55,6 @@ LOW_SCORE = "low_score"  # refined, but the score is under the threshold
 OUTSIDE_IMAGE = "outside_image"  # the predicted pose leaves the image (or goes behind the camera)
 BAD_FRAME = "bad_frame"  # the frame could not be used (unreadable image, NaN depth)
 LOST = "lost"  # the track is lost and did not come back in this frame
-
-
-@dataclass(frozen=True)
-class TrackerConfig:
-    """Options of :class:`Tracker`.
-
-    Args:
-        iterations: refiner iterations per frame (``None``: the refiner's default).
-        score_threshold: a refined pose with a lower score always counts as a bad frame (an absolute floor).
-        relative_threshold: a refined pose whose score is under this fraction of the track's reference score (a
-            running mean of its good frames' scores) counts as a bad frame too. A relative test because scores
-            differ between objects: ``contour``'s score (the geometric mean of silhouette, contour-line and
-            colour agreement, [0, 1]) is 0.65–0.75 on a tracked synthetic object and falls to 0.25–0.33 when it is
-            hidden, but on LM-O's real frames it is 0.6–0.85 at the ground truth for most objects and 0.2–0.4 for
-            the heavily occluded ones (measured: scene 2, images 3 and 8).
-        reference_rate: weight of a new good frame in the reference score (exponential moving average).
-        lost_after: bad frames in a row after which a track is lost.
-        recover_threshold: score a recovery hypothesis must reach (``None``: the larger of ``score_threshold``
-            and ``relative_threshold`` × the reference score).
-        search_hypotheses: perturbed copies of the last good pose tried by the wider search (besides the pose
-            itself); 0 disables the search.
-        search_rot_deg: rotation of each perturbed copy (exact angle, random axis).
-        search_trans_frac: translation of each perturbed copy, fraction of the object's diameter.
-        search_iterations: refiner iterations per recovery hypothesis (``None``: the refiner's default).
-        recover_every: try to recover a lost track every this many frames (recovery costs a refinement per
-            hypothesis).
-        estimate_hypotheses: hypotheses asked of the estimator per detection when recovering from detections.
-        margin_frac: an object whose projected centre is farther than this fraction of its projected diameter
-            outside the image has left it.
-        min_depth_m: an object nearer than this (its centre's camera ``z``) has left the view.
-        motion: the motion model's options.
-        prediction: where a tracked object's start pose in a new frame comes from: ``"velocity"`` — the
-            constant-velocity model (free; right when frames are close in time); ``"matches"`` — local features
-            matched between the previous frame and this one and PnP on the objects rendered at their previous poses
-            (:mod:`meshpose.track.matches`; 10–100 ms per frame on a CPU core; right when the motion between frames
-            is large, as between LM-O's frames), the velocity model for the objects it gives no pose. Each track is
-            matched from its last good frame (:class:`~meshpose.track.matches.MatchPredictor`); a lost track's
-            predicted pose is where its search looks. Default ``"velocity"``, measured with
-            ``benchmarks/bench_track.py`` (``contour``, 3 smooth RBOT-style sequences × 30 frames, 640×480): the
-            matches change nothing in the default mode (success 0.989 / 0.908 at frame steps 1 / 4 either way),
-            help ``--fast`` a little (0.920 → 0.931, 0.770 → 0.839) and cost 80–115 ms per frame on one loaded
-            core; on static scenes with camera jumps of 20–40° per frame (3 objects, 3 × 15 frames) the velocity
-            model fails (0.00 / 0.03 fast / default) and the matches do not (0.30 / 0.33; scene-rigid 0.60 / 0.61).
-        scene_rigid: with ``"matches"``: the objects stand still in the scene and the camera moves, so one camera
-            motion estimated from every object's matches (and from the essential matrix of all matches, background
-            included, scaled by the object matches) predicts all of them — also those with too few matches of
-            their own; an object whose own matches disagree with it keeps its own prediction. Off by default (an
-            assumption about the scene); on for a hand-held camera around still objects (LM-O).
-        matches: options of the match prediction.
-        seed: seed of the search's perturbations (the same frames give the same hypotheses).
-    """
-
-    iterations: int | None = None
-    score_threshold: float = 0.15
-    relative_threshold: float = 0.6
-    reference_rate: float = 0.2
-    lost_after: int = 2
-    recover_threshold: float | None = None
-    search_hypotheses: int = 6
-    search_rot_deg: float = 25.0
-    search_trans_frac: float = 0.15
-    search_iterations: int | None = None
-    recover_every: int = 1
-    estimate_hypotheses: int = 3
-    margin_frac: float = 0.25
-    min_depth_m: float = 0.02
-    motion: MotionConfig = field(default_factory=MotionConfig)
-    prediction: Literal["velocity", "matches"] = "velocity"
-    scene_rigid: bool = False
-    matches: MatchConfig = field(default_factory=MatchConfig)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.lost_after < 1:
-            raise ValueError(f"TrackerConfig.lost_after must be ≥ 1, got {self.lost_after}")
-        if self.recover_every < 1:
-            raise ValueError(f"TrackerConfig.recover_every must be ≥ 1, got {self.recover_every}")
-        if self.search_hypotheses < 0 or self.estimate_hypotheses < 1:
-            raise ValueError("TrackerConfig: search_hypotheses must be ≥ 0 and estimate_hypotheses ≥ 1")
-        if self.prediction not in ("velocity", "matches"):
-            raise ValueError(f"TrackerConfig.prediction must be 'velocity' or 'matches', got {self.prediction!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrackerConfig:
-        """From JSON-like options (``motion`` and ``matches`` dicts of :class:`~meshpose.track.motion.MotionConfig`
-        and :class:`~meshpose.track.matches.MatchConfig` fields).
-
-        Raises:
-            ValueError: an unknown option.
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(data) - known)
-        if bad:
-            raise ValueError(f"tracker has no option(s) {bad}; options: {', '.join(sorted(known))}")
-        opts = dict(data)
-        if isinstance(opts.get("motion"), dict):
-            opts["motion"] = MotionConfig(**opts["motion"])
-        if isinstance(opts.get("matches"), dict):
-            opts["matches"] = MatchConfig(**opts["matches"])
-        return cls(**opts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready options (the inverse of :meth:`from_dict`)."""
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -391,8 +289,12 @@ class Tracker:
                 results[tr.track_id] = self._bad(tr, t, pred, 0.0, OUTSIDE_IMAGE, why, failed=True)
             else:
                 active.append((tr, pred))
+        if self._matcher is not None and self.config.scene_rigid and self.config.scale_objects > 0:
+            active = self._unscaled_predictions(obs, active, from_matches)
         if active:
             results.update(self._refine_active(obs, t, active))
+        if self.config.scene_rigid and self.config.scene_gain < 1:
+            self._fuse(results, from_matches)
         for tr in self._tracks:
             if tr.track_id in results:
                 continue
@@ -401,9 +303,24 @@ class Tracker:
             res = self._recover(obs, tr, t, detections, guess)
             results[tr.track_id] = dataclasses.replace(res, time_s=time.perf_counter() - t0)
         if self._matcher is not None:  # this frame anchors its good tracks; the match stage's cost is shared
-            self._matcher.commit(
-                {k: r.pose for k, r in results.items() if r.ok}, {t, *(tr.last_good_time for tr in self._tracks)}
-            )
+            # Scene-rigid: a frame whose camera motion was not found (no track moved by it; not the first frame)
+            # anchors nothing — its poses are guesses. Otherwise a still object that was not found well stays where
+            # the camera's motion put it, when that motion is trusted: at least half the tracks it moved were then
+            # found well (and in the first frame, where its start pose is).
+            good = {k: r.pose for k, r in results.items() if r.ok}
+            moved = sum(src == "scene" for _, src in from_matches.values())
+            first = not self._matcher.keyframes
+            carried: dict[int, Pose] = {}
+            if self.config.scene_rigid and not moved and not first:
+                good = {}
+            elif sum(r.ok for r in results.values()) >= max(1.0, 0.5 * moved):
+                carried = {
+                    k: from_matches[k][0] if k in from_matches else r.info.get("predicted", r.pose)
+                    for k, r in results.items()
+                    if not r.ok and (first or from_matches.get(k, (None, ""))[1] == "scene")
+                }
+            keep = {t, *(tr.last_good_time for tr in self._tracks)}
+            self._matcher.commit(good, keep, carried)
             share = match_s / max(1, len(self._tracks))
             for k, r in results.items():
                 source = from_matches[k][1] if k in from_matches else "velocity"
@@ -431,6 +348,37 @@ class Tracker:
         except (ValueError, RuntimeError, cv2.error) as exc:
             log.warning("the match prediction failed at %g: %s", t, exc)
         return out, time.perf_counter() - t0
+
+    def _unscaled_predictions(
+        self, obs: Observation, active: list[tuple[_Track, Pose]], from_matches: dict[int, Any]
+    ) -> list[tuple[_Track, Pose]]:
+        """Scene-rigid tracks the matches gave no pose: the essential motion's length searched by refining
+        (:func:`~meshpose.track.scene_map.search_length`), their prediction from it."""
+        assert self._matcher is not None
+        cfg = self.config
+        missing = [tr.track_id for tr, _ in active if tr.track_id not in from_matches]
+        found = self._matcher.unscaled(missing) if missing else None
+        if found is None:
+            return active
+        models = {tr.track_id: tr.model for tr in self._tracks}
+        lengths = length_grid(*cfg.scale_range_m, cfg.scale_ratio)
+        pred = search_length(
+            self.refiner, obs, models, found[0], found[1], lengths, objects=cfg.scale_objects, iterations=cfg.iterations
+        )
+        for k, p in pred.items():
+            from_matches[k] = (p, "scene")
+        return [(tr, pred.get(tr.track_id, p)) for tr, p in active]
+
+    def _fuse(self, results: dict[int, TrackResult], from_matches: dict[int, Any]) -> None:
+        """``scene_gain`` < 1: a well-refined track predicted by the camera's motion moves only that fraction of
+        the way from the prediction to its refined pose."""
+        for tr in self._tracks:
+            r = results.get(tr.track_id)
+            if r is None or not r.ok or from_matches.get(tr.track_id, (None, ""))[1] != "scene":
+                continue
+            pose = interpolate_pose(from_matches[tr.track_id][0].reshape(), r.pose.reshape(), self.config.scene_gain)
+            tr.last_good = tr.motion.pose = pose.to(torch.float64)
+            results[tr.track_id] = dataclasses.replace(r, pose=pose, info={**r.info, "refined": r.pose})
 
     def _outside(self, obs: Observation, obj: ObjectModel, pose: Pose) -> str | None:
         """Why the object at ``pose`` is out of view (``None`` when it is in view)."""
@@ -524,9 +472,14 @@ class Tracker:
             hyps = self._search_hypotheses(tr, t, tr.last_good if guess is None else guess)
         iters = cfg.search_iterations
         best: tuple[float, Pose] | None = None
+        t0 = time.perf_counter()
+        tried = 0
         for h in hyps:
+            if tried and cfg.recover_budget_s is not None and time.perf_counter() - t0 > cfg.recover_budget_s:
+                break  # (the first hypothesis, the nearest, is always tried)
             if self._outside(obs, tr.model, h) is not None:
                 continue
+            tried += 1
             try:
                 res = self.refiner.refine(obs, [tr.model], Pose.stack([h]), iterations=iters)
             except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
@@ -535,7 +488,7 @@ class Tracker:
             score = float(np.asarray(res.score)[0])
             if res.info.failure[0] is None and (best is None or score > best[0]):
                 best = (score, res.pose[0])
-        info = {"recovery": source, "hypotheses": len(hyps)}
+        info = {"recovery": source, "hypotheses": len(hyps), "tried": tried}
         need = tr.threshold(cfg) if cfg.recover_threshold is None else cfg.recover_threshold
         if best is not None and best[0] >= need:
             tr.lost, tr.bad = False, 0
@@ -546,7 +499,8 @@ class Tracker:
         # (the reference score is kept: the object looks as it did before it was lost)
         score = 0.0 if best is None else best[0]
         msg = f"lost since {tr.lost_frames} frame(s); best {source} hypothesis scored {score:.3f} (need {need:.3f})"
-        return TrackResult(tr.track_id, obj_id, tr.last_good, score, "lost", LOST, msg, info=info)
+        where = guess if guess is not None and cfg.scene_rigid else tr.last_good  # a still object moves with the camera
+        return TrackResult(tr.track_id, obj_id, where, score, "lost", LOST, msg, info=info)
 
     def _search_hypotheses(self, tr: _Track, t: float, base: Pose) -> list[Pose]:
         """``base`` and ``search_hypotheses`` copies of it turned and shifted by the search radii."""

@@ -1,0 +1,145 @@
+"""The options of :class:`~meshpose.track.tracker.Tracker` (:class:`TrackerConfig`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from meshpose.track.matches import MatchConfig
+from meshpose.track.motion import MotionConfig
+
+__all__ = ["TrackerConfig"]
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Options of :class:`Tracker`.
+
+    Args:
+        iterations: refiner iterations per frame (``None``: the refiner's default).
+        score_threshold: a refined pose with a lower score always counts as a bad frame (an absolute floor).
+        relative_threshold: a refined pose whose score is under this fraction of the track's reference score (a
+            running mean of its good frames' scores) counts as a bad frame too. A relative test because scores
+            differ between objects: ``contour``'s score (the geometric mean of silhouette, contour-line and
+            colour agreement, [0, 1]) is 0.65–0.75 on a tracked synthetic object and falls to 0.25–0.33 when it is
+            hidden, but on LM-O's real frames it is 0.6–0.85 at the ground truth for most objects and 0.2–0.4 for
+            the heavily occluded ones (measured: scene 2, images 3 and 8).
+        reference_rate: weight of a new good frame in the reference score (exponential moving average).
+        lost_after: bad frames in a row after which a track is lost.
+        recover_threshold: score a recovery hypothesis must reach (``None``: the larger of ``score_threshold``
+            and ``relative_threshold`` × the reference score).
+        search_hypotheses: perturbed copies of the last good pose tried by the wider search (besides the pose
+            itself); 0 disables the search.
+        search_rot_deg: rotation of each perturbed copy (exact angle, random axis).
+        search_trans_frac: translation of each perturbed copy, fraction of the object's diameter.
+        search_iterations: refiner iterations per recovery hypothesis (``None``: the refiner's default).
+        recover_every: try to recover a lost track every this many frames (recovery costs a refinement per
+            hypothesis).
+        recover_budget_s: stop trying a lost track's hypotheses in a frame once its recovery has taken this many
+            seconds (``None``: try them all); the hypotheses go nearest first, so a budget trades the far ones
+            for a bounded frame time (``--fast``).
+        estimate_hypotheses: hypotheses asked of the estimator per detection when recovering from detections.
+        margin_frac: an object whose projected centre is farther than this fraction of its projected diameter
+            outside the image has left it.
+        min_depth_m: an object nearer than this (its centre's camera ``z``) has left the view.
+        motion: the motion model's options.
+        prediction: where a tracked object's start pose in a new frame comes from: ``"velocity"`` — the
+            constant-velocity model (free; right when frames are close in time); ``"matches"`` — local features
+            matched between the previous frame and this one and PnP on the objects rendered at their previous poses
+            (:mod:`meshpose.track.matches`; 10–100 ms per frame on a CPU core; right when the motion between frames
+            is large, as between LM-O's frames), the velocity model for the objects it gives no pose. Each track is
+            matched from its last good frame (:class:`~meshpose.track.matches.MatchPredictor`); a lost track's
+            predicted pose is where its search looks. Default ``"velocity"``, measured with
+            ``benchmarks/bench_track.py`` (``contour``, 3 smooth RBOT-style sequences × 30 frames, 640×480): the
+            matches change nothing in the default mode (success 0.989 / 0.908 at frame steps 1 / 4 either way),
+            help ``--fast`` a little (0.920 → 0.931, 0.770 → 0.839) and cost 80–115 ms per frame on one loaded
+            core; on static scenes with camera jumps of 20–40° per frame (3 objects, 3 × 15 frames) the velocity
+            model fails (0.00 / 0.03 fast / default) and the matches do not (0.30 / 0.33; scene-rigid 0.60 / 0.61).
+        scene_rigid: with ``"matches"``: the objects stand still in the scene and the camera moves, so one camera
+            motion estimated from every object's matches (and from the essential matrix of all matches, background
+            included, scaled by the object matches) predicts all of them — also those with too few matches of
+            their own; an object whose own matches disagree with it keeps its own prediction. Off by default (an
+            assumption about the scene); on for a hand-held camera around still objects (LM-O). Each tracked frame
+            then also triangulates its matches into a map that gives the next frame's motion its metric scale
+            (:mod:`meshpose.track.scene_map`).
+        scale_range_m: with ``scene_rigid``, when nothing fixes the scale of the essential motion (the second frame,
+            before any map): the camera travel lengths searched, metres (``scale_ratio`` apart; each is refined —
+            :func:`~meshpose.track.scene_map.search_length`).
+        scale_ratio: ratio of consecutive searched lengths.
+        scale_objects: tracks refined per searched length (0: no search; the velocity prediction instead).
+        scene_gain: with ``scene_rigid``, how far a well-refined pose moves the track from its prediction by the
+            camera's motion: the track's new pose is this fraction of the way from the prediction to the refined
+            pose (1: the refined pose). Below 1 it averages an object's refinements across views — a still object's
+            pose in the scene is one pose, each frame's refinement a noisy measurement of it.
+        matches: options of the match prediction.
+        seed: seed of the search's perturbations (the same frames give the same hypotheses).
+    """
+
+    iterations: int | None = None
+    score_threshold: float = 0.15
+    relative_threshold: float = 0.6
+    reference_rate: float = 0.2
+    lost_after: int = 2
+    recover_threshold: float | None = None
+    search_hypotheses: int = 6
+    search_rot_deg: float = 25.0
+    search_trans_frac: float = 0.15
+    search_iterations: int | None = None
+    recover_every: int = 1
+    recover_budget_s: float | None = None
+    estimate_hypotheses: int = 3
+    margin_frac: float = 0.25
+    min_depth_m: float = 0.02
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    prediction: Literal["velocity", "matches"] = "velocity"
+    scene_rigid: bool = False
+    scale_range_m: tuple[float, float] = (0.02, 1.5)
+    scale_ratio: float = 1.15
+    scale_objects: int = 4
+    scene_gain: float = 1.0
+    matches: MatchConfig = field(default_factory=MatchConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lost_after < 1:
+            raise ValueError(f"TrackerConfig.lost_after must be ≥ 1, got {self.lost_after}")
+        if self.recover_every < 1:
+            raise ValueError(f"TrackerConfig.recover_every must be ≥ 1, got {self.recover_every}")
+        if self.search_hypotheses < 0 or self.estimate_hypotheses < 1:
+            raise ValueError("TrackerConfig: search_hypotheses must be ≥ 0 and estimate_hypotheses ≥ 1")
+        if not 0 < self.scene_gain <= 1:
+            raise ValueError(f"TrackerConfig.scene_gain must be in (0, 1], got {self.scene_gain}")
+        lo, hi = self.scale_range_m
+        if not (0 < lo < hi and self.scale_ratio > 1 and self.scale_objects >= 0):
+            raise ValueError(
+                "TrackerConfig: need 0 < scale_range_m[0] < scale_range_m[1], scale_ratio > 1, scale_objects ≥ 0"
+            )
+        if self.prediction not in ("velocity", "matches"):
+            raise ValueError(f"TrackerConfig.prediction must be 'velocity' or 'matches', got {self.prediction!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrackerConfig:
+        """From JSON-like options (``motion`` and ``matches`` dicts of :class:`~meshpose.track.motion.MotionConfig`
+        and :class:`~meshpose.track.matches.MatchConfig` fields).
+
+        Raises:
+            ValueError: an unknown option.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(data) - known)
+        if bad:
+            raise ValueError(f"tracker has no option(s) {bad}; options: {', '.join(sorted(known))}")
+        opts = dict(data)
+        if isinstance(opts.get("motion"), dict):
+            opts["motion"] = MotionConfig(**opts["motion"])
+        if isinstance(opts.get("matches"), dict):
+            opts["matches"] = MatchConfig(**opts["matches"])
+        if "scale_range_m" in opts:
+            lo, hi = opts["scale_range_m"]
+            opts["scale_range_m"] = (float(lo), float(hi))
+        return cls(**opts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready options (the inverse of :meth:`from_dict`)."""
+        return dataclasses.asdict(self)
