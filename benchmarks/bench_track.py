@@ -187,13 +187,19 @@ def bop_sequence(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         for g, o in zip(gts, objs, strict=True)
     ]
     tracker = _tracker(args.method, mode == "fast", _tracker_opts(args))
+    if args.gt_detections:  # diagnostics: a perfect detector's masks each frame, lost tracks re-estimated from them
+        from meshpose.coarse.gt_detections import detections_from_gt
+        from meshpose.coarse.registry import make_estimator
+
+        tracker.estimator = make_estimator(args.estimator)
     tracker.start(objs, Pose.stack(inits), frame=frames[0])
     ok = total = lost = 0
     times: list[float] = []
     match_times: list[float] = []
     t0 = time.perf_counter()
     for im_id in frames:
-        results = tracker.step(ds.observation(scene, im_id, with_depth=False), frame=im_id)
+        dets = detections_from_gt(ds, scene, im_id) if args.gt_detections else None
+        results = tracker.step(ds.observation(scene, im_id, with_depth=False), dets, frame=im_id)
         by_obj = {g.obj_id: g for g in ds.gt(scene, im_id)}
         for r, o in zip(results, objs, strict=True):
             times.append(r.time_s)
@@ -243,6 +249,12 @@ def main() -> None:
         "--camera-jump-deg", default="", help="synthetic static scenes, camera turning LO,HI degrees per frame"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--gt-detections",
+        action="store_true",
+        help="BOP: give the tracker a perfect detector's masks (from the ground truth; diagnostics only) to recover",
+    )
+    p.add_argument("--estimator", default="picopose", help="with --gt-detections: the recovery's estimator")
     p.add_argument("--still", type=int, default=0, help="LM-O-like synthetic still-scene sequences (see still_scenes)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()

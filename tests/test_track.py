@@ -200,3 +200,35 @@ def test_track_fast_preset_runs(seq_bop: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert len(read_results(out)) == 3 * 2
     assert math.isfinite(max(_errors(seq_bop, out)))
+
+
+def test_an_object_moved_in_the_scene_is_re_detected() -> None:
+    """With detections and an estimator, a track whose projected box no longer overlaps its detection (the object
+    was moved by hand between frames) is re-estimated in that frame, not followed off."""
+    from meshpose.coarse.gt_detections import mask_bbox
+    from meshpose.coarse.registry import make_estimator
+    from meshpose.render.gl import get_default_renderer
+    from meshpose.types import Detection
+
+    obj = scenes.objects()[1]
+    cam = scenes.make_camera(320, 240)
+    here = scenes.look_at_pose(0.45, np.random.default_rng(0), (-50.0, 0.0), cam)
+    there = Pose(here.R, here.t + torch.tensor([0.16, 0.02, 0.0], dtype=torch.float64))  # 1.2 diameters away
+
+    def frame(pose: Pose, seed: int) -> tuple[Observation, list[Detection]]:
+        obs = scenes.render_observation([obj], pose.reshape(1), cam, seed=seed)
+        mask = get_default_renderer().render([obj], pose.reshape(1), cam).mask[0]
+        return obs, [Detection(obj.obj_id, mask_bbox(mask), mask)]
+
+    runs = {}
+    for name, estimator in (("without", None), ("with", make_estimator("picopose"))):
+        tracker = Tracker(make_refiner("contour"), estimator=estimator)
+        tracker.start([obj], here.reshape(1), frame=0)
+        obs, dets = frame(here, 1)
+        (r,) = tracker.step(obs, dets, frame=1)
+        assert r.status == "tracking" and "redetected" not in r.info
+        obs, dets = frame(there, 2)
+        runs[name] = tracker.step(obs, dets, frame=2)[0]
+    assert runs["with"].info.get("redetected") and runs["with"].status == "recovered"
+    assert _add_over_d(obj, runs["with"].pose, there) < 0.1
+    assert _add_over_d(obj, runs["without"].pose, there) > 0.5

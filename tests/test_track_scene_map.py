@@ -271,3 +271,24 @@ def test_best_motion_takes_the_one_the_object_centres_agree_with() -> None:
     assert best_motion(wrong, [], before, after) is not None  # (the objects' own consensus)
     scattered = {k: _motion(10.0 * k, (1.0, 0.0, 0.0), (0.1 * k, 0.0, 0.0)) @ p for k, p in after.items()}
     assert best_motion(wrong, [], before, scattered) is None  # nothing explains the centres: no map from it
+
+
+def test_scene_fusion_moves_part_way_and_ignores_outliers() -> None:
+    from meshpose.track import TrackResult
+
+    obj = scenes.objects()[0]
+    tracker = Tracker(make_refiner("contour"), config=TrackerConfig(prediction="matches", scene_rigid=True))
+    pred = Pose.exp(torch.tensor([0.0, 0.0, 0.6, 0.0, 0.0, 0.0], dtype=torch.float64))
+    (k,) = tracker.start([obj], pred.reshape(1), frame=0)
+    d = obj.diameter
+    near = Pose(pred.R, pred.t + torch.tensor([0.1 * d, 0.0, 0.0], dtype=torch.float64))
+    far = Pose(pred.R, pred.t + torch.tensor([0.5 * d, 0.0, 0.0], dtype=torch.float64))
+    for refined, expect_x, gated in ((near, 0.3 * 0.1 * d, False), (far, 0.0, True)):
+        results = {k: TrackResult(k, obj.obj_id, refined, 0.8, "tracking")}
+        tracker._fuse(results, {k: (pred, "scene")})
+        assert results[k].info["gated"] is gated
+        assert abs(float(results[k].pose.t[0]) - expect_x) < 1e-9  # scene_gain 0.3 of the way, or none of it
+    # a track predicted by its own velocity is not fused
+    results = {k: TrackResult(k, obj.obj_id, near, 0.8, "tracking")}
+    tracker._fuse(results, {k: (pred, "velocity")})
+    assert results[k].pose is near

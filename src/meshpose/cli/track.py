@@ -37,7 +37,12 @@ def track(
         "contour"
     ),
     fast: Annotated[
-        bool, typer.Option("--fast", help="The speed configuration: contour at one level of 64 px, 2 iterations.")
+        bool,
+        typer.Option(
+            "--fast",
+            help="The speed configuration: contour at one level of 64 px, 2 iterations; a lost track's recovery"
+            " stops after 25 ms per frame.",
+        ),
     ] = False,
     detections: Annotated[
         Path | None,

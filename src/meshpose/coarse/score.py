@@ -29,7 +29,7 @@ from meshpose.refine.select import edge_alignment_score, observed_gradients
 from meshpose.render.base import Renderer, render_alone
 from meshpose.types import Detection, ObjectModel, Observation, Pose
 
-__all__ = ["EDGE_WEIGHT", "LAYOUT_WEIGHT", "REGION_WEIGHT", "SCORE_CROP", "score_hypotheses"]
+__all__ = ["EDGE_WEIGHT", "LAYOUT_WEIGHT", "REGION_WEIGHT", "SCORE_CROP", "box_iou", "score_hypotheses"]
 
 #: Side (pixels) of the scoring crop and its padding over the detection box.
 SCORE_CROP = 128
@@ -42,7 +42,7 @@ LAYOUT_WEIGHT = 0.0
 LAYOUT_SIGMA = 3.0
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two ``(x0, y0, x1, y1)`` boxes."""
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -117,7 +117,7 @@ def score_hypotheses(
             region = float(inter / max(np.logical_or(sil, det_mask).sum(), 1))
         else:
             ys, xs = np.nonzero(sil)
-            region = _box_iou(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float), det_box)
+            region = box_iou(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float), det_box)
         both = sil if det_mask is None else np.logical_and(sil, det_mask)
         layout = 0.5
         if both.sum() >= 16:

@@ -560,18 +560,24 @@ class MatchPredictor:
         if self._current is not None:
             t, feats = self._current
             poses = {k: p.reshape().to(torch.float64) for k, p in good.items()}
-            mapped = self._map(feats, poses) if self.scene_rigid else None
+            mapped, motion, a = self._map(feats, poses) if self.scene_rigid else (None, None, None)
             moved = {k: p.reshape().to(torch.float64) for k, p in (carried or {}).items() if k not in poses}
+            if motion is not None and a is not None:  # every other track the keyframe held moves with the camera
+                old = self._keys[a]
+                for k, p in {**old.carried, **old.poses}.items():
+                    if k not in poses and k not in moved:
+                        moved[k] = motion @ p
             self._keys[t] = _Keyframe(feats, poses, mapped, moved if self.scene_rigid else {})
             self._current, self._found = None, {}
         if self.scene_rigid:  # the latest few stay for a frame that the latest one does not explain
             keep = keep | set(sorted(self._keys)[-(self.config.retry_keyframes + 1) :])
         self._keys = {a: f for a, f in self._keys.items() if a in keep}
 
-    def _map(self, feats: FrameFeatures, poses: dict[int, Pose]) -> np.ndarray | None:
+    def _map(self, feats: FrameFeatures, poses: dict[int, Pose]) -> tuple[np.ndarray | None, Pose | None, float | None]:
         """The observed frame's map points from its matches with the latest keyframe it was predicted from, with
         the camera motion between the two that best explains where the good objects' centres went
-        (:func:`~meshpose.track.scene_map.best_motion`; ``None``: no keyframe, or no motion explains them)."""
+        (:func:`~meshpose.track.scene_map.best_motion`), that motion and that keyframe's time (``None``s: no
+        keyframe, or no motion explains them)."""
         for a in sorted(self._found, reverse=True):
             res, key = self._found[a], self._keys.get(a)
             if key is None or res.pairs is None or self._camera is None:
@@ -581,5 +587,5 @@ class MatchPredictor:
                 continue
             i_prev, i_cur = res.pairs
             pts, ok = triangulate(key.features.keypoints[i_prev], feats.keypoints[i_cur], motion, self._camera)
-            return carry_points(len(feats), i_prev, i_cur, key.points, motion, pts, ok)
-        return None
+            return carry_points(len(feats), i_prev, i_cur, key.points, motion, pts, ok), motion, a
+        return None, None, None

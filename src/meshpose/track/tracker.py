@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from meshpose.coarse.base import Estimator
-from meshpose.geometry.lie import interpolate_pose, perturb_pose
+from meshpose.coarse.score import box_iou
+from meshpose.geometry.lie import interpolate_pose, perturb_pose, rotation_angle
 from meshpose.refine.base import Refiner
 from meshpose.track.config import TrackerConfig
 from meshpose.track.matches import MatchPredictor, PredictionSource
@@ -293,8 +294,10 @@ class Tracker:
             active = self._unscaled_predictions(obs, active, from_matches)
         if active:
             results.update(self._refine_active(obs, t, active))
-        if self.config.scene_rigid and self.config.scene_gain < 1:
+        if self.config.scene_rigid:
             self._fuse(results, from_matches)
+        if detections and self.estimator is not None and self.config.detection_iou > 0:
+            self._check_detections(obs, t, results, detections)
         for tr in self._tracks:
             if tr.track_id in results:
                 continue
@@ -370,15 +373,50 @@ class Tracker:
         return [(tr, pred.get(tr.track_id, p)) for tr, p in active]
 
     def _fuse(self, results: dict[int, TrackResult], from_matches: dict[int, Any]) -> None:
-        """``scene_gain`` < 1: a well-refined track predicted by the camera's motion moves only that fraction of
-        the way from the prediction to its refined pose."""
+        """Scene-rigid: a well-refined track predicted by the camera's motion moves ``scene_gain`` of the way from
+        the prediction to its refined pose — none of it when the refined pose is farther from the prediction than
+        ``scene_gate`` (an outlier: the refiner locked on something else; the camera's motion is kept)."""
+        cfg = self.config
         for tr in self._tracks:
             r = results.get(tr.track_id)
             if r is None or not r.ok or from_matches.get(tr.track_id, (None, ""))[1] != "scene":
                 continue
-            pose = interpolate_pose(from_matches[tr.track_id][0].reshape(), r.pose.reshape(), self.config.scene_gain)
-            tr.last_good = tr.motion.pose = pose.to(torch.float64)
-            results[tr.track_id] = dataclasses.replace(r, pose=pose, info={**r.info, "refined": r.pose})
+            pred = from_matches[tr.track_id][0].reshape().to(torch.float64)
+            refined = r.pose.reshape().to(torch.float64)
+            shift = float((refined.t - pred.t).norm()) / tr.model.diameter
+            turn = math.degrees(float(rotation_angle(pred.R, refined.R)))
+            gated = shift > cfg.scene_gate[0] or turn > cfg.scene_gate[1]
+            pose = pred if gated else interpolate_pose(pred, refined, cfg.scene_gain)
+            tr.last_good = tr.motion.pose = pose
+            results[tr.track_id] = dataclasses.replace(r, pose=pose, info={**r.info, "refined": r.pose, "gated": gated})
+
+    def _check_detections(
+        self, obs: Observation, t: float, results: dict[int, TrackResult], detections: Sequence[Detection]
+    ) -> None:
+        """A tracked object that went badly in this frame, or whose projected box overlaps no detection of its object
+        by ``detection_iou`` (it drifted off it, or the object moved), is re-estimated from the detections at once
+        rather than after ``lost_after`` frames."""
+        K = np.asarray(obs.camera.K, dtype=np.float64)
+        for tr in self._tracks:
+            r = results.get(tr.track_id)
+            dets = [d for d in detections if d.obj_id == tr.model.obj_id]
+            if r is None or not dets or r.status == "lost":
+                continue
+            R, tt = r.pose.reshape().numpy()
+            p = np.asarray(tr.model.points, np.float64)[:: max(1, len(tr.model.points) // 256)] @ R.T + tt
+            iou = 0.0
+            if np.all(p[:, 2] > 1e-6):
+                uv = (p @ K.T)[:, :2] / p[:, 2:]
+                iou = max(box_iou(np.array([*uv.min(0), *uv.max(0)]), d.box_xyxy()) for d in dets)
+            if r.ok and iou >= self.config.detection_iou:
+                continue
+            t0 = time.perf_counter()
+            tr.lost, tr.lost_frames = True, 0
+            res = self._recover(obs, tr, t, dets)  # (not from the drifted pose: it scored well where it is)
+            if res.status != "recovered":
+                res = dataclasses.replace(res, pose=r.pose)
+            info = {**r.info, **res.info, "redetected": True, "box_iou": iou}
+            results[tr.track_id] = dataclasses.replace(res, time_s=r.time_s + time.perf_counter() - t0, info=info)
 
     def _outside(self, obs: Observation, obj: ObjectModel, pose: Pose) -> str | None:
         """Why the object at ``pose`` is out of view (``None`` when it is in view)."""
