@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+import roma
 import torch
 
 from meshpose.geometry.lie import rotation_angle
@@ -247,9 +248,7 @@ def camera_motion_consensus(
     if n < 2 and len(common) > 1:
         return None, n
     sel = agree[best]
-    u, _, vt = torch.linalg.svd(R[sel].sum(0))
-    d = torch.sign(torch.det(u @ vt))
-    Rm = u @ torch.diag(torch.stack([torch.ones((), dtype=u.dtype), torch.ones((), dtype=u.dtype), d])) @ vt
+    Rm = roma.special_procrustes(R[sel].sum(0))  # the chordal mean: the nearest rotation to the sum
     return motion_matrix(Rm.numpy(), t[sel].mean(0).numpy()), n
 
 
