@@ -306,15 +306,15 @@ class Tracker:
             res = self._recover(obs, tr, t, detections, guess)
             results[tr.track_id] = dataclasses.replace(res, time_s=time.perf_counter() - t0)
         if self._matcher is not None:  # this frame anchors its good tracks; the match stage's cost is shared
-            # Scene-rigid: a frame whose camera motion was not found (no track moved by it; not the first frame)
-            # anchors nothing — its poses are guesses. Otherwise a still object that was not found well stays where
-            # the camera's motion put it, when that motion is trusted: at least half the tracks it moved were then
-            # found well (and in the first frame, where its start pose is).
+            # Scene-rigid: a frame the matches predicted nothing in (not the first frame) anchors nothing — its poses
+            # are guesses. Otherwise a still object that was not found well stays where the camera's motion put it,
+            # when that motion is trusted: at least half the tracks it moved were then found well (and in the first
+            # frame, where its start pose is).
             good = {k: r.pose for k, r in results.items() if r.ok}
             moved = sum(src == "scene" for _, src in from_matches.values())
             first = not self._matcher.keyframes
             carried: dict[int, Pose] = {}
-            if self.config.scene_rigid and not moved and not first:
+            if self.config.scene_rigid and not from_matches and not first:
                 good = {}
             elif sum(r.ok for r in results.values()) >= max(1.0, 0.5 * moved):
                 carried = {
