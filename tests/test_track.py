@@ -232,3 +232,31 @@ def test_an_object_moved_in_the_scene_is_re_detected() -> None:
     assert runs["with"].info.get("redetected") and runs["with"].status == "recovered"
     assert _add_over_d(obj, runs["with"].pose, there) < 0.1
     assert _add_over_d(obj, runs["without"].pose, there) > 0.5
+
+
+def test_cli_track_a_still_scene_with_the_map_and_detections(tmp_path: Path) -> None:
+    """`meshpose track` on a still scene seen by a jumping camera (objects on a textured table), with the scene-rigid
+    match prediction and a detections file: every frame written, the objects followed."""
+    from meshpose.coarse.gt_detections import all_gt_detections
+    from meshpose.io.bop import BopDataset
+    from meshpose.io.detections import write_detections
+
+    root = tmp_path / "still"
+    objs = [scenes.objects()[0], scenes.objects()[1]]
+    cfg = SequenceConfig(
+        width=320, height=240, frames=5, blur_samples=1, camera_jump_deg=(15.0, 25.0), size_frac=(0.5, 0.6),
+        table_m=0.5, seed=21,
+    )  # fmt: skip
+    write_sequence_dataset(root, [(objs, cfg)])
+    ds = BopDataset(root, "test")
+    dets = tmp_path / "dets.json"
+    write_detections(dets, all_gt_detections(ds, ds.image_keys()))
+    inits = _first_frame_inits(root, tmp_path / "inits.csv")
+    out = tmp_path / "tracks.csv"
+    tracker_config = json.dumps({"prediction": "matches", "scene_rigid": True, "scale_objects": 2})
+    args = ["track", str(root), "--inits", str(inits), "--detections", str(dets), "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--tracker-config", tracker_config, "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    errs = _errors(root, out)
+    assert len(errs) == 2 * 5
+    assert sum(e < 0.1 for e in errs) >= 8, errs
