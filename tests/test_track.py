@@ -260,3 +260,54 @@ def test_cli_track_a_still_scene_with_the_map_and_detections(tmp_path: Path) -> 
     errs = _errors(root, out)
     assert len(errs) == 2 * 5
     assert sum(e < 0.1 for e in errs) >= 8, errs
+
+
+class _InProcessExecutor:
+    """An executor that is not the serial one (so the scene-task path runs) but works in this process."""
+
+    name = "in-process"
+
+    def run(self, spec, tasks):  # type: ignore[no-untyped-def]
+        state = spec.make_state()
+        state.preload(sorted({o for t in tasks for o in t.obj_ids}))
+        for task in tasks:
+            yield state.process(task)
+
+    def close(self) -> None:
+        pass
+
+
+def test_scenes_on_an_executor_write_what_the_serial_run_writes(seq_bop: Path, tmp_path: Path) -> None:
+    from meshpose.run.track import TrackSpec, track_dataset
+
+    inits = read_results(_first_frame_inits(seq_bop, tmp_path / "inits.csv"))
+    spec = TrackSpec(dataset=str(seq_bop), threads=1)
+    serial = track_dataset(spec, inits, tmp_path / "serial.csv")
+    tasks = track_dataset(spec, inits, tmp_path / "tasks.csv", executor=_InProcessExecutor())  # type: ignore[arg-type]
+    assert (tasks.images_done, tasks.rows_written, tasks.tracks) == (serial.images_done, serial.rows_written, 3)
+    a, b = read_results(tmp_path / "serial.csv"), read_results(tmp_path / "tasks.csv")
+    assert [(r.scene_id, r.im_id, r.obj_id) for r in a] == [(r.scene_id, r.im_id, r.obj_id) for r in b]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.t, y.t, atol=1e-9)
+    with pytest.raises(ValueError, match="serial executor only"):
+        track_dataset(spec, inits, tmp_path / "x.csv", executor=_InProcessExecutor(), max_images=2)  # type: ignore[arg-type]
+    # a second run finds every scene done
+    again = track_dataset(spec, inits, tmp_path / "tasks.csv", executor=_InProcessExecutor())  # type: ignore[arg-type]
+    assert again.images_done == 0 and again.images_skipped == serial.images_done
+
+
+@pytest.mark.slow
+def test_track_on_ray_writes_what_the_serial_run_writes(seq_bop: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    inits = _first_frame_inits(seq_bop, tmp_path / "inits.csv")
+    outs = {}
+    for ex in ("serial", "ray"):
+        outs[ex] = tmp_path / f"{ex}.csv"
+        args = ["track", str(seq_bop), "--inits", str(inits), "--out", str(outs[ex]), "--threads", "1"]
+        res = CliRunner().invoke(app, [*args, "--executor", ex, *(["--workers", "2"] if ex == "ray" else [])])
+        assert res.exit_code == 0, res.output
+    a, b = read_results(outs["serial"]), read_results(outs["ray"])
+    assert sorted((r.scene_id, r.im_id, r.obj_id) for r in a) == sorted((r.scene_id, r.im_id, r.obj_id) for r in b)
+    pa = {(r.scene_id, r.im_id, r.obj_id): r for r in a}
+    for r in b:
+        np.testing.assert_allclose(r.t, pa[(r.scene_id, r.im_id, r.obj_id)].t, atol=1e-4)

@@ -8,10 +8,13 @@ from typing import Annotated
 import typer
 
 from meshpose.cli.common import (
+    Address,
+    ExecutorName,
     ModelsDir,
     Restart,
     Threads,
     Verbose,
+    Workers,
     exit_on_failures,
     fail,
     json_object,
@@ -67,6 +70,9 @@ def track(
     no_depth: Annotated[bool, typer.Option("--no-depth", help="Do not give depth to RGB methods.")] = False,
     restart: Restart = False,
     threads: Threads = None,
+    executor: ExecutorName = "serial",
+    workers: Workers = None,
+    address: Address = None,
     verbose: Verbose = False,
 ) -> None:
     """Track objects through every scene of a BOP dataset; writes each finished frame at once and resumes.
@@ -81,6 +87,7 @@ def track(
     from meshpose.io.detections import read_detections
     from meshpose.io.results import read_inits
     from meshpose.refine.registry import make_refiner
+    from meshpose.run import make_executor
     from meshpose.run.track import TrackSpec, track_dataset
     from meshpose.track import TrackerConfig, fast_refiner_options, fast_tracker_options
 
@@ -114,21 +121,26 @@ def track(
             models_dir=models_dir,
         )
         label = f"track [{method}{' fast' if fast else ''}]"
-        summary = run_with_progress(
-            label,
-            lambda progress: track_dataset(
-                spec,
-                rows,
-                out,
-                detections=dets,
-                detections_path=detections,
-                restart=restart,
-                max_images=max_images,
-                inits_path=inits,
-                progress=progress,
-                refiner=refiner,
-            ),
-        )
+        ex = make_executor(executor, workers=workers, address=address)
+        try:
+            summary = run_with_progress(
+                label,
+                lambda progress: track_dataset(
+                    spec,
+                    rows,
+                    out,
+                    detections=dets,
+                    detections_path=detections,
+                    restart=restart,
+                    max_images=max_images,
+                    inits_path=inits,
+                    progress=progress,
+                    refiner=refiner if executor == "serial" else None,
+                    executor=ex,
+                ),
+            )
+        finally:
+            ex.close()
     except (ValueError, OSError, RuntimeError) as exc:
         raise fail(str(exc)) from exc
     typer.echo(

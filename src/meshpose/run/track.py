@@ -32,6 +32,7 @@ from meshpose.io.results import InitsFile, ResultRow, read_results
 from meshpose.refine.base import Refiner
 from meshpose.refine.registry import make_refiner
 from meshpose.run.estimate_job import EstimateSpec, EstimateTask, PackedDetection, process_estimate
+from meshpose.run.executors import Executor
 from meshpose.run.job import MALFORMED_ROW, ImageKey, InstanceKey, ItemFailure, instance_keys, plan_tasks
 from meshpose.run.runner import RunSummary
 from meshpose.run.writer import RunMeta, RunWriter, inits_checksum
@@ -195,7 +196,7 @@ class _Run:
         self,
         spec: TrackSpec,
         dataset: BopDataset,
-        writer: RunWriter,
+        writer: RunWriter | Any,
         refiner: Refiner,
         estimator: Estimator | None,
         detections: Mapping[ImageKey, Sequence[Detection]] | None,
@@ -368,6 +369,7 @@ def track_dataset(
     progress: Callable[[int, int, tuple[int, int]], None] | None = None,
     refiner: Refiner | None = None,
     estimator: Estimator | None = None,
+    executor: Executor | None = None,
 ) -> TrackSummary:
     """Track objects through every scene of a dataset and write BOP results frame by frame.
 
@@ -385,6 +387,9 @@ def track_dataset(
         progress: called as ``progress(done, total, image_key)`` after each frame.
         refiner: a ready refiner instead of building ``spec.method``.
         estimator: a ready estimator instead of building ``spec.estimator`` (used only with detections).
+        executor: where the scenes run (``None`` or serial: here, frame by frame; Ray: one scene per actor task,
+            its frames written when the scene is done — :mod:`meshpose.run.track_job`). A sequence cannot be split,
+            so the parallelism is over scenes.
 
     Raises:
         RunConfigError: the results file cannot be used (see :class:`~meshpose.run.writer.RunWriter`).
@@ -392,6 +397,9 @@ def track_dataset(
     """
     if max_images is not None and max_images < 0:
         raise ValueError(f"max_images must be >= 0, got {max_images}")
+    parallel = executor is not None and executor.name != "serial"
+    if parallel and max_images is not None:
+        raise ValueError("--max-images works with the serial executor only (a scene is tracked as a whole)")
     if inits is None and detections is None:
         raise ValueError("tracking needs initial poses or detections to start from")
     t0 = time.perf_counter()
@@ -466,10 +474,16 @@ def track_dataset(
             if progress is not None:
                 progress(count[0], todo_total, key)
 
-        for scene in scenes:
-            run.scene(scene, written, budget, step_done)
-            if budget[0] <= 0:
-                break
+        if parallel:
+            assert executor is not None
+            from meshpose.run.track_job import run_scenes
+
+            run_scenes(executor, spec, scenes, writer, written, detections, run, step_done)
+        else:
+            for scene in scenes:
+                run.scene(scene, written, budget, step_done)
+                if budget[0] <= 0:
+                    break
     return TrackSummary(
         images_done=run.done,
         images_skipped=len(finished),
