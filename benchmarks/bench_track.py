@@ -125,8 +125,7 @@ def _plain_novel(index: int, seed: int, obj_id: int) -> ObjectModel:
     rgb = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.4, 0.9), rng.uniform(0.5, 0.95))
     colour = np.array([*(np.asarray(rgb) * 255), 255]).astype(np.uint8)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=np.tile(colour, (len(mesh.vertices), 1)))
-    fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    return obj.__class__(**{**fields, "mesh": mesh}).to_object_model(obj_id)
+    return dataclasses.replace(obj, mesh=mesh).to_object_model(obj_id)
 
 
 def still_scenes(args: argparse.Namespace, mode: str) -> dict[str, Any]:

@@ -417,9 +417,6 @@ def predict_from_matches(
     return MatchPrediction(pred, source, counts, own_inl, motion, scene_inl, timings, essentials, (a_prev, a_cur))
 
 
-_NO_POSES = Pose(torch.zeros(0, 3, 3, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64))
-
-
 @dataclass(frozen=True, eq=False)
 class _Keyframe:
     features: FrameFeatures
@@ -524,7 +521,7 @@ class MatchPredictor:
             self._current[1],
             camera,
             [models[k] for k in ids],
-            Pose.stack([key.poses[k] for k in ids]) if ids else _NO_POSES,
+            Pose.stack([key.poses[k] for k in ids]) if ids else Pose.identity((0,)),
             scene_rigid=self.scene_rigid,
             config=self.config,
             seed=self.seed,

@@ -61,13 +61,6 @@ __all__ = [
 EssentialMotion = tuple[np.ndarray, np.ndarray, int]
 
 
-def motion_matrix(R: np.ndarray, t: np.ndarray) -> Pose:
-    """The pose ``[R | t]`` (float64) of a ``(3, 3)`` rotation and a ``(3,)`` translation."""
-    m = torch.eye(4, dtype=torch.float64)
-    m[:3, :3], m[:3, 3] = torch.from_numpy(np.asarray(R, np.float64)), torch.from_numpy(np.asarray(t, np.float64))
-    return Pose.from_matrix(m)
-
-
 def reprojection_inliers(
     motion: Pose, points: np.ndarray, uv: np.ndarray, camera: Camera, threshold_px: float
 ) -> np.ndarray:
@@ -151,14 +144,14 @@ def metric_scale(
     scales = (coef * rhs).sum(1)[ok] / denom[ok]
     best: np.ndarray | None = None
     for sc in scales:
-        inl = reprojection_inliers(motion_matrix(R, sc * t), points, uv, camera, cfg.reprojection_px)
+        inl = reprojection_inliers(Pose(R, sc * t), points, uv, camera, cfg.reprojection_px)
         if best is None or inl.sum() > best.sum():
             best = inl
     if best is None or best.sum() < cfg.min_scale_matches:
         return None
     sel = best & ok
     scale = float((coef[sel] * rhs[sel]).sum() / max((coef[sel] ** 2).sum(), 1e-12))
-    return motion_matrix(R, scale * t)
+    return Pose(R, scale * t)
 
 
 def scene_motion(
@@ -249,7 +242,7 @@ def camera_motion_consensus(
         return None, n
     sel = agree[best]
     Rm = roma.special_procrustes(R[sel].sum(0))  # the chordal mean: the nearest rotation to the sum
-    return motion_matrix(Rm.numpy(), t[sel].mean(0).numpy()), n
+    return Pose(Rm, t[sel].mean(0)), n
 
 
 def triangulate(
@@ -327,7 +320,7 @@ def scaled_motions(essential: EssentialMotion, lengths: Sequence[float]) -> list
     """The essential motion with each of the given lengths (metres) — the hypotheses a tracker refines when no point
     of known depth fixes the scale."""
     R, t, _ = essential
-    return [motion_matrix(R, float(s) * t) for s in lengths]
+    return [Pose(R, float(s) * t) for s in lengths]
 
 
 def search_length(
@@ -426,7 +419,7 @@ def motion_from_centres(
     n = int(agree.sum())
     if med <= 0 or (n < 2 and len(common) > 1):
         return None, n
-    return motion_matrix(R, float(arr[agree].mean()) * tu), n
+    return Pose(R, float(arr[agree].mean()) * tu), n
 
 
 def centre_residual(motion: Pose, before: dict[int, Pose], after: dict[int, Pose]) -> float:

@@ -36,6 +36,7 @@ import torch
 
 from meshpose.coarse.base import Estimator
 from meshpose.coarse.score import box_iou
+from meshpose.geometry.crop import object_box
 from meshpose.geometry.lie import interpolate_pose, perturb_pose, rotation_angle
 from meshpose.refine.base import Refiner
 from meshpose.track.config import TrackerConfig
@@ -396,18 +397,16 @@ class Tracker:
         """A tracked object that went badly in this frame, or whose projected box overlaps no detection of its object
         by ``detection_iou`` (it drifted off it, or the object moved), is re-estimated from the detections at once
         rather than after ``lost_after`` frames."""
-        K = np.asarray(obs.camera.K, dtype=np.float64)
         for tr in self._tracks:
             r = results.get(tr.track_id)
             dets = [d for d in detections if d.obj_id == tr.model.obj_id]
             if r is None or not dets or r.status == "lost":
                 continue
-            R, tt = r.pose.reshape().numpy()
-            p = np.asarray(tr.model.points, np.float64)[:: max(1, len(tr.model.points) // 256)] @ R.T + tt
-            iou = 0.0
-            if np.all(p[:, 2] > 1e-6):
-                uv = (p @ K.T)[:, :2] / p[:, 2:]
-                iou = max(box_iou(np.array([*uv.min(0), *uv.max(0)]), d.box_xyxy()) for d in dets)
+            try:
+                box = object_box(obs.camera, r.pose.reshape(), tr.model.points[:: max(1, len(tr.model.points) // 256)])
+                iou = max(box_iou(box, d.box_xyxy()) for d in dets)
+            except ValueError:  # reaches the camera plane (or NaN): no box to compare
+                iou = 0.0
             if r.ok and iou >= self.config.detection_iou:
                 continue
             t0 = time.perf_counter()
