@@ -11,6 +11,7 @@ scene's frames in the log (the next run tracks them again).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -114,14 +115,8 @@ class TrackJob:
     threads: int | None = None
 
     def make_state(self, refiner: Refiner | None = None) -> _TrackWorker:
-        spec = self.spec if self.threads is None else _with_threads(self.spec, self.threads)
+        spec = self.spec if self.threads is None else dataclasses.replace(self.spec, threads=self.threads)
         return _TrackWorker(spec, refiner)
-
-
-def _with_threads(spec: TrackSpec, threads: int) -> TrackSpec:
-    import dataclasses
-
-    return dataclasses.replace(spec, threads=threads)
 
 
 def run_scenes(
