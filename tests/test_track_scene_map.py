@@ -292,3 +292,18 @@ def test_scene_fusion_moves_part_way_and_ignores_outliers() -> None:
     results = {k: TrackResult(k, obj.obj_id, near, 0.8, "tracking")}
     tracker._fuse(results, {k: (pred, "velocity")})
     assert results[k].pose is near
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        ({"scene_gain": 0.0}, "scene_gain"),
+        ({"scene_gate": [0.3, -1]}, "scene_gate"),
+        ({"detection_iou": 1.5}, "detection_iou"),
+        ({"recover_budget_s": -0.01}, "recover_budget_s"),
+        ({"scale_range_m": [1.0, 0.5]}, "scale_range_m"),
+    ],
+)
+def test_bad_tracker_options_are_refused_by_name(opts: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrackerConfig.from_dict(opts)

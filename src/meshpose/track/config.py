@@ -129,6 +129,12 @@ class TrackerConfig:
             )
         if self.prediction not in ("velocity", "matches"):
             raise ValueError(f"TrackerConfig.prediction must be 'velocity' or 'matches', got {self.prediction!r}")
+        if not (self.scene_gate[0] > 0 and self.scene_gate[1] > 0):
+            raise ValueError(f"TrackerConfig.scene_gate must be two positive bounds, got {self.scene_gate}")
+        if not 0 <= self.detection_iou <= 1:
+            raise ValueError(f"TrackerConfig.detection_iou must be in [0, 1], got {self.detection_iou}")
+        if self.recover_budget_s is not None and self.recover_budget_s < 0:
+            raise ValueError(f"TrackerConfig.recover_budget_s must be ≥ 0 (or None), got {self.recover_budget_s}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrackerConfig:
