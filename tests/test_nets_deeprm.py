@@ -14,7 +14,19 @@ from meshpose.train.losses import disentangled_point_matching_loss, multiscale_e
 from meshpose.types import Pose
 
 #: a small network for fast tests (same structure as φ = 0, thinner)
-TINY = DeepRMNetConfig(base_width=0.25, base_depth=0.34, base_resolution=64, head_channels=32, hidden=32, pool=2)
+TINY = DeepRMNetConfig(
+    base_width=0.25,
+    base_depth=0.34,
+    base_resolution=64,
+    head_channels=32,
+    hidden=32,
+    pool=2,
+    feature_dim=16,
+    encoder_dims=(8, 12, 16),
+    front_width=64,
+)
+#: the same with DeepRM's early fusion (six channels into the backbone)
+TINY_EARLY = DeepRMNetConfig(**{**TINY.to_dict(), "fusion": "early"})
 
 
 def _params(net: torch.nn.Module) -> int:
@@ -23,8 +35,9 @@ def _params(net: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "fc"])
 def test_shapes_and_gradients(cell: str) -> None:
+    """Early fusion: four flow scales (strides 32 … 4); gradients everywhere."""
     torch.manual_seed(0)
-    cfg = DeepRMNetConfig(**{**TINY.to_dict(), "cell": cell})
+    cfg = DeepRMNetConfig(**{**TINY_EARLY.to_dict(), "cell": cell})
     net = DeepRMNet(cfg)
     s = cfg.resolution
     x = torch.randn(3, 6, s, s, requires_grad=True)
@@ -39,6 +52,42 @@ def test_shapes_and_gradients(cell: str) -> None:
     loss.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_correlation_front_shapes_gradients_and_genflow_encoder_layout() -> None:
+    """Behind the correlation front: three flow scales (strides 32, 16, 8), gradients reach both crops through the
+    encoder, and the encoder takes ``genflow``'s matching encoder weights as they are."""
+    from meshpose.nets.genflow import GenFlowNet, GenFlowNetConfig
+
+    torch.manual_seed(0)
+    cfg = TINY
+    net = DeepRMNet(cfg)
+    assert net.encoder is not None and net.flow_scales == 3
+    s = cfg.resolution
+    x = torch.randn(2, 6, s, s, requires_grad=True)
+    out = net(x, flow=True)
+    assert out.quat.shape == (2, 4) and out.trans.shape == (2, 3)
+    assert [tuple(f.shape) for f in out.flows] == [(2, 2, s // d, s // d) for d in (32, 16, 8)]
+    (out.trans.sum() + out.quat[:, :3].sum() + sum(f.sum() for f in out.flows)).backward()
+    assert x.grad is not None and x.grad[:, :3].abs().sum() > 0 and x.grad[:, 3:].abs().sum() > 0
+    gf = GenFlowNet(GenFlowNetConfig(feature_dim=16, encoder_dims=(8, 12, 16)))
+    net.encoder.load_state_dict(gf.fnet.state_dict())  # strict: the same layout
+    with pytest.raises(ValueError, match="fusion"):
+        DeepRMNetConfig(fusion="late")  # type: ignore[arg-type]
+    # a crop that is not a multiple of the front's stride is refused by name
+    with pytest.raises(ValueError, match="multiple of 8"):
+        net(torch.randn(1, 6, s + 4, s + 4))
+
+
+def test_backbone_from_a_later_stage() -> None:
+    """``start_stage`` builds the rest of B0 from a strided feature map (1×1 stem, the scales it reaches)."""
+    full = EfficientNet(EfficientNetConfig())
+    tail = EfficientNet(EfficientNetConfig(in_channels=40, start_stage=3, stem_base=64))
+    feats = tail(torch.zeros(1, 40, 12, 12))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(6, 6), (3, 3)]
+    assert tail.feature_channels == full.feature_channels[-2:]
+    with pytest.raises(ValueError, match="start_stage"):
+        EfficientNetConfig(start_stage=7)
 
 
 def test_identity_biased_init_and_no_flow_at_inference() -> None:

@@ -7,15 +7,22 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from meshpose.cli import app
+from meshpose.nets.batch import load_genflow_model
 from meshpose.nets.checkpoint import load_checkpoint
 from meshpose.nets.deeprm import DeepRMNet, DeepRMNetConfig, load_deeprm_model
 from meshpose.refine.deeprm import DeepRMConfig, DeepRMRefiner
-from meshpose.train.deeprm import DeepRMTrainConfig, deeprm_losses, flow_target
-from meshpose.train.deeprm_data import batches
+from meshpose.synth import SyntheticSample, resolve_objects
+from meshpose.train.cached_scenes import cached_views
+from meshpose.train.common import scene_items
+from meshpose.train.deeprm import DeepRMTrainConfig, deeprm_losses, flow_target, train_deeprm
+from meshpose.train.deeprm_data import batches, deeprm_items, item_config
+from meshpose.train.genflow_config import training_scene_config
 from meshpose.types import Pose
 from test_nets_deeprm import TINY
 
@@ -29,6 +36,8 @@ SMALL: dict = {
     "object_pool": 4,
     "pool_scenes": 1,
     "views_per_scene": 1,
+    "mix_items": 0,
+    "encoder_init": None,
     "net": TINY.to_dict(),
 }
 
@@ -57,6 +66,42 @@ def test_items_keep_their_objects_and_flow_targets_vanish_at_the_truth() -> None
     flow, valid = flow_target(xyz, mask, gt, data["K"], data["instance"])
     assert valid.sum() > 50
     assert flow.permute(0, 2, 3, 1)[valid[:, 0]].abs().max() < 1.0 / s  # under a pixel
+
+
+def _one_view(cfg: DeepRMTrainConfig) -> SyntheticSample:
+    """The first synthetic view a run of ``cfg`` draws."""
+    rng = np.random.default_rng(0)
+    objects = resolve_objects(cfg.data, cfg.seed)
+    for views in scene_items(cfg, objects, training_scene_config(item_config(cfg)), rng, lambda smp: [smp]):
+        if views:
+            return views[0]
+    raise AssertionError("unreachable")
+
+
+def test_perturbations_draw_several_inits_of_one_view_and_the_front_starts_from_genflow(tmp_path: Path) -> None:
+    """``perturbations`` makes several items (own inits and crops) per instance; a new correlation-front run's
+    encoder starts from the genflow weights it names, and its flow loss uses the front's three scales."""
+    one = DeepRMTrainConfig.from_dict({**SMALL, "data": "novel:8", "perturbations": 1})
+    three = DeepRMTrainConfig.from_dict({**SMALL, "data": "novel:8", "perturbations": 3})
+    sample = _one_view(one)
+    a = deeprm_items(sample, np.random.default_rng(1), one, item_config(one))
+    b = deeprm_items(sample, np.random.default_rng(1), three, item_config(three))
+    assert len(a) >= 1 and len(b) == 3 * len(a)
+    assert len({tuple(np.round(it["t_init"], 6)) for it in b}) == len(b)  # each its own initial pose
+    with pytest.raises(ValueError, match="perturbations"):
+        DeepRMTrainConfig(perturbations=0)
+
+    front = {**TINY.to_dict(), "feature_dim": 48, "encoder_dims": [24, 32, 48]}  # genflow's encoder
+    cfg = {**SMALL, "data": "novel:8", "net": front, "steps": 1, "val_every": 0, "flow_scale_weights": [0.1, 0.3, 0.6]}
+    cfg["encoder_init"] = "package"
+    with pytest.raises(ValueError, match="encoder_init"):  # a front of other sizes cannot take genflow's encoder
+        train_deeprm(DeepRMTrainConfig.from_dict({**cfg, "net": TINY.to_dict()}), tmp_path / "bad", max_steps=1)
+    train_deeprm(DeepRMTrainConfig.from_dict(cfg), tmp_path / "run", max_steps=1)
+    net = load_deeprm_model(tmp_path / "run" / "last.pt")
+    assert net.encoder is not None
+    # one AdamW step moved the encoder only a little from genflow's shipped weights
+    w0, w1 = load_genflow_model("package").fnet.state_dict(), net.encoder.state_dict()
+    assert all(torch.allclose(w0[k], w1[k], atol=1e-2) for k in w0 if w0[k].is_floating_point())
 
 
 def test_tiny_model_overfits_a_few_samples_quickly() -> None:
@@ -110,3 +155,29 @@ def test_known_object_training_reads_a_mesh_folder_and_a_bop_dataset(tiny_bop: P
         assert "stopped at step 1" in _ok([*args, "--steps", "1", "--val-every", "1"])
         saved = json.loads((run / "config.json").read_text())
         assert saved["data"] == saved["val_objects"] == str(source)  # validation: held-out scenes of them
+
+
+def test_pre_rendered_scenes_feed_training_and_validation(tiny_bop: Path, tmp_path: Path) -> None:
+    """A BOP-format split of pre-rendered scenes (``cached``) gives views with their objects, poses and instance
+    maps; a run mixes them in and validates on a held-out one (``val_cached``)."""
+    views = cached_views(f"{tiny_bop}:test", np.random.default_rng(0))
+    view = next(views)
+    assert len(view.objects) == 2 and view.poses.t.shape == (2, 3)
+    assert set(np.unique(view.instance)) <= {0, 1, 2} and (view.instance == 1).sum() > 50
+    assert np.array_equal(view.masks_visib[0], view.instance == 1)
+    cfg = DeepRMTrainConfig.from_dict({**SMALL, "data": str(tiny_bop), "perturbations": 2})
+    items = deeprm_items(view, np.random.default_rng(0), cfg, item_config(cfg))
+    assert items and all(it["model"].obj_id in view.obj_ids for it in items)
+    # a run fed only from the split (share 1), validated on it
+    only = {**SMALL, "batch_size": 2, "iterations": 1, "val_items": 3, "val_iterations": 1, "cached_share": 1.0}
+    run = tmp_path / "run"
+    spec = f"{tiny_bop}:test"
+    train_deeprm(
+        DeepRMTrainConfig.from_dict({**only, "data": str(tiny_bop), "cached": spec, "val_cached": spec, "steps": 1}),
+        run,
+        max_steps=1,
+    )
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert any(e.get("items") == 3 for e in log), log  # validation items from the split
+    with pytest.raises(ValueError, match="cached_share"):
+        DeepRMTrainConfig(cached_share=1.5)

@@ -7,7 +7,17 @@ One refinement iteration of one object (:meth:`DeepRMNet.forward`):
 1. input ``(B, 6, S, S)``: the observed crop and the object rendered at the current pose into the same crop
    camera, each normalised as ``(rgb - 0.5) / 0.25`` (:func:`make_input`);
 2. :class:`~meshpose.nets.efficientnet.EfficientNet` (scaled by ``φ``) to a stride-32 feature map, average-pooled
-   to ``pool × pool`` cells and flattened;
+   to ``pool × pool`` cells and flattened. Two ways in (``fusion``):
+
+   * ``"early"`` (DeepRM): the six channels enter the whole backbone from pixels;
+   * ``"correlation"`` (FlowNetC-style, the CPU default): one feature encoder — ``genflow``'s matching encoder
+     (:class:`~meshpose.nets.encoder.FeatureEncoder`, instance-normalised, stride 8), whose trained weights a
+     new run starts from — encodes each crop; a local correlation of the rendered features with the observed
+     ones (:class:`~meshpose.nets.corr.CorrPyramid` around each rendered cell, two levels) joins both feature
+     maps, and the backbone continues from its stride-8 stage. DeepRM starts its backbone from ImageNet weights;
+     none can be installed here, and the early-fusion network trained from scratch on two CPU cores had not
+     started to compare the crops after ~20k items (docs/deeprm.md), while the correlation makes the
+     comparison explicit and the encoder arrives trained;
 3. three stacked recurrent cells (``torch.nn.LSTMCell`` by default; ``GRUCell`` or plain fully connected layers for
    the ablation) whose hidden (and cell) states come in and go out as a :class:`RecurrentState` — the caller keeps
    it from one iteration to the next and starts every object with ``None`` (zeros);
@@ -32,7 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from meshpose.nets.checkpoint import WeightsSpec, load_model
+from meshpose.nets.corr import CorrPyramid, coords_grid
 from meshpose.nets.efficientnet import BETA, EfficientNet, EfficientNetConfig
+from meshpose.nets.encoder import FeatureEncoder
 from meshpose.types import Pose
 
 __all__ = [
@@ -49,6 +61,12 @@ __all__ = [
 ]
 
 CellKind = Literal["lstm", "gru", "fc"]
+Fusion = Literal["early", "correlation"]
+
+#: stride of the correlation front's feature maps (``genflow``'s encoder)
+FRONT_STRIDE = 8
+#: the B0 stage the backbone continues from behind the correlation front (its input is at stride 8)
+FRONT_STAGE = 3
 
 #: the method name of deeprm checkpoints
 METHOD = "deeprm"
@@ -70,6 +88,14 @@ class DeepRMNetConfig:
         layers: recurrent layers (three in DeepRM).
         flow_head: build the auxiliary flow decoder (used only by training).
         flow_channels: channels of the flow decoder's coarsest level (halved at each finer one).
+        fusion: ``"correlation"`` (encoder + correlation front; the default) or ``"early"`` (six channels into the
+            backbone, as DeepRM; a saved config without this key is one of those).
+        feature_dim: correlation front: encoder output channels (``genflow``'s: 48).
+        encoder_dims: correlation front: encoder widths at strides 2, 4, 8 (``genflow``'s).
+        corr_levels: correlation front: pyramid levels of the lookup.
+        corr_radius: correlation front: lookup radius in cells of each level.
+        front_width: correlation front: channels (at width 1) of the 1×1 stem that takes the joined maps into the
+            backbone.
     """
 
     phi: int = 0
@@ -83,22 +109,38 @@ class DeepRMNetConfig:
     layers: int = 3
     flow_head: bool = True
     flow_channels: int = 64
+    fusion: Fusion = "correlation"
+    feature_dim: int = 48
+    encoder_dims: tuple[int, int, int] = (24, 32, 48)
+    corr_levels: int = 2
+    corr_radius: int = 3
+    front_width: int = 128
 
     def __post_init__(self) -> None:
         if self.cell not in ("lstm", "gru", "fc"):
             raise ValueError(f"cell must be 'lstm', 'gru' or 'fc', got {self.cell!r}")
+        if self.fusion not in ("early", "correlation"):
+            raise ValueError(f"fusion must be 'early' or 'correlation', got {self.fusion!r}")
         if self.phi < 0 or self.layers < 1 or self.pool < 1:
             raise ValueError("need phi ≥ 0, layers ≥ 1, pool ≥ 1")
 
     @property
+    def corr_channels(self) -> int:
+        """Channels of the correlation lookup, ``levels · (2r + 1)²``."""
+        return self.corr_levels * (2 * self.corr_radius + 1) ** 2
+
+    @property
     def backbone(self) -> EfficientNetConfig:
+        early = self.fusion == "early"
         return EfficientNetConfig(
-            in_channels=6,
+            in_channels=6 if early else self.corr_channels + 2 * self.feature_dim,
             phi=self.phi,
             base_width=self.base_width,
             base_depth=self.base_depth,
             base_resolution=self.base_resolution,
             head_channels=self.head_channels,
+            start_stage=0 if early else FRONT_STAGE,
+            stem_base=32 if early else self.front_width,
         )
 
     @property
@@ -116,7 +158,11 @@ class DeepRMNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeepRMNetConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        d.setdefault("fusion", "early")  # a config without it predates the correlation front
+        if "encoder_dims" in d:
+            d["encoder_dims"] = tuple(d["encoder_dims"])
+        return cls(**d)
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,7 +260,8 @@ class FlowDecoder(nn.Module):
     feature map and the up-sampled flow, predict again — down to stride 4.
 
     Args:
-        feature_channels: channels of the backbone's maps at strides 4, 8, 16, 32 (fine to coarse).
+        feature_channels: channels of the feature maps, fine to coarse, each at half the previous resolution
+            (early fusion: strides 4, 8, 16, 32; behind the correlation front: 8, 16, 32).
         channels: channels of the first up-convolution (halved at each finer level, at least 16).
     """
 
@@ -241,7 +288,7 @@ class FlowDecoder(nn.Module):
                 nn.init.zeros_(conv.bias)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``feats`` at strides 4, 8, 16, 32 → flows at strides 32, 16, 8, 4 (coarse to fine)."""
+        """``feats`` fine to coarse (e.g. strides 4 … 32) → one flow per map, coarse to fine (strides 32 … 4)."""
         x = feats[-1]
         flow = self.predict[0](x)
         flows = [flow]
@@ -274,6 +321,12 @@ class DeepRMNet(nn.Module):
     def __init__(self, config: DeepRMNetConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or DeepRMNetConfig()
+        #: the correlation front's encoder (``genflow``'s ``fnet`` layout; ``None`` for early fusion)
+        self.encoder = (
+            FeatureEncoder(5, cfg.feature_dim, cfg.encoder_dims, norm="instance")
+            if cfg.fusion == "correlation"
+            else None
+        )
         self.backbone = EfficientNet(cfg.backbone)
         self.pool = nn.AdaptiveAvgPool2d(cfg.pool)
         flat = cfg.backbone.out_channels * cfg.pool * cfg.pool
@@ -295,7 +348,30 @@ class DeepRMNet(nn.Module):
             nn.init.zeros_(head.bias)
         with torch.no_grad():
             self.rot_head.bias[3] = 1.0  # the identity quaternion (x, y, z, w) = (0, 0, 0, 1)
-        self.flow = FlowDecoder(self.backbone.feature_channels[1:], cfg.flow_channels) if cfg.flow_head else None
+        # the flow decoder reads strides 4 … 32 (early) or 8 … 32 (the front's joined map and the backbone's)
+        scales = self.backbone.feature_channels[1:] if self.encoder is None else [cfg.backbone.in_channels]
+        scales = scales + ([] if self.encoder is None else self.backbone.feature_channels)
+        self.flow = FlowDecoder(scales, cfg.flow_channels) if cfg.flow_head else None
+
+    @property
+    def flow_scales(self) -> int:
+        """Flow predictions of the decoder (4 for early fusion: strides 32 … 4; 3 behind the correlation front)."""
+        return 4 if self.encoder is None else 3
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps, fine to coarse, that the pose and flow heads read (the last at stride 32)."""
+        if self.encoder is None:
+            return self.backbone(x)[1:]
+        b, _, h, w = x.shape
+        zeros = x.new_zeros(2 * b, 2, h, w)  # genflow's depth and validity channels: RGB only
+        crops = torch.cat([torch.cat([x[:, 3:], x[:, :3]], 0), zeros], 1)  # rendered, then observed
+        f_ren, f_obs = self.encoder(crops).split(b, 0)
+        if f_ren.shape[-1] * FRONT_STRIDE != w or f_ren.shape[-2] * FRONT_STRIDE != h:
+            raise ValueError(f"crop size must be a multiple of {FRONT_STRIDE}, got {h}×{w}")
+        corr = CorrPyramid(f_ren, f_obs, self.config.corr_levels, self.config.corr_radius)
+        grid = coords_grid(b, f_ren.shape[-2], f_ren.shape[-1], dtype=x.dtype, device=x.device)
+        joined = torch.cat([corr.lookup(grid), f_ren, f_obs], 1)
+        return [joined, *self.backbone(joined)]
 
     def initial_state(self, batch: int, device: torch.device | None = None) -> RecurrentState:
         """Zero state of ``batch`` objects (an object's first iteration)."""
@@ -319,7 +395,7 @@ class DeepRMNet(nn.Module):
             The rotation and translation updates, the new state and (if asked) the flows.
         """
         b = x.shape[0]
-        feats = self.backbone(x)
+        feats = self.features(x)
         y = self.pool(feats[-1]).flatten(1)
         if state is None:
             state = self.initial_state(b, x.device)
@@ -341,7 +417,7 @@ class DeepRMNet(nn.Module):
         if flow:
             if self.flow is None:
                 raise ValueError("this network was built without a flow head (flow_head=False)")
-            flows = self.flow(feats[1:])
+            flows = self.flow(feats)
         return DeepRMOutput(quat, trans, RecurrentState(tuple(hs), tuple(cs)), flows)
 
 

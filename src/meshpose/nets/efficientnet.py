@@ -60,6 +60,10 @@ class EfficientNetConfig:
         base_resolution: input side of the baseline in pixels (scaled by ``γ^φ``, rounded to a multiple of 32).
         head_channels: channels of the final 1×1 convolution at ``φ = 0`` (scaled with the width).
         se_ratio: squeeze-excitation bottleneck as a share of a block's input channels.
+        start_stage: first B0 stage to build (0: the whole network from pixels). With ``start_stage > 0`` the
+            network continues from an input that is already at that stage's input stride (e.g. ``3`` on a
+            stride-8 feature map): a 1×1 stem to ``stem_base · width`` channels replaces the strided 3×3 one.
+        stem_base: stem channels at width 1 (B0: 32).
     """
 
     in_channels: int = 6
@@ -69,6 +73,12 @@ class EfficientNetConfig:
     base_resolution: int = 96
     head_channels: int = 256
     se_ratio: float = 0.25
+    start_stage: int = 0
+    stem_base: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start_stage < len(B0_STAGES):
+            raise ValueError(f"start_stage must be in [0, {len(B0_STAGES)}), got {self.start_stage}")
 
     @property
     def width(self) -> float:
@@ -87,11 +97,12 @@ class EfficientNetConfig:
 
     def stages(self) -> list[tuple[int, int, int, int, int]]:
         """The scaled stages: (expansion, channels, repeats, stride, kernel)."""
-        return [(e, round_channels(c * self.width), math.ceil(r * self.depth), s, k) for e, c, r, s, k in B0_STAGES]
+        stages = B0_STAGES[self.start_stage :]
+        return [(e, round_channels(c * self.width), math.ceil(r * self.depth), s, k) for e, c, r, s, k in stages]
 
     @property
     def stem_channels(self) -> int:
-        return round_channels(32 * self.width)
+        return round_channels(self.stem_base * self.width)
 
     @property
     def out_channels(self) -> int:
@@ -143,7 +154,9 @@ class EfficientNet(nn.Module):
     """The backbone: stem (3×3, stride 2) → seven MBConv stages → 1×1 head convolution; total stride 32.
 
     ``forward`` returns the feature maps at strides 2, 4, 8, 16 and 32 (the last after the head convolution), so
-    that a decoder can use the intermediate scales (:class:`~meshpose.nets.deeprm.FlowDecoder`).
+    that a decoder can use the intermediate scales (:class:`~meshpose.nets.deeprm.FlowDecoder`). Built from a
+    later stage (``config.start_stage``), it returns the scales it reaches (e.g. strides 16 and 32 of the input's
+    resolution × 8 from stage 3).
 
     Args:
         config: sizes.
@@ -158,12 +171,17 @@ class EfficientNet(nn.Module):
         super().__init__()
         self.config = cfg = config or EfficientNetConfig()
         c = cfg.stem_channels
-        self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.SiLU())
+        kernel, stride = (3, 2) if cfg.start_stage == 0 else (1, 1)
+        self.stem = nn.Sequential(
+            nn.Conv2d(cfg.in_channels, c, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c), nn.SiLU()
+        )
         stages = []
         #: channels of the feature maps ``forward`` returns
         self.feature_channels: list[int] = []
-        taps = {0, 1, 2, 4}  # stages whose output is a returned scale (strides 2, 4, 8, 16); the head is stride 32
-        for i, (e, cout, r, s, k) in enumerate(cfg.stages()):
+        layout = cfg.stages()
+        # a returned scale: the last stage before a strided one (B0: strides 2, 4, 8, 16); the head is the last
+        taps = {i for i in range(len(layout) - 1) if layout[i + 1][3] == 2}
+        for i, (e, cout, r, s, k) in enumerate(layout):
             blocks = [MBConv(c if j == 0 else cout, cout, e, k, s if j == 0 else 1, cfg.se_ratio) for j in range(r)]
             stages.append(nn.Sequential(*blocks))
             c = cout
@@ -182,7 +200,7 @@ class EfficientNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``(B, C_in, S, S)`` → five feature maps ``(B, C_i, S / 2^i, S / 2^i)``, ``i = 1 … 5``."""
+        """``(B, C_in, S, S)`` → five feature maps ``(B, C_i, S / 2^i, S / 2^i)``, ``i = 1 … 5`` (from pixels)."""
         x = self.stem(x)
         feats = []
         for i, stage in enumerate(self.stages):

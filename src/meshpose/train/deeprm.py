@@ -39,6 +39,7 @@ import numpy as np
 import roma
 import torch
 
+from meshpose.nets.batch import load_genflow_model
 from meshpose.nets.deeprm import (
     METHOD,
     DeepRMNet,
@@ -214,7 +215,8 @@ def deeprm_losses(
         terms = []
         for it in its:
             assert it.flow_gt is not None and it.flow_valid is not None
-            terms.append(multiscale_epe(it.flows, it.flow_gt, it.flow_valid, cfg.flow_scale_weights))
+            weights = cfg.flow_scale_weights[-len(it.flows) :]  # the finest scales behind the correlation front
+            terms.append(multiscale_epe(it.flows, it.flow_gt, it.flow_valid, weights))
         epe = torch.stack(terms).mean()
         total = total + cfg.flow_weight * epe
     with torch.no_grad():
@@ -310,10 +312,21 @@ def train_deeprm(
     cfg, ck = resume_config(cfg, run, METHOD, resume=resume, steps=steps)
     cfg, start = initial_weights(cfg, ck, load_deeprm_model)
     with training_process(cfg, run) as ctx:
+        net = with_weights(DeepRMNet(cfg.net), start)
+        if net.encoder is not None and start is None and ck is None and cfg.encoder_init is not None:
+            fnet = load_genflow_model(cfg.encoder_init).fnet
+            try:
+                net.encoder.load_state_dict(fnet.state_dict())
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"encoder_init {cfg.encoder_init!r}: that genflow encoder does not fit net.feature_dim / "
+                    f"net.encoder_dims ({cfg.net.feature_dim}, {cfg.net.encoder_dims}); give the genflow sizes, or "
+                    "encoder_init null for a random encoder"
+                ) from exc
         task = method_task(
             cfg,
             METHOD,
-            with_weights(DeepRMNet(cfg.net), start),
+            net,
             cfg.net.to_dict(),
             data=lambda start_step, rank: batches(cfg, rank, start_step),
             loss=lambda m, batch: deeprm_losses(m, batch, cfg),

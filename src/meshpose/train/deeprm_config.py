@@ -20,14 +20,29 @@ class DeepRMTrainConfig(TrainOptions):
     """A ``meshpose train deeprm`` run: the options of :class:`~meshpose.train.common.TrainOptions` and these.
 
     Args:
-        iterations: unrolled refinement iterations per item (DeepRM trains with 6): each renders the object at the
-            pose the previous one reached; the pose is detached between iterations, the recurrent state is not.
+        iterations: unrolled refinement iterations per item: each renders the object at the pose the previous one
+            reached; the pose is detached between iterations, the recurrent state is not. DeepRM trains with 6; the
+            shipped weights were trained with 2, a third of the cost per item on the CPU, and refine well over 6
+            (``docs/deeprm.md``; 6 in training was not compared).
         truncate_state: also detach the recurrent state between iterations (no back-propagation through time).
         flow_weight: ``α``, the weight of the flow decoder's multi-scale end-point error (0: no flow loss).
         flow_scale_weights: weights of its scales, coarse to fine.
         brightness: range of a per-item gain on the rendered crops (the renderer's brightness varies).
         render_gap: share of items whose first rendering gets ``genflow``'s appearance change.
         regimes: perturbation regimes of the initial poses (and crop paddings).
+        perturbations: initial poses drawn per visible instance of a synthetic view, each with its own crop and
+            first rendering — several cheap items from one costly scene (the scene synthesis, not the network,
+            bounds a CPU run's items per second; measured: 13.5 items/s at 1 on one core).
+        mix_items: items kept in hand before a batch is drawn from them, so that a batch mixes scenes (one scene
+            gives up to ``views × instances × perturbations`` items).
+        cached: a split of pre-rendered synthetic scenes of the training objects, ``ROOT[:SPLIT]`` (a BOP-format
+            folder that ``meshpose synth`` wrote, e.g. photoreal renderings; :mod:`meshpose.train.cached_scenes`),
+            whose views are mixed with the scenes drawn on the fly; ``None``: none.
+        cached_share: share of the training views taken from ``cached``.
+        val_cached: validate on items of this pre-rendered split (``ROOT[:SPLIT]``, held out from ``cached``)
+            instead of on GL scenes of ``val_objects``.
+        encoder_init: the ``genflow`` weights (a weights spec) that the correlation front's encoder of a new run
+            starts from (``net.fusion = "correlation"``; ``None``: random, as early fusion always is).
         val_items: validation items (their scenes take ``scene`` too).
         val_iterations: refinement iterations in validation.
         val_rot_deg: rotation error of the validation inits, degrees.
@@ -38,10 +53,10 @@ class DeepRMTrainConfig(TrainOptions):
     """
 
     steps: int = 20000
-    batch_size: int = 8
-    lr: float = 3e-4
+    batch_size: int = 16
+    lr: float = 5e-4
     warmup: int = 200
-    iterations: int = 6
+    iterations: int = 2
     truncate_state: bool = False
     flow_weight: float = 1.0
     flow_scale_weights: tuple[float, ...] = FLOW_SCALE_WEIGHTS
@@ -51,6 +66,12 @@ class DeepRMTrainConfig(TrainOptions):
         PerturbRegime(0.5, (5.0, 35.0), (0.0, 0.25), (1.3, 1.6)),
         PerturbRegime(0.5, (0.0, 15.0), (0.0, 0.1), (1.3, 1.6)),
     )
+    perturbations: int = 6
+    mix_items: int = 96
+    cached: str | None = None
+    cached_share: float = 0.5
+    val_cached: str | None = None
+    encoder_init: str | None = "package"
     val_items: int = 64
     val_iterations: int = 6
     val_rot_deg: float = 15.0
@@ -67,8 +88,16 @@ class DeepRMTrainConfig(TrainOptions):
             raise ValueError("regime probabilities must sum to 1")
         if self.batch_size < 1 or self.iterations < 1 or self.steps < 0 or self.val_iterations < 1:
             raise ValueError("need batch_size ≥ 1, iterations ≥ 1, val_iterations ≥ 1, steps ≥ 0")
-        if len(self.flow_scale_weights) != 4:
-            raise ValueError("flow_scale_weights needs one weight per flow scale (4)")
+        scales = 4 if self.net.fusion == "early" else 3
+        if len(self.flow_scale_weights) not in (scales, 4):
+            raise ValueError(
+                f"flow_scale_weights needs one weight per flow scale ({scales}; or 4, of which the finest "
+                "scales are used behind the correlation front)"
+            )
+        if not 0.0 <= self.cached_share <= 1.0:
+            raise ValueError(f"cached_share must be in [0, 1], got {self.cached_share}")
+        if self.perturbations < 1:
+            raise ValueError(f"perturbations must be ≥ 1, got {self.perturbations}")
         if not 0.0 < self.brightness[0] <= self.brightness[1]:
             raise ValueError(f"brightness must be a range of positive gains, got {self.brightness}")
         if self.flow_weight > 0 and not self.net.flow_head:

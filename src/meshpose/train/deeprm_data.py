@@ -19,6 +19,7 @@ import torch
 
 from meshpose.render.base import Lighting
 from meshpose.synth import SyntheticSample, resolve_objects
+from meshpose.train.cached_scenes import cached_views
 from meshpose.train.common import draw_held_out, scene_items
 from meshpose.train.deeprm_config import DeepRMTrainConfig
 from meshpose.train.genflow_config import GenFlowTrainConfig, PerturbRegime, training_scene_config
@@ -66,9 +67,10 @@ def deeprm_items(
     item_cfg: GenFlowTrainConfig,
     renderer: Any = None,
 ) -> list[dict[str, Any]]:
-    """:func:`make_items` of one synthetic image, each with ``model`` (its ObjectModel), ``obj_id``, ``nearest``
-    (a continuous symmetry) and ``gain`` (the brightness of its renderings)."""
-    items = make_items(sample, rng, item_cfg, renderer)
+    """:func:`make_items` of one synthetic image (``cfg.perturbations`` draws of it: new initial poses, crops and
+    renderings of the same view), each with ``model`` (its ObjectModel), ``obj_id``, ``nearest`` (a continuous
+    symmetry) and ``gain`` (the brightness of its renderings)."""
+    items = [it for _ in range(cfg.perturbations) for it in make_items(sample, rng, item_cfg, renderer)]
     t_all = sample.poses.t.reshape(-1, 3).numpy()
     for it in items:
         i = int(np.argmin(np.abs(t_all - it["t_gt"][None]).sum(-1)))  # the instance with this (exact) pose
@@ -122,7 +124,8 @@ def collate(items: list[dict[str, Any]], lighting: Lighting | None = None) -> di
 
 
 def batches(cfg: DeepRMTrainConfig, rank: int = 0, start_step: int = 0) -> Iterator[dict[str, Any]]:
-    """Endless :func:`collate` batches of ``cfg.batch_size`` items from synthetic scenes of ``cfg.data``.
+    """Endless :func:`collate` batches of ``cfg.batch_size`` items from synthetic scenes of ``cfg.data`` (and, for a
+    share ``cfg.cached_share`` of the views, from the pre-rendered split ``cfg.cached``).
 
     The stream depends only on ``(cfg.seed, rank, start_step)``: a resumed run draws new data.
     """
@@ -131,9 +134,16 @@ def batches(cfg: DeepRMTrainConfig, rank: int = 0, start_step: int = 0) -> Itera
     icfg = item_config(cfg)
     objects = resolve_objects(cfg.data, cfg.seed)
     pending: list[dict[str, Any]] = []
-    for items in scene_items(cfg, objects, training_scene_config(icfg), rng, lambda s: deeprm_items(s, rng, cfg, icfg)):
+    hold = max(cfg.batch_size, cfg.mix_items)
+    drawn = scene_items(cfg, objects, training_scene_config(icfg), rng, lambda s: deeprm_items(s, rng, cfg, icfg))
+    cached = cached_views(cfg.cached, rng) if cfg.cached is not None and cfg.cached_share > 0 else None
+    while True:
+        if cached is not None and rng.random() < cfg.cached_share:
+            items = deeprm_items(next(cached), rng, cfg, icfg)
+        else:
+            items = next(drawn)
         pending.extend(items)
-        while len(pending) >= cfg.batch_size:
+        while len(pending) >= hold:
             # shuffle across the images in hand so that a batch mixes scenes
             order = rng.permutation(len(pending))
             pending = [pending[int(k)] for k in order]
@@ -144,10 +154,18 @@ def batches(cfg: DeepRMTrainConfig, rank: int = 0, start_step: int = 0) -> Itera
 def validation_items(cfg: DeepRMTrainConfig) -> list[dict[str, Any]]:
     """Held-out items (``cfg.val_items`` of them) of ``cfg.val_objects`` at exactly ``cfg.val_rot_deg`` /
     ``cfg.val_trans_frac``, crop padding ``cfg.val_padding``, a fixed light and no brightness change; the same
-    for every call with one config (drawn with seed ``cfg.seed + 1``)."""
+    for every call with one config (drawn with seed ``cfg.seed + 1``), from GL scenes drawn for it or from the
+    pre-rendered split ``cfg.val_cached``."""
     pad = (cfg.val_padding, cfg.val_padding)
     regime = PerturbRegime(1.0, (cfg.val_rot_deg, cfg.val_rot_deg), (cfg.val_trans_frac, cfg.val_trans_frac), pad)
     vcfg = DeepRMTrainConfig.from_dict({**cfg.to_dict(), "data": cfg.val_objects, "brightness": [1.0, 1.0]})
     icfg = item_config(vcfg, (regime,))
+    if cfg.val_cached is not None:  # held-out pre-rendered scenes (e.g. photoreal ones of the training objects)
+        rng = np.random.default_rng([cfg.seed + 1, 0x7A1])
+        views = cached_views(cfg.val_cached, rng)
+        out: list[dict[str, Any]] = []
+        while len(out) < cfg.val_items:
+            out.extend(deeprm_items(next(views), rng, vcfg, icfg))
+        return out[: cfg.val_items]
     scene = training_scene_config(icfg)
     return draw_held_out(cfg, cfg.val_items, scene, lambda smp, rng: deeprm_items(smp, rng, vcfg, icfg))

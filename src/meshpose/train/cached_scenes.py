@@ -1,0 +1,106 @@
+"""Pre-rendered synthetic scenes as training views: a BOP-format split that ``meshpose synth`` wrote ahead (e.g.
+``--renderer photoreal``: Mitsuba path tracing, ~1 image/s on two cores — too slow to draw during a run, cheap
+to read back), turned into :class:`~meshpose.synth.SyntheticSample` views that the item makers of the trainers
+take as they take the GL scenes drawn on the fly.
+
+Only synthetic data belong here: the ground truth read is that of scenes the project rendered from the meshes
+(the rule for real frames: their poses are for measuring only). The split's objects are read from its own
+``models/`` folder, so that training renders exactly the meshes the scenes were rendered from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from meshpose.io.bop import BopDataset
+from meshpose.render.base import Lighting
+from meshpose.synth import SyntheticSample
+from meshpose.types import ObjectModel, Pose
+
+__all__ = ["cached_sample", "cached_views", "open_cached"]
+
+
+def open_cached(spec: str) -> BopDataset:
+    """The dataset of a ``ROOT[:SPLIT]`` spec (default split ``train_pbr``).
+
+    Raises:
+        BopFormatError: no such dataset or split (the message names what is there).
+    """
+    root, _, split = spec.partition(":")
+    return BopDataset(Path(root), split or "train_pbr")
+
+
+def cached_sample(ds: BopDataset, scene_id: int, im_id: int, objects: dict[int, ObjectModel]) -> SyntheticSample:
+    """One pre-rendered image as a training view.
+
+    Args:
+        ds: the split.
+        scene_id: scene of the image.
+        im_id: image id.
+        objects: the split's objects by id (:meth:`BopDataset.objects`).
+
+    Returns:
+        The view: colour, depth (metres; 0 = missing) when the split has it, the instances' poses, visible masks and
+        visible fractions, the instance map. The full silhouettes are not stored by every split: ``masks`` are the
+        visible masks then, and ``bbox_obj`` / ``px_count_all`` come from them.
+
+    Raises:
+        BopFormatError: the image has no visible masks (``mask_visib/``), which the items need.
+    """
+    obs = ds.observation(scene_id, im_id)
+    gts = ds.gt(scene_id, im_id)
+    h, w = obs.rgb.shape[:2]
+    vis = []
+    for g in gts:
+        m = ds.mask_visib(scene_id, im_id, g.gt_id)
+        if m is None:
+            from meshpose.io.bop import BopFormatError
+
+            raise BopFormatError(f"{ds.scene_path(scene_id)}: image {im_id} has no mask_visib/ for gt {g.gt_id}")
+        vis.append(m)
+    masks_visib = np.stack(vis) if vis else np.zeros((0, h, w), bool)
+    instance = np.zeros((h, w), np.int32)
+    for i, m in enumerate(vis):
+        instance[m] = i + 1
+    px = masks_visib.reshape(len(vis), -1).sum(1)
+    bbox = np.zeros((len(vis), 4), np.float64)
+    for i, m in enumerate(vis):
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            bbox[i] = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    depth = obs.depth
+    return SyntheticSample(
+        rgb=obs.rgb,
+        depth=depth,
+        depth_clean=depth if depth is not None else np.zeros((h, w), np.float32),
+        camera=obs.camera,
+        obj_ids=np.array([g.obj_id for g in gts], np.int64),
+        objects=tuple(objects[g.obj_id] for g in gts),
+        poses=Pose.stack([g.pose for g in gts]) if gts else Pose.identity((0,)),
+        masks=masks_visib,
+        masks_visib=masks_visib,
+        px_count_all=px,
+        bbox_obj=bbox,
+        visib_fract=np.array([g.visib_fract if g.visib_fract is not None else 1.0 for g in gts], np.float64),
+        instance=instance,
+        cam_from_world=Pose.identity(()),
+        lighting=Lighting(),
+        info={"renderer": "cached", "source": f"{ds.root}:{ds.split}", "scene_id": scene_id, "im_id": im_id},
+    )
+
+
+def cached_views(spec: str, rng: np.random.Generator) -> Iterator[SyntheticSample]:
+    """Endless views of the pre-rendered split ``spec`` (``ROOT[:SPLIT]``) in random order (each image once per
+    pass; a new order every pass)."""
+    ds = open_cached(spec)
+    objects = ds.objects()
+    keys = ds.image_keys(targets_only=False)
+    if not keys:
+        raise ValueError(f"{spec}: the split holds no images")
+    while True:
+        for k in rng.permutation(len(keys)):
+            scene_id, im_id = keys[int(k)]
+            yield cached_sample(ds, scene_id, im_id, objects)
