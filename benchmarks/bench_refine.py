@@ -96,7 +96,10 @@ def main() -> None:
     ap.add_argument("--max-images", type=int, default=None, help="use only the first N target images")
     ap.add_argument("--first-image", type=int, default=0, help="skip the first K target images")
     ap.add_argument(
-        "--config", default="{}", help="JSON dict of refiner config overrides, for every method and chain member"
+        "--config",
+        default="{}",
+        help="JSON dict of refiner config overrides, for every method and chain member, or per chain member "
+        '(e.g. {"deeprm": {"weights": "package:lmo"}})',
     )
     ap.add_argument("--iterations", type=int, default=None, help="outer iterations (default: each method's)")
     ap.add_argument("--no-depth", action="store_true", help="do not give depth to RGB methods")
@@ -142,8 +145,12 @@ def main() -> None:
             t0 = time.perf_counter()
             run_info: dict[str, Any] = {}
             if method is not None:
-                # the overrides go to every method, and so to every member of a chain
-                per = {m: overrides for m in method.split("+")} if "+" in method and overrides else overrides
+                # the overrides go to every method, and so to every member of a chain — unless they are given per
+                # member ({"deeprm": {...}, "contour": {...}}: keys that are the chain's members)
+                members = method.split("+")
+                per = overrides
+                if "+" in method and overrides and not set(overrides) <= set(members):
+                    per = {m: overrides for m in members}
                 refiner = make_refiner(method, **per)
                 if refiner.modality == "rgbd" and not ds.has_depth:
                     level[name] = {"skipped": "needs depth"}
