@@ -18,8 +18,8 @@ For all object instances of a call at once:
 displacement of the model points in the last iteration (1: the network no longer moves the object).
 
 The default weights are ``package`` (``meshpose/weights/deeprm/model.pt``, novel-object weights trained by
-``meshpose train deeprm`` on generated objects) when shipped; ``docs/deeprm.md`` says how they were trained and
-what they measure.
+``meshpose train deeprm`` on generated objects); ``package:lmo`` knows LM-O's eight objects (trained on synthetic
+scenes of their meshes only). ``docs/deeprm.md`` says how both were trained and what they measure.
 """
 
 from __future__ import annotations
