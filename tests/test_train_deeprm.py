@@ -4,6 +4,7 @@ known-object training reads a mesh folder and a BOP dataset."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from meshpose.cli import app
+from meshpose.io.bop import BopFormatError
 from meshpose.nets.batch import load_genflow_model
 from meshpose.nets.checkpoint import load_checkpoint
 from meshpose.nets.deeprm import DeepRMNet, DeepRMNetConfig, load_deeprm_model
@@ -181,3 +183,10 @@ def test_pre_rendered_scenes_feed_training_and_validation(tiny_bop: Path, tmp_pa
     assert any(e.get("items") == 3 for e in log), log  # validation items from the split
     with pytest.raises(ValueError, match="cached_share"):
         DeepRMTrainConfig(cached_share=1.5)
+    # a split without visible masks is refused by name (the items need them)
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_bop, bare)
+    for masks in (bare / "test").glob("*/mask_visib"):
+        shutil.rmtree(masks)
+    with pytest.raises(BopFormatError, match="mask_visib"):
+        next(cached_views(f"{bare}:test", np.random.default_rng(0)))

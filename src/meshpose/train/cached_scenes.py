@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meshpose.io.bop import BopDataset
+from meshpose.io.bop import BopDataset, BopFormatError
 from meshpose.render.base import Lighting
 from meshpose.synth import SyntheticSample
 from meshpose.types import ObjectModel, Pose
@@ -57,8 +57,6 @@ def cached_sample(ds: BopDataset, scene_id: int, im_id: int, objects: dict[int, 
     for g in gts:
         m = ds.mask_visib(scene_id, im_id, g.gt_id)
         if m is None:
-            from meshpose.io.bop import BopFormatError
-
             raise BopFormatError(f"{ds.scene_path(scene_id)}: image {im_id} has no mask_visib/ for gt {g.gt_id}")
         vis.append(m)
     masks_visib = np.stack(vis) if vis else np.zeros((0, h, w), bool)
