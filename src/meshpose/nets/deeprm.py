@@ -125,6 +125,12 @@ class DeepRMNetConfig:
             raise ValueError("need phi ≥ 0, layers ≥ 1, pool ≥ 1")
 
     @property
+    def flow_scales(self) -> int:
+        """Flow predictions of the decoder: 4 for early fusion (strides 32 … 4), 3 behind the correlation front
+        (strides 32 … 8)."""
+        return 4 if self.fusion == "early" else 3
+
+    @property
     def corr_channels(self) -> int:
         """Channels of the correlation lookup, ``levels · (2r + 1)²``."""
         return self.corr_levels * (2 * self.corr_radius + 1) ** 2
@@ -348,15 +354,19 @@ class DeepRMNet(nn.Module):
             nn.init.zeros_(head.bias)
         with torch.no_grad():
             self.rot_head.bias[3] = 1.0  # the identity quaternion (x, y, z, w) = (0, 0, 0, 1)
-        # the flow decoder reads strides 4 … 32 (early) or 8 … 32 (the front's joined map and the backbone's)
-        scales = self.backbone.feature_channels[1:] if self.encoder is None else [cfg.backbone.in_channels]
-        scales = scales + ([] if self.encoder is None else self.backbone.feature_channels)
+        # the flow decoder reads the maps ``features`` returns: strides 4 … 32 (early) or 8 … 32 (the front's joined
+        # map, then the backbone's)
+        if self.encoder is None:
+            scales = self.backbone.feature_channels[1:]
+        else:
+            scales = [cfg.backbone.in_channels, *self.backbone.feature_channels]
+        assert len(scales) == cfg.flow_scales
         self.flow = FlowDecoder(scales, cfg.flow_channels) if cfg.flow_head else None
 
     @property
     def flow_scales(self) -> int:
-        """Flow predictions of the decoder (4 for early fusion: strides 32 … 4; 3 behind the correlation front)."""
-        return 4 if self.encoder is None else 3
+        """Flow predictions of the decoder (:attr:`DeepRMNetConfig.flow_scales`)."""
+        return self.config.flow_scales
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The feature maps, fine to coarse, that the pose and flow heads read (the last at stride 32)."""

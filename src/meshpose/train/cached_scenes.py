@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meshpose.geometry.crop import mask_bbox
 from meshpose.io.bop import BopDataset, BopFormatError
 from meshpose.render.base import Lighting
 from meshpose.synth import SyntheticSample
@@ -64,11 +65,8 @@ def cached_sample(ds: BopDataset, scene_id: int, im_id: int, objects: dict[int, 
     for i, m in enumerate(vis):
         instance[m] = i + 1
     px = masks_visib.reshape(len(vis), -1).sum(1)
-    bbox = np.zeros((len(vis), 4), np.float64)
-    for i, m in enumerate(vis):
-        ys, xs = np.nonzero(m)
-        if len(xs):
-            bbox[i] = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    boxes = [mask_bbox(m) for m in vis]
+    bbox = np.array([b if b is not None else np.zeros(4) for b in boxes], np.float64).reshape(len(vis), 4)
     depth = obs.depth
     return SyntheticSample(
         rgb=obs.rgb,

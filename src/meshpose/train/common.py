@@ -447,22 +447,33 @@ def draw_held_out(
     scene: SceneConfig,
     make: Callable[[SyntheticSample, np.random.Generator], Sequence[I]],
     what: str = "items",
+    *,
+    views: Callable[[np.random.Generator], Iterator[SyntheticSample]] | None = None,
+    source: str | None = None,
 ) -> list[I]:
     """``count`` held-out items of ``cfg.val_objects``, the same for every call with one config: scenes of all of
-    them (seed ``cfg.seed + 1``, its default distractors), ``make`` drawing the items of each.
+    them (seed ``cfg.seed + 1``, its default distractors), ``make`` drawing the items of each — or, with ``views``,
+    the views it yields from that seed's generator (e.g. a pre-rendered split; ``source`` names it in messages).
 
     Raises:
-        RuntimeError: ``count`` items not drawn in ``20 · count`` scenes.
+        RuntimeError: ``count`` items not drawn in ``20 · count`` scenes (views).
     """
-    objects = resolve_objects(cfg.val_objects, cfg.seed)
     rng = np.random.default_rng([cfg.seed + 1, 0x7A1])
-    sampler = SceneSampler(list(objects), scene, distractors=default_distractors(cfg.seed + 1))
+    drawn = views(rng) if views is not None else None
+    sampler = None
+    if drawn is None:
+        objects = resolve_objects(cfg.val_objects, cfg.seed)
+        sampler = SceneSampler(list(objects), scene, distractors=default_distractors(cfg.seed + 1))
     out: list[I] = []
     tries = 0
     while len(out) < count:
         tries += 1
         if tries > 20 * count:
-            raise RuntimeError(f"could not draw {count} validation {what} of {cfg.val_objects}")
+            raise RuntimeError(f"could not draw {count} validation {what} of {source or cfg.val_objects}")
+        if drawn is not None:  # a given source's errors are its own (e.g. a malformed split): not skipped
+            out.extend(make(next(drawn), rng))
+            continue
+        assert sampler is not None
         try:
             out.extend(make(sampler.sample(rng), rng))
         except (RuntimeError, ValueError) as exc:

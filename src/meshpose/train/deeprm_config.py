@@ -88,7 +88,7 @@ class DeepRMTrainConfig(TrainOptions):
             raise ValueError("regime probabilities must sum to 1")
         if self.batch_size < 1 or self.iterations < 1 or self.steps < 0 or self.val_iterations < 1:
             raise ValueError("need batch_size ≥ 1, iterations ≥ 1, val_iterations ≥ 1, steps ≥ 0")
-        scales = 4 if self.net.fusion == "early" else 3
+        scales = self.net.flow_scales
         if len(self.flow_scale_weights) not in (scales, 4):
             raise ValueError(
                 f"flow_scale_weights needs one weight per flow scale ({scales}; or 4, of which the finest "

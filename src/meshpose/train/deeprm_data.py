@@ -160,12 +160,12 @@ def validation_items(cfg: DeepRMTrainConfig) -> list[dict[str, Any]]:
     regime = PerturbRegime(1.0, (cfg.val_rot_deg, cfg.val_rot_deg), (cfg.val_trans_frac, cfg.val_trans_frac), pad)
     vcfg = DeepRMTrainConfig.from_dict({**cfg.to_dict(), "data": cfg.val_objects, "brightness": [1.0, 1.0]})
     icfg = item_config(vcfg, (regime,))
-    if cfg.val_cached is not None:  # held-out pre-rendered scenes (e.g. photoreal ones of the training objects)
-        rng = np.random.default_rng([cfg.seed + 1, 0x7A1])
-        views = cached_views(cfg.val_cached, rng)
-        out: list[dict[str, Any]] = []
-        while len(out) < cfg.val_items:
-            out.extend(deeprm_items(next(views), rng, vcfg, icfg))
-        return out[: cfg.val_items]
-    scene = training_scene_config(icfg)
-    return draw_held_out(cfg, cfg.val_items, scene, lambda smp, rng: deeprm_items(smp, rng, vcfg, icfg))
+    spec = cfg.val_cached  # held-out pre-rendered scenes (e.g. photoreal ones of the training objects), or None
+    return draw_held_out(
+        cfg,
+        cfg.val_items,
+        training_scene_config(icfg),
+        lambda smp, rng: deeprm_items(smp, rng, vcfg, icfg),
+        views=None if spec is None else (lambda rng: cached_views(spec, rng)),
+        source=spec,
+    )
