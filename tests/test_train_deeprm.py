@@ -188,5 +188,7 @@ def test_pre_rendered_scenes_feed_training_and_validation(tiny_bop: Path, tmp_pa
     shutil.copytree(tiny_bop, bare)
     for masks in (bare / "test").glob("*/mask_visib"):
         shutil.rmtree(masks)
+    with pytest.raises(BopFormatError, match="not found"):  # a wrong path fails at once, before any view
+        cached_views(str(tmp_path / "nope"), np.random.default_rng(0))
     with pytest.raises(BopFormatError, match="mask_visib"):
         next(cached_views(f"{bare}:test", np.random.default_rng(0)))

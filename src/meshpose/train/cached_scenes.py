@@ -90,12 +90,21 @@ def cached_sample(ds: BopDataset, scene_id: int, im_id: int, objects: dict[int, 
 
 def cached_views(spec: str, rng: np.random.Generator) -> Iterator[SyntheticSample]:
     """Endless views of the pre-rendered split ``spec`` (``ROOT[:SPLIT]``) in random order (each image once per
-    pass; a new order every pass)."""
+    pass; a new order every pass).
+
+    Raises:
+        BopFormatError: no such dataset or split — at once, not at the first view.
+        ValueError: the split holds no images.
+    """
     ds = open_cached(spec)
-    objects = ds.objects()
     keys = ds.image_keys(targets_only=False)
     if not keys:
         raise ValueError(f"{spec}: the split holds no images")
+    return _views(ds, keys, rng)
+
+
+def _views(ds: BopDataset, keys: list[tuple[int, int]], rng: np.random.Generator) -> Iterator[SyntheticSample]:
+    objects = ds.objects()
     while True:
         for k in rng.permutation(len(keys)):
             scene_id, im_id = keys[int(k)]
