@@ -27,6 +27,7 @@ import torch
 from meshpose.nets.batch import CropBatch
 from meshpose.nets.checkpoint import Checkpoint
 from meshpose.synth import SceneConfig, SceneSampler, SyntheticSample, default_distractors, resolve_objects
+from meshpose.train.cached_scenes import cached_views
 from meshpose.train.loop import (
     DistContext,
     LoopConfig,
@@ -123,6 +124,13 @@ class TrainOptions:
         scene: overrides of :class:`~meshpose.synth.SceneConfig` fields for the training scenes (JSON values; lists
             become ranges), e.g. ``{"blur_probability": 0.6, "blur_sigma_px": [0.5, 2.2]}`` for blurrier photos;
             the size comes from ``image_size``.
+        cached: a split of pre-rendered synthetic scenes of the training objects, ``ROOT[:SPLIT]`` (a BOP-format
+            folder that ``meshpose synth`` wrote, e.g. photoreal renderings; :mod:`meshpose.train.cached_scenes`),
+            whose views are mixed with the scenes drawn on the fly (:func:`scene_items`); ``None``: none.
+        cached_share: share of the training views taken from ``cached`` (a draw is ``views_per_scene`` views
+            either way).
+        val_cached: validate on this pre-rendered split (``ROOT[:SPLIT]``, held out from ``cached``) instead of on
+            scenes drawn of ``val_objects``.
 
     A subclass writes ``config.json`` (:meth:`to_dict`) in the key order runs have always had: these options
     around the method's own (its ``val_*`` options after ``val_objects``), whatever the field order.
@@ -148,6 +156,9 @@ class TrainOptions:
     ckpt_every: int = 100
     log_every: int = 10
     scene: dict[str, Any] = field(default_factory=dict)
+    cached: str | None = None
+    cached_share: float = 0.5
+    val_cached: str | None = None
 
     #: options read back as tuples from JSON lists
     tuple_options: ClassVar[tuple[str, ...]] = ("image_size",)
@@ -157,6 +168,8 @@ class TrainOptions:
         unknown = sorted(set(self.scene) - allowed)
         if unknown:
             raise ValueError(f"unknown scene option(s) {unknown}: use SceneConfig fields except width/height")
+        if not 0.0 <= self.cached_share <= 1.0:
+            raise ValueError(f"cached_share must be in [0, 1], got {self.cached_share}")
         self.check()
         check_training_objects(self.data)
 
@@ -392,13 +405,22 @@ def scene_items(
     """Endless synthetic scenes of ``objects``: a random pool of ``cfg.object_pool`` of them every
     ``cfg.pool_scenes`` scenes (with the default distractors of ``cfg.seed``), ``cfg.views_per_scene`` views of
     each; yields the items ``make`` draws from the views of one scene (a scene that cannot be drawn ends early:
-    the items of its earlier views)."""
+    the items of its earlier views). With ``cfg.cached``, a share ``cfg.cached_share`` of the draws are
+    ``cfg.views_per_scene`` views of that pre-rendered split instead (so that share of the views)."""
     distractors = default_distractors(cfg.seed)
+    cached = cached_views(cfg.cached, rng) if cfg.cached is not None and cfg.cached_share > 0 else None
     while True:
         pool_idx = rng.choice(len(objects), size=min(cfg.object_pool, len(objects)), replace=False)
         sampler = SceneSampler([objects[int(i)] for i in pool_idx], scene, distractors=distractors)
-        for _ in range(cfg.pool_scenes):
+        drawn = 0
+        while drawn < cfg.pool_scenes:
             items: list[I] = []
+            if cached is not None and rng.random() < cfg.cached_share:
+                for _ in range(cfg.views_per_scene):  # a malformed split's errors are its own: not skipped
+                    items.extend(make(next(cached)))
+                yield items
+                continue
+            drawn += 1
             try:
                 layout = sampler.layout(rng)
                 for _ in range(cfg.views_per_scene):
@@ -447,19 +469,17 @@ def draw_held_out(
     scene: SceneConfig,
     make: Callable[[SyntheticSample, np.random.Generator], Sequence[I]],
     what: str = "items",
-    *,
-    views: Callable[[np.random.Generator], Iterator[SyntheticSample]] | None = None,
-    source: str | None = None,
 ) -> list[I]:
     """``count`` held-out items of ``cfg.val_objects``, the same for every call with one config: scenes of all of
-    them (seed ``cfg.seed + 1``, its default distractors), ``make`` drawing the items of each — or, with ``views``,
-    the views it yields from that seed's generator (e.g. a pre-rendered split; ``source`` names it in messages).
+    them (seed ``cfg.seed + 1``, its default distractors), ``make`` drawing the items of each — or, with
+    ``cfg.val_cached``, the views of that pre-rendered split (in the order of that seed's generator).
 
     Raises:
         RuntimeError: ``count`` items not drawn in ``20 · count`` scenes (views).
     """
     rng = np.random.default_rng([cfg.seed + 1, 0x7A1])
-    drawn = views(rng) if views is not None else None
+    source = cfg.val_cached
+    drawn = cached_views(source, rng) if source is not None else None
     sampler = None
     if drawn is None:
         objects = resolve_objects(cfg.val_objects, cfg.seed)

@@ -35,12 +35,6 @@ class DeepRMTrainConfig(TrainOptions):
             bounds a CPU run's items per second; measured: 13.5 items/s at 1 on one core).
         mix_items: items kept in hand before a batch is drawn from them, so that a batch mixes scenes (one scene
             gives up to ``views × instances × perturbations`` items).
-        cached: a split of pre-rendered synthetic scenes of the training objects, ``ROOT[:SPLIT]`` (a BOP-format
-            folder that ``meshpose synth`` wrote, e.g. photoreal renderings; :mod:`meshpose.train.cached_scenes`),
-            whose views are mixed with the scenes drawn on the fly; ``None``: none.
-        cached_share: share of the training views taken from ``cached``.
-        val_cached: validate on items of this pre-rendered split (``ROOT[:SPLIT]``, held out from ``cached``)
-            instead of on GL scenes of ``val_objects``.
         encoder_init: the ``genflow`` weights (a weights spec) that the correlation front's encoder of a new run
             starts from (``net.fusion = "correlation"``; ``None``: random, as early fusion always is).
         val_items: validation items (their scenes take ``scene`` too).
@@ -68,9 +62,6 @@ class DeepRMTrainConfig(TrainOptions):
     )
     perturbations: int = 6
     mix_items: int = 96
-    cached: str | None = None
-    cached_share: float = 0.5
-    val_cached: str | None = None
     encoder_init: str | None = "package"
     val_items: int = 64
     val_iterations: int = 6
@@ -94,8 +85,6 @@ class DeepRMTrainConfig(TrainOptions):
                 f"flow_scale_weights needs one weight per flow scale ({scales}; or 4, of which the finest "
                 "scales are used behind the correlation front)"
             )
-        if not 0.0 <= self.cached_share <= 1.0:
-            raise ValueError(f"cached_share must be in [0, 1], got {self.cached_share}")
         if self.perturbations < 1:
             raise ValueError(f"perturbations must be ≥ 1, got {self.perturbations}")
         if not 0.0 < self.brightness[0] <= self.brightness[1]:

@@ -19,7 +19,6 @@ import torch
 
 from meshpose.render.base import Lighting
 from meshpose.synth import SyntheticSample, resolve_objects
-from meshpose.train.cached_scenes import cached_views
 from meshpose.train.common import draw_held_out, scene_items
 from meshpose.train.deeprm_config import DeepRMTrainConfig
 from meshpose.train.genflow_config import GenFlowTrainConfig, PerturbRegime, training_scene_config
@@ -135,13 +134,7 @@ def batches(cfg: DeepRMTrainConfig, rank: int = 0, start_step: int = 0) -> Itera
     objects = resolve_objects(cfg.data, cfg.seed)
     pending: list[dict[str, Any]] = []
     hold = max(cfg.batch_size, cfg.mix_items)
-    drawn = scene_items(cfg, objects, training_scene_config(icfg), rng, lambda s: deeprm_items(s, rng, cfg, icfg))
-    cached = cached_views(cfg.cached, rng) if cfg.cached is not None and cfg.cached_share > 0 else None
-    while True:
-        if cached is not None and rng.random() < cfg.cached_share:
-            items = deeprm_items(next(cached), rng, cfg, icfg)
-        else:
-            items = next(drawn)
+    for items in scene_items(cfg, objects, training_scene_config(icfg), rng, lambda s: deeprm_items(s, rng, cfg, icfg)):
         pending.extend(items)
         while len(pending) >= hold:
             # shuffle across the images in hand so that a batch mixes scenes
@@ -160,12 +153,7 @@ def validation_items(cfg: DeepRMTrainConfig) -> list[dict[str, Any]]:
     regime = PerturbRegime(1.0, (cfg.val_rot_deg, cfg.val_rot_deg), (cfg.val_trans_frac, cfg.val_trans_frac), pad)
     vcfg = DeepRMTrainConfig.from_dict({**cfg.to_dict(), "data": cfg.val_objects, "brightness": [1.0, 1.0]})
     icfg = item_config(vcfg, (regime,))
-    spec = cfg.val_cached  # held-out pre-rendered scenes (e.g. photoreal ones of the training objects), or None
+    # with cfg.val_cached: held-out pre-rendered scenes (e.g. photoreal ones of the training objects)
     return draw_held_out(
-        cfg,
-        cfg.val_items,
-        training_scene_config(icfg),
-        lambda smp, rng: deeprm_items(smp, rng, vcfg, icfg),
-        views=None if spec is None else (lambda rng: cached_views(spec, rng)),
-        source=spec,
+        cfg, cfg.val_items, training_scene_config(icfg), lambda smp, rng: deeprm_items(smp, rng, vcfg, icfg)
     )

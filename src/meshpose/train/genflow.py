@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ from meshpose.eval.metrics import add_or_adds
 from meshpose.nets.batch import METHOD, CropBatch, load_genflow_model, run_network
 from meshpose.nets.genflow import STRIDE, GenFlowNet, GenFlowOutput, project_points
 from meshpose.synth import resolve_objects
+from meshpose.train.cached_scenes import cached_views, open_cached
 from meshpose.train.common import (
     initial_weights,
     lazy_validation,
@@ -173,7 +174,7 @@ def genflow_losses(
 def validate(
     refiner: PoseRefiner,
     val: list[dict[str, Any]],
-    objects: str,
+    objects: str | Mapping[int, ObjectModel],
     seed: int,
     *,
     with_depth: bool = False,
@@ -183,18 +184,19 @@ def validate(
     Args:
         refiner: e.g. ``GenFlowRefiner(config, model=net)`` (the network in eval mode).
         val: :func:`make_validation_set` images.
-        objects: the objects spec the set was drawn from (``"novel:4500-4540"``).
-        seed: the seed the objects were generated with.
+        objects: the objects spec the set was drawn from (``"novel:4500-4540"``), or its objects by id (a
+            pre-rendered split's).
+        seed: the seed the objects were generated with (with a spec).
         with_depth: give the refiner the observed depth.
     """
-    objs = resolve_objects(objects, seed)
+    by_id = resolve_objects(objects, seed).by_id if isinstance(objects, str) else objects.__getitem__
     ok = ok0 = n = 0
     errs = []
     t0 = time.perf_counter()
     for v in val:
         cam = Camera(v["K"], *v["size"])
         obs = Observation(v["rgb"], cam, depth=v["depth"] if with_depth else None)
-        models = [objs.by_id(i) for i in v["obj_ids"]]
+        models = [by_id(i) for i in v["obj_ids"]]
         res = refiner.refine(obs, models, Pose(*v["init"]))
         Re, te = res.pose.numpy()
         Rg, tg = v["gt"]
@@ -220,7 +222,14 @@ def _validation_set(run: Path, cfg: GenFlowTrainConfig) -> list[dict[str, Any]]:
     if path.is_file():
         with open(path, "rb") as f:
             return pickle.load(f)
-    val = make_validation_set(cfg.val_objects, cfg.val_images, seed=cfg.seed + 1, image_size=cfg.image_size)
+    spec = cfg.val_cached
+    val = make_validation_set(
+        cfg.val_objects,
+        cfg.val_images,
+        seed=cfg.seed + 1,
+        image_size=cfg.image_size,
+        views=None if spec is None else (lambda rng: cached_views(spec, rng)),
+    )
     with open(path, "wb") as f:
         pickle.dump(val, f)
     return val
@@ -296,9 +305,12 @@ def train_genflow(
             )
             return iter(loader)
 
+        # the validation objects: a pre-rendered split's own meshes, or the spec's
+        objects = cfg.val_objects if cfg.val_cached is None else open_cached(cfg.val_cached).objects()
+
         def measure(model: torch.nn.Module, val: list[dict[str, Any]]) -> dict[str, Any]:
             assert refiner is not None and isinstance(model, GenFlowNet)
-            return validate(refiner(model), val, cfg.val_objects, cfg.seed + 1)
+            return validate(refiner(model), val, objects, cfg.seed + 1)
 
         task = method_task(
             cfg,

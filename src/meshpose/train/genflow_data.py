@@ -11,7 +11,7 @@ endlessly (one stream per data worker and rank), :func:`collate_items` stacks th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -243,17 +243,35 @@ def make_validation_set(
     trans_frac: float = 0.1,
     image_size: tuple[int, int] = (640, 480),
     max_per_image: int = 3,
+    views: Callable[[np.random.Generator], Iterator[SyntheticSample]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Held-out images with perturbed initial poses (exact ``rot_deg`` / ``trans_frac``, like ``perturb``)."""
-    objs = resolve_objects(objects, seed)
-    sampler = SceneSampler(
-        objs, SceneConfig(width=image_size[0], height=image_size[1]), distractors=default_distractors(seed)
-    )
+    """Held-out images with perturbed initial poses (exact ``rot_deg`` / ``trans_frac``, like ``perturb``): GL
+    scenes of ``objects`` drawn for it, or the views ``views`` yields from the set's generator (e.g.
+    :func:`~meshpose.train.cached_scenes.cached_views` of a pre-rendered split; ``objects`` and ``image_size`` are
+    not used then).
+
+    Raises:
+        RuntimeError: ``n_images`` images with a visible instance not found in ``20 · n_images`` views.
+    """
     rng = np.random.default_rng(seed)
+    if views is None:
+        sampler = SceneSampler(
+            resolve_objects(objects, seed),
+            SceneConfig(width=image_size[0], height=image_size[1]),
+            distractors=default_distractors(seed),
+        )
+
+        def views(r: np.random.Generator) -> Iterator[SyntheticSample]:
+            while True:
+                yield sampler.sample(r)
+
+    drawn = views(rng)
     gen = torch.Generator().manual_seed(seed)
     out: list[dict[str, Any]] = []
-    while len(out) < n_images:
-        smp = sampler.sample(rng)
+    for _ in range(20 * n_images):
+        if len(out) == n_images:
+            break
+        smp = next(drawn)
         idx = [i for i in range(len(smp.objects)) if smp.visib_fract[i] >= 0.3][:max_per_image]
         if not idx:
             continue
@@ -273,4 +291,6 @@ def make_validation_set(
                 "init": Pose.stack(inits).numpy(),
             }
         )
+    if len(out) < n_images:
+        raise RuntimeError(f"could not draw {n_images} validation images with a visible instance")
     return out

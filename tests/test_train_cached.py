@@ -1,0 +1,85 @@
+"""Pre-rendered scenes (``cached``) in every trainer's data: the share of views they get, the methods' item makers
+on them, and a ``genflow`` run fed and validated from a pre-rendered split."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner
+from meshpose.synth import resolve_objects
+from meshpose.train.cached_scenes import cached_views
+from meshpose.train.common import TrainOptions, draw_held_out, scene_items
+from meshpose.train.genflow import GenFlowTrainConfig, make_items, train_genflow
+
+TINY_NET = {"feature_dim": 16, "context_dim": 16, "hidden_dim": 16, "motion_dim": 16, "encoder_dims": [8, 12, 16]}
+
+
+def _sources(cfg: TrainOptions, draws: int) -> Counter[str]:
+    """Where the views of ``draws`` draws of :func:`scene_items` came from (``gl`` or ``cached``)."""
+    rng = np.random.default_rng(5)
+    stream = scene_items(cfg, resolve_objects(cfg.data), cfg.scene_config(), rng, lambda s: [s.info["renderer"]])
+    return Counter(src for _ in range(draws) for src in next(stream))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_pre_rendered_views_get_their_share(tiny_bop: Path, share: float) -> None:
+    """A draw is ``views_per_scene`` views from the split or from a GL scene: the split gets ``cached_share`` of
+    the views (0: none, 1: all)."""
+    cfg = TrainOptions(
+        data="novel:3", image_size=(96, 72), views_per_scene=2, cached=f"{tiny_bop}:test", cached_share=share
+    )
+    got = _sources(cfg, 40)
+    assert sum(got.values()) == 80 and set(got) <= {"gl", "cached"}
+    if share in (0.0, 1.0):
+        assert got["cached"] == 80 * share
+    else:
+        assert 0.3 < got["cached"] / 80 < 0.7, got  # binomial over 40 draws: ±0.08 one sigma
+    with pytest.raises(ValueError, match="cached_share"):
+        TrainOptions(cached_share=-0.1)
+
+
+def test_held_out_views_come_from_val_cached(tiny_bop: Path) -> None:
+    """``val_cached``: the validation views are the split's, the same for every call."""
+    cfg = TrainOptions(data="novel:3", val_cached=f"{tiny_bop}:test")
+    picks = [draw_held_out(cfg, 3, cfg.scene_config(), lambda s, _rng: [s.info["im_id"]]) for _ in range(2)]
+    assert picks[0] == picks[1] and len(picks[0]) == 3
+    views = cached_views(f"{tiny_bop}:test", np.random.default_rng(0))
+    assert next(views).info["renderer"] == "cached"
+
+
+def test_genflow_trains_and_validates_on_a_pre_rendered_split(tiny_bop: Path, tmp_path: Path) -> None:
+    """``genflow`` items are cut from pre-rendered views as from GL ones; a run fed only from the split validates
+    on it (its objects are the split's own meshes)."""
+    spec = f"{tiny_bop}:test"
+    cfg = GenFlowTrainConfig.from_dict(
+        {
+            "data": str(tiny_bop),
+            "cached": spec,
+            "cached_share": 1.0,
+            "val_cached": spec,
+            "val_images": 2,
+            "crop_size": 64,
+            "iterations": 1,
+            "batch_size": 2,
+            "views_per_scene": 1,
+            "workers": 0,
+            "val_every": 1,
+            "net": TINY_NET,
+        }
+    )
+    view = next(cached_views(spec, np.random.default_rng(1)))
+    items = make_items(view, np.random.default_rng(1), cfg)
+    assert items and all(it["obs_rgb"].shape == (64, 64, 3) for it in items)
+    assert all(it["ren_mask"].any() for it in items)
+    run = tmp_path / "run"
+    refiner = lambda net: GenFlowRefiner(GenFlowConfig(stages=((64, 1.4, 1, 1),)), model=net)  # noqa: E731
+    train_genflow(cfg, run, refiner=refiner, steps=1)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    val = [e for e in log if e.get("event") == "val"]
+    assert val and val[-1]["instances"] >= 2, log
+    assert json.loads((run / "config.json").read_text())["val_cached"] == spec
