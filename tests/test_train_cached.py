@@ -83,3 +83,24 @@ def test_genflow_trains_and_validates_on_a_pre_rendered_split(tiny_bop: Path, tm
     val = [e for e in log if e.get("event") == "val"]
     assert val and val[-1]["instances"] >= 2, log
     assert json.loads((run / "config.json").read_text())["val_cached"] == spec
+
+
+def test_a_stream_that_gives_nothing_fails_instead_of_waiting(tiny_bop: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draws that give no item many times in a row (e.g. a split whose instances are all under ``min_visib``) end
+    the stream with a message naming the sources, rather than leaving the trainer waiting forever."""
+    monkeypatch.setattr("meshpose.train.common.MAX_EMPTY_DRAWS", 4)
+    cfg = TrainOptions(data="novel:3", image_size=(96, 72), views_per_scene=1, cached=f"{tiny_bop}:test")
+    stream = scene_items(cfg, resolve_objects("novel:3"), cfg.scene_config(), np.random.default_rng(0), lambda s: [])
+    with pytest.raises(RuntimeError, match=r"no training item in 4 draws in a row from novel:3 and .*:test"):
+        for _ in range(5):
+            next(stream)
+    # one item now and then keeps it going
+    calls = iter(range(100))
+    keep = scene_items(
+        cfg,
+        resolve_objects("novel:3"),
+        cfg.scene_config(),
+        np.random.default_rng(0),
+        lambda s: [1][: next(calls) % 3 == 0],
+    )
+    assert sum(len(next(keep)) for _ in range(12)) >= 3

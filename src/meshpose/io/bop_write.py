@@ -15,6 +15,7 @@ import numpy as np
 import trimesh
 from numpy.typing import ArrayLike
 
+from meshpose.geometry.crop import mask_bbox
 from meshpose.io.images import write_depth, write_mask, write_rgb
 from meshpose.io.jsonfile import write_json_atomic
 from meshpose.io.models_info import models_info_entry
@@ -285,8 +286,6 @@ def _by_image_id(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bbox(mask: np.ndarray) -> list[int]:
-    """BOP box ``[x, y, w, h]`` of a mask (``[-1, -1, -1, -1]`` when empty)."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return [-1, -1, -1, -1]
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    """BOP box ``[x, y, w, h]`` of a mask, in whole pixels (``[-1, -1, -1, -1]`` when empty)."""
+    box = mask_bbox(mask)
+    return [-1, -1, -1, -1] if box is None else [int(v) for v in box]

@@ -64,6 +64,9 @@ M = TypeVar("M", bound=torch.nn.Module)
 B = TypeVar("B")
 I = TypeVar("I")  # noqa: E741
 
+#: :func:`scene_items` gives up after this many draws in a row without an item
+MAX_EMPTY_DRAWS = 200
+
 #: generated objects with this id and above are the held-out test objects: never trained on
 HELD_OUT_FROM = 5000
 
@@ -409,6 +412,7 @@ def scene_items(
     ``cfg.views_per_scene`` views of that pre-rendered split instead (so that share of the views)."""
     distractors = default_distractors(cfg.seed)
     cached = cached_views(cfg.cached, rng) if cfg.cached is not None and cfg.cached_share > 0 else None
+    empty = 0  # draws in a row that gave no item
     while True:
         pool_idx = rng.choice(len(objects), size=min(cfg.object_pool, len(objects)), replace=False)
         sampler = SceneSampler([objects[int(i)] for i in pool_idx], scene, distractors=distractors)
@@ -418,15 +422,21 @@ def scene_items(
             if cached is not None and rng.random() < cfg.cached_share:
                 for _ in range(cfg.views_per_scene):  # a malformed split's errors are its own: not skipped
                     items.extend(make(next(cached)))
-                yield items
-                continue
-            drawn += 1
-            try:
-                layout = sampler.layout(rng)
-                for _ in range(cfg.views_per_scene):
-                    items.extend(make(sampler.view(layout, rng)))
-            except (RuntimeError, ValueError) as exc:  # a scene that cannot be drawn: draw another
-                log.debug("skipped a scene: %s", exc)
+            else:
+                drawn += 1
+                try:
+                    layout = sampler.layout(rng)
+                    for _ in range(cfg.views_per_scene):
+                        items.extend(make(sampler.view(layout, rng)))
+                except (RuntimeError, ValueError) as exc:  # a scene that cannot be drawn: draw another
+                    log.debug("skipped a scene: %s", exc)
+            empty = 0 if items else empty + 1
+            if empty >= MAX_EMPTY_DRAWS:  # a stream that can give nothing must not leave its trainer waiting
+                raise RuntimeError(
+                    f"no training item in {empty} draws in a row from {cfg.data}"
+                    + (f" and {cfg.cached}" if cached is not None else "")
+                    + f": are the objects visible enough (min_visib {cfg.min_visib}) and the meshes usable?"
+                )
             yield items
 
 
