@@ -45,11 +45,13 @@ from meshpose.train.abstract_data import AbstractPairStream, collate_pairs, vali
 from meshpose.train.common import (
     adamw,
     batch_to_device,
+    initial_weights,
     lazy_validation,
     loop_config,
     method_task,
     resume_config,
     training_process,
+    with_weights,
 )
 from meshpose.train.loop import LoopResult, train_loop
 
@@ -256,11 +258,12 @@ def train_abstract(
     """
     run = Path(run_dir)
     cfg, ck = resume_config(cfg, run, METHOD, resume=resume, steps=steps)
+    cfg, start = initial_weights(cfg, ck, load_descriptor_net)
     with training_process(cfg, run) as ctx:
         task = method_task(
             cfg,
             METHOD,
-            DescriptorNet(cfg.net),
+            with_weights(DescriptorNet(cfg.net), start),
             cfg.net.to_dict(),
             data=lambda start, rank: _batches(cfg, rank, start),
             loss=lambda m, batch: abstract_losses(m, batch, cfg),

@@ -48,7 +48,10 @@ class AbstractTrainConfig(TrainOptions):
             lies within this share of the diameter of its point (``match@0.1d``).
         workers: data processes (0: in the training process).
         val_items: validation pairs (at ``size``).
-        net: network sizes.
+        net: network sizes (taken from the weights when ``init_weights`` is given).
+        init_weights: start a new run from these descriptor weights (a weights spec, e.g. ``"package"`` to
+            fine-tune the shipped ones on known objects) instead of a random initialisation; only the network is
+            taken over.
 
     The training scenes have no distractors by default (``scene``): a distractor is an unannotated generated object,
     which the background term would teach to be background while the network must describe every object.
@@ -83,6 +86,7 @@ class AbstractTrainConfig(TrainOptions):
     ckpt_every: int = 50
     scene: dict[str, Any] = field(default_factory=_no_distractors)
     net: DescriptorNetConfig = field(default_factory=DescriptorNetConfig)
+    init_weights: str | None = None
 
     tuple_options: ClassVar[tuple[str, ...]] = ("image_size", "padding", "distance_range")
 
