@@ -16,10 +16,10 @@ from meshpose.coarse.picopose.features import make_features
 from meshpose.coarse.picopose.views import cut_templates, rotate_about_centre
 from meshpose.coarse.templates import TemplateConfig
 from meshpose.nets.checkpoint import load_checkpoint
-from meshpose.nets.patchfeat import PatchFeatConfig, PatchFeatNet
+from meshpose.nets.patchfeat import PatchFeatConfig, PatchFeatNet, load_patchfeat
 from meshpose.render.gl import get_default_renderer
 from meshpose.synth.novel import novel_object
-from meshpose.train.picopose import picopose_losses
+from meshpose.train.picopose import picopose_losses, train_picopose
 from meshpose.train.picopose_config import PicoPoseTrainConfig
 from meshpose.train.picopose_data import (
     PairStream,
@@ -148,3 +148,31 @@ def test_cli_trains_resumes_and_its_weights_are_features(tmp_path: Path) -> None
     out = feats(np.zeros((2, 64, 64, 3), np.uint8))
     assert out.shape == (2, 16, 8, 8)
     assert torch.allclose(out.norm(dim=1), torch.ones(2, 8, 8), atol=1e-5)
+
+
+def test_known_object_fine_tuning_from_weights_on_pre_rendered_queries(tiny_bop: Path, tmp_path: Path) -> None:
+    """A run on known objects can start from trained features (``init_weights``; the sizes come from them) and
+    take its queries from a pre-rendered split (``cached``, photoreal renderings in practice), validating on it."""
+    first = tmp_path / "first"
+    train_picopose(PicoPoseTrainConfig.from_dict({**SMALL, "data": "novel:8", "val_every": 0}), first, steps=1)
+    spec = f"{tiny_bop}:test"
+    over = {
+        **SMALL,
+        "net": {},
+        "data": str(tiny_bop),
+        "val_objects": str(tiny_bop),
+        "lr": 0.0,
+        "init_weights": str(first / "model.pt"),
+        "cached": spec,
+        "cached_share": 1.0,
+        "val_cached": spec,
+        "val_every": 1,
+    }
+    tune = tmp_path / "tune"
+    train_picopose(PicoPoseTrainConfig.from_dict(over), tune, steps=1)
+    start, tuned = load_patchfeat(first / "model.pt"), load_patchfeat(tune / "last.pt")
+    assert tuned.config == TINY
+    params = dict(tuned.named_parameters())  # lr 0: the parameters are those it started from
+    assert all(torch.equal(v, params[k]) for k, v in start.named_parameters())
+    log = [json.loads(line) for line in (tune / "train_log.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "val" for r in log), log

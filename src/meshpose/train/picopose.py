@@ -33,11 +33,13 @@ from meshpose.nets.patchfeat import METHOD, PatchFeatNet, load_patchfeat
 from meshpose.train.common import (
     adamw,
     batch_to_device,
+    initial_weights,
     lazy_validation,
     loop_config,
     method_task,
     resume_config,
     training_process,
+    with_weights,
 )
 from meshpose.train.loop import LoopResult, train_loop
 from meshpose.train.picopose_config import PicoPoseTrainConfig
@@ -218,11 +220,12 @@ def train_picopose(
     """
     run = Path(run_dir)
     cfg, ck = resume_config(cfg, run, METHOD, resume=resume, steps=steps)
+    cfg, start = initial_weights(cfg, ck, load_patchfeat)
     with training_process(cfg, run) as ctx:
         task = method_task(
             cfg,
             METHOD,
-            PatchFeatNet(cfg.net),
+            with_weights(PatchFeatNet(cfg.net), start),
             cfg.net.to_dict(),
             data=lambda start, rank: _batches(cfg, rank, start),
             loss=lambda m, batch: picopose_losses(m, batch, cfg),

@@ -32,7 +32,9 @@ class PicoPoseTrainConfig(TrainOptions):
         batch_negatives: the other pairs' template patches are negatives too (else only the own template's).
         workers: data processes (0: in the training process).
         val_items: validation pairs (their scenes take ``scene`` too).
-        net: network sizes.
+        net: network sizes (taken from the weights when ``init_weights`` is given).
+        init_weights: start a new run from these features (a weights spec, e.g. ``"package"`` to fine-tune the
+            shipped ones on known objects) instead of a random initialisation; only the network is taken over.
     """
 
     steps: int = 3000
@@ -53,6 +55,7 @@ class PicoPoseTrainConfig(TrainOptions):
     val_every: int = 200
     ckpt_every: int = 50
     net: PatchFeatConfig = field(default_factory=PatchFeatConfig)
+    init_weights: str | None = None
 
     def check(self) -> None:
         if self.batch_size < 1 or self.steps < 0:
