@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -21,9 +24,13 @@ from test_nets_genflow import TINY
 HELD_OUT = "novel:5000-5006"
 
 
-def _cases(n: int, seed: int, rot_deg: float = 15.0, trans_frac: float = 0.1) -> list[tuple]:
+#: LM-O (its meshes: the objects of ``package:lmo``), where the machine has it
+LMO = Path(os.environ.get("MESHPOSE_LMO", Path(__file__).resolve().parents[2] / "shared" / "data" / "lmo"))
+
+
+def _cases(n: int, seed: int, rot_deg: float = 15.0, trans_frac: float = 0.1, objects: str = HELD_OUT) -> list[tuple]:
     cam = scenes.make_camera(320, 240)
-    objs = resolve_objects(HELD_OUT, 0)
+    objs = resolve_objects(objects, 0)
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
@@ -177,3 +184,22 @@ def test_a_stage_can_run_its_own_network(tmp_path) -> None:  # type: ignore[no-u
     )
     assert resolve_weights("package:fine", "genflow") == package_weights_path("genflow", "fine")
     assert resolve_weights("a/b.pt", "genflow").name == "b.pt"
+
+
+@pytest.mark.skipif(
+    not package_weights_path("genflow", "lmo").is_file() or not (LMO / "models").is_dir(),
+    reason="no genflow package:lmo weights, or no LM-O meshes at MESHPOSE_LMO / ../shared/data/lmo",
+)
+def test_known_object_weights_refine_rendered_scenes_of_their_objects() -> None:
+    """``package:lmo`` loads and, from 15° / 10 % d (RGB), refines rendered LM-O objects: most end closer, the
+    median error halves."""
+    assert package_weights_path("genflow", "lmo").stat().st_size < 50e6
+    ref = make_refiner("genflow", weights="package:lmo", threads=2)
+    before, after = [], []
+    for obj, gt, init, obs in _cases(6, seed=12, objects=str(LMO)):
+        res = ref.refine(type(obs)(rgb=obs.rgb, camera=obs.camera), [obj], init.reshape(1))
+        before.append(scenes.add_error(obj, init, gt) / obj.diameter)
+        after.append(scenes.add_error(obj, res.pose[0], gt) / obj.diameter)
+    before_a, after_a = np.array(before), np.array(after)
+    assert np.mean(after_a < before_a) >= 5 / 6, (before, after)
+    assert np.median(after_a) < 0.5 * np.median(before_a), (before, after)
