@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detections", default="gt", help="detections JSON, or gt (modal boxes and masks from GT)")
     ap.add_argument("--configs", default="coarse=picopose,coarse+contour=picopose+contour")
     ap.add_argument("--config", default=None, help="JSON options of the estimator (all configurations)")
+    ap.add_argument(
+        "--refine-config",
+        default=None,
+        help="JSON options of the refiner (configurations that refine; per member of a chain)",
+    )
     ap.add_argument("--hypotheses", type=int, default=1, help="hypotheses per detection handed to the refiner")
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--no-depth", action="store_true", help="RGB only even where the dataset has depth")
@@ -55,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "detections": args.detections,
         "hypotheses": args.hypotheses,
         "config": args.config,
+        "refine_config": args.refine_config,
         "runs": {},
     }
     for name, method, refiner in _parse_configs(args.configs):
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         ]  # fmt: skip
         if refiner:
             cmd += ["--refine", refiner]
+            if args.refine_config:
+                cmd += ["--refine-config", args.refine_config]
         if args.config:
             cmd += ["--config", args.config]
         if args.max_images:

@@ -3,14 +3,20 @@ meshpose has seen: generated ids far from the training and validation ranges).""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from meshpose.coarse import make_estimator
 from meshpose.coarse.base import check_detection
 from meshpose.coarse.gt_detections import mask_bbox
+from meshpose.nets.checkpoint import package_weights_path
 from meshpose.refine import make_refiner
 from meshpose.render.gl import get_default_renderer
+from meshpose.synth import resolve_objects
 from meshpose.synth.novel import novel_object
 from meshpose.types import Detection, FailureCode, ObjectModel, Observation, Pose
 from support.scenes import add_error, look_at_pose, make_camera, render_observation
@@ -104,3 +110,32 @@ def test_check_detection_accepts_a_box_partly_off_the_image() -> None:
 def test_unknown_local_stage_is_refused() -> None:
     with pytest.raises(ValueError, match="local"):
         make_estimator("picopose", local="raft")
+
+
+#: LM-O (its meshes: the objects of the ``package:lmo`` features), where the machine has it
+LMO = Path(os.environ.get("MESHPOSE_LMO", Path(__file__).resolve().parents[2] / "shared" / "data" / "lmo"))
+
+
+@pytest.mark.skipif(
+    not package_weights_path("picopose", "lmo").is_file() or not (LMO / "models").is_dir(),
+    reason="no picopose package:lmo features, or no LM-O meshes at MESHPOSE_LMO / ../shared/data/lmo",
+)
+def test_known_object_features_find_rendered_lmo_objects(tmp_path: Path) -> None:
+    """``feature_weights: package:lmo`` loads and finds most rendered LM-O objects within 0.1 d (full masks)."""
+    assert package_weights_path("picopose", "lmo").stat().st_size < 50e6
+    est = make_estimator("picopose", feature_weights="package:lmo", cache_dir=str(tmp_path / "templates"))
+    objs = resolve_objects(str(LMO))
+    errs = []
+    for k, obj in enumerate(list(objs)[:6]):
+        obj = dataclasses.replace(obj, obj_id=1)
+        cam = make_camera(320, 240)
+        rng = np.random.default_rng(30 + k)
+        gt = look_at_pose(4.0 * obj.diameter, rng, (float(rng.uniform(-20, 20)), float(rng.uniform(-15, 15))), cam)
+        obs = render_observation([obj], gt.reshape(1), cam, seed=30 + k)
+        sil = get_default_renderer().render([obj], gt.reshape(1, 1), cam).mask[0]
+        box = mask_bbox(sil)
+        assert box is not None
+        (res,) = est.estimate(obs, [obj], [Detection(1, box, sil)])
+        assert res.ok, res.failure
+        errs.append(add_error(obj, res.hypotheses[0].pose, gt) / obj.diameter)
+    assert (np.array(errs) < 0.1).sum() >= 4, errs
