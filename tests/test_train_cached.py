@@ -12,9 +12,11 @@ import pytest
 
 from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner
 from meshpose.synth import resolve_objects
+from meshpose.train.adapt_config import AdaptConfig
 from meshpose.train.cached_scenes import cached_views
 from meshpose.train.common import TrainOptions, draw_held_out, scene_items
 from meshpose.train.genflow import GenFlowTrainConfig, make_items, train_genflow
+from meshpose.train.jointloss_config import JointLossTrainConfig
 
 TINY_NET = {"feature_dim": 16, "context_dim": 16, "hidden_dim": 16, "motion_dim": 16, "encoder_dims": [8, 12, 16]}
 
@@ -104,3 +106,11 @@ def test_a_stream_that_gives_nothing_fails_instead_of_waiting(tiny_bop: Path, mo
         lambda s: [1][: next(calls) % 3 == 0],
     )
     assert sum(len(next(keep)) for _ in range(12)) >= 3
+
+
+@pytest.mark.parametrize("option", ["cached", "val_cached"])
+def test_trainers_on_given_frames_refuse_pre_rendered_scenes(option: str) -> None:
+    """``jointloss`` and ``adapt`` train on the user's frames: a pre-rendered split is refused, not ignored."""
+    for config in (JointLossTrainConfig, AdaptConfig):
+        with pytest.raises(ValueError, match="do not apply"):
+            config(**{option: "somewhere:test"})

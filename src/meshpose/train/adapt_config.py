@@ -159,6 +159,11 @@ class AdaptConfig(TrainOptions):
     tuple_options: ClassVar[tuple[str, ...]] = ("image_size", "padding", "rot_deg", "trans_frac")
 
     def check(self) -> None:
+        if self.cached is not None or self.val_cached is not None:
+            raise ValueError(
+                "cached / val_cached (pre-rendered synthetic scenes) do not apply to adapt: "
+                "it trains on the given frames"
+            )
         if self.crop_size % STRIDE or self.crop_size < 32:
             raise ValueError(f"crop_size must be a multiple of {STRIDE} and ≥ 32, got {self.crop_size}")
         if self.loss_size < 8:
