@@ -18,6 +18,7 @@ from meshpose.nets.descriptor import DescriptorNet, DescriptorNetConfig, load_de
 from meshpose.train.abstract import abstract_losses, train_abstract, validate_pairs
 from meshpose.train.abstract_config import AbstractTrainConfig
 from meshpose.train.abstract_data import AbstractPairStream, collate_pairs
+from support.fine_tune import check_fine_tune_from_weights
 
 runner = CliRunner()
 
@@ -114,26 +115,8 @@ def test_cli_trains_resumes_and_exports_loadable_weights(tmp_path: Path) -> None
 def test_known_object_fine_tuning_from_weights_on_pre_rendered_frames(tiny_bop: Path, tmp_path: Path) -> None:
     """A run on known objects can start from trained descriptors (``init_weights``; the sizes come from them) and
     take its frames A from a pre-rendered split (``cached``, photoreal renderings in practice), validating on it."""
-    first = tmp_path / "first"
-    train_abstract(AbstractTrainConfig.from_dict({**SMALL, "data": "novel:8", "val_every": 0}), first, steps=1)
-    spec = f"{tiny_bop}:test"
-    over = {
-        **SMALL,
-        "net": {},
-        "data": str(tiny_bop),
-        "val_objects": str(tiny_bop),
-        "lr": 0.0,
-        "init_weights": str(first / "model.pt"),
-        "cached": spec,
-        "cached_share": 1.0,
-        "val_cached": spec,
-        "val_every": 1,
-    }
-    tune = tmp_path / "tune"
-    train_abstract(AbstractTrainConfig.from_dict(over), tune, steps=1)
-    start, tuned = load_descriptor_net(first / "model.pt"), load_descriptor_net(tune / "last.pt")
-    assert tuned.config == TINY
-    params = dict(tuned.named_parameters())  # lr 0: the parameters are those it started from (norm statistics move)
-    assert all(torch.equal(v, params[k]) for k, v in start.named_parameters())
-    log = [json.loads(line) for line in (tune / "train_log.jsonl").read_text().splitlines()]
-    assert any(r.get("event") == "val" and r["items"] == 2 for r in log), log
+    log = check_fine_tune_from_weights(
+        train_abstract, AbstractTrainConfig, load_descriptor_net, SMALL, tiny_bop, tmp_path
+    )
+    assert load_descriptor_net(tmp_path / "tune" / "last.pt").config == TINY
+    assert any(r.get("event") == "val" and r["items"] == 2 for r in log), log  # the split's pairs

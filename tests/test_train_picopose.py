@@ -29,6 +29,7 @@ from meshpose.train.picopose_data import (
     positive_pairs,
     template_pose,
 )
+from support.fine_tune import check_fine_tune_from_weights
 
 runner = CliRunner()
 
@@ -153,26 +154,5 @@ def test_cli_trains_resumes_and_its_weights_are_features(tmp_path: Path) -> None
 def test_known_object_fine_tuning_from_weights_on_pre_rendered_queries(tiny_bop: Path, tmp_path: Path) -> None:
     """A run on known objects can start from trained features (``init_weights``; the sizes come from them) and
     take its queries from a pre-rendered split (``cached``, photoreal renderings in practice), validating on it."""
-    first = tmp_path / "first"
-    train_picopose(PicoPoseTrainConfig.from_dict({**SMALL, "data": "novel:8", "val_every": 0}), first, steps=1)
-    spec = f"{tiny_bop}:test"
-    over = {
-        **SMALL,
-        "net": {},
-        "data": str(tiny_bop),
-        "val_objects": str(tiny_bop),
-        "lr": 0.0,
-        "init_weights": str(first / "model.pt"),
-        "cached": spec,
-        "cached_share": 1.0,
-        "val_cached": spec,
-        "val_every": 1,
-    }
-    tune = tmp_path / "tune"
-    train_picopose(PicoPoseTrainConfig.from_dict(over), tune, steps=1)
-    start, tuned = load_patchfeat(first / "model.pt"), load_patchfeat(tune / "last.pt")
-    assert tuned.config == TINY
-    params = dict(tuned.named_parameters())  # lr 0: the parameters are those it started from
-    assert all(torch.equal(v, params[k]) for k, v in start.named_parameters())
-    log = [json.loads(line) for line in (tune / "train_log.jsonl").read_text().splitlines()]
-    assert any(r.get("event") == "val" for r in log), log
+    check_fine_tune_from_weights(train_picopose, PicoPoseTrainConfig, load_patchfeat, SMALL, tiny_bop, tmp_path)
+    assert load_patchfeat(tmp_path / "tune" / "last.pt").config == TINY
