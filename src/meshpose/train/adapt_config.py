@@ -156,14 +156,10 @@ class AdaptConfig(TrainOptions):
     pseudo_weight: float = 1.0
     pose_weight: float = 10.0
 
+    given_frames: ClassVar[str | None] = "adapt"
     tuple_options: ClassVar[tuple[str, ...]] = ("image_size", "padding", "rot_deg", "trans_frac")
 
     def check(self) -> None:
-        if self.cached is not None or self.val_cached is not None:
-            raise ValueError(
-                "cached / val_cached (pre-rendered synthetic scenes) do not apply to adapt: "
-                "it trains on the given frames"
-            )
         if self.crop_size % STRIDE or self.crop_size < 32:
             raise ValueError(f"crop_size must be a multiple of {STRIDE} and ≥ 32, got {self.crop_size}")
         if self.loss_size < 8:

@@ -163,6 +163,9 @@ class TrainOptions:
     cached_share: float = 0.5
     val_cached: str | None = None
 
+    #: the method's name when it trains on frames the user gives, not on synthetic scenes (``cached`` and
+    #: ``val_cached`` are refused then)
+    given_frames: ClassVar[str | None] = None
     #: options read back as tuples from JSON lists
     tuple_options: ClassVar[tuple[str, ...]] = ("image_size",)
 
@@ -173,6 +176,11 @@ class TrainOptions:
             raise ValueError(f"unknown scene option(s) {unknown}: use SceneConfig fields except width/height")
         if not 0.0 <= self.cached_share <= 1.0:
             raise ValueError(f"cached_share must be in [0, 1], got {self.cached_share}")
+        if self.given_frames is not None and (self.cached is not None or self.val_cached is not None):
+            raise ValueError(
+                f"cached / val_cached (pre-rendered synthetic scenes) do not apply to {self.given_frames}: "
+                "it trains on the given frames"
+            )
         self.check()
         check_training_objects(self.data)
 

@@ -99,14 +99,10 @@ class JointLossTrainConfig(TrainOptions):
     net: JointLossNetConfig = field(default_factory=JointLossNetConfig)
     init_weights: str | None = None
 
+    given_frames: ClassVar[str | None] = "jointloss"
     tuple_options: ClassVar[tuple[str, ...]] = ("image_size",)
 
     def check(self) -> None:
-        if self.cached is not None or self.val_cached is not None:
-            raise ValueError(
-                "cached / val_cached (pre-rendered synthetic scenes) do not apply to jointloss: "
-                "it trains on the given frames"
-            )
         if self.batch_size < 1 or self.steps < 0 or self.weak_steps < 0:
             raise ValueError("need batch_size ≥ 1, steps ≥ 0 and weak_steps ≥ 0")
         if self.crop < 16 or self.points < 8 or self.model_points < 8 or self.votes < 1:
