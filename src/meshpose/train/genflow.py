@@ -26,6 +26,7 @@ or of ``last.pt`` when nothing was validated — written when a call ends), ``co
 
 from __future__ import annotations
 
+import functools
 import pickle
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -305,11 +306,14 @@ def train_genflow(
             )
             return iter(loader)
 
-        # the validation objects: a pre-rendered split's own meshes, or the spec's
-        objects = cfg.val_objects if cfg.val_cached is None else open_cached(cfg.val_cached).objects()
+        @functools.cache
+        def split_objects(spec: str) -> Mapping[int, ObjectModel]:  # read at the first validation, once
+            return open_cached(spec).objects()
 
         def measure(model: torch.nn.Module, val: list[dict[str, Any]]) -> dict[str, Any]:
             assert refiner is not None and isinstance(model, GenFlowNet)
+            # the validation objects: a pre-rendered split's own meshes, or the spec's
+            objects = cfg.val_objects if cfg.val_cached is None else split_objects(cfg.val_cached)
             return validate(refiner(model), val, objects, cfg.seed + 1)
 
         task = method_task(
