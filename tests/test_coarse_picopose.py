@@ -4,7 +4,6 @@ meshpose has seen: generated ids far from the training and validation ranges).""
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from meshpose.render.gl import get_default_renderer
 from meshpose.synth import resolve_objects
 from meshpose.synth.novel import novel_object
 from meshpose.types import Detection, FailureCode, ObjectModel, Observation, Pose
+from support.real_data import LMO
 from support.scenes import add_error, look_at_pose, make_camera, render_observation
 
 #: Generated objects of the tests: outside training (1…4000), validation (4500…4540) and benchmark ranges.
@@ -110,10 +110,6 @@ def test_check_detection_accepts_a_box_partly_off_the_image() -> None:
 def test_unknown_local_stage_is_refused() -> None:
     with pytest.raises(ValueError, match="local"):
         make_estimator("picopose", local="raft")
-
-
-#: LM-O (its meshes: the objects of the ``package:lmo`` features), where the machine has it
-LMO = Path(os.environ.get("MESHPOSE_LMO", Path(__file__).resolve().parents[2] / "shared" / "data" / "lmo"))
 
 
 @pytest.mark.skipif(

@@ -3,9 +3,6 @@ that the weights refine held-out generated objects better than the init."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -18,14 +15,11 @@ from meshpose.refine.registry import available_methods, make_refiner
 from meshpose.synth import resolve_objects
 from meshpose.types import Observation, Pose
 from support import scenes
+from support.real_data import LMO
 from test_nets_deeprm import TINY
 
 #: Generated objects held out of training (training draws novel objects below 5000).
 HELD_OUT = "novel:5000-5006"
-
-
-#: LM-O's meshes for the known-object weights' test (the dataset beside the project; the test skips without it)
-LMO = Path(os.environ.get("MESHPOSE_LMO", Path(__file__).resolve().parents[2] / "shared" / "data" / "lmo"))
 
 
 def _cases(n: int, seed: int, rot_deg: float = 15.0, trans_frac: float = 0.1, objects: str = HELD_OUT) -> list[tuple]:

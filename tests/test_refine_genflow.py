@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -18,14 +15,11 @@ from meshpose.refine.registry import make_refiner
 from meshpose.synth import resolve_objects
 from meshpose.types import FailureCode, Pose
 from support import scenes
+from support.real_data import LMO
 from test_nets_genflow import TINY
 
 #: Generated objects held out of training (training draws novel objects below 5000).
 HELD_OUT = "novel:5000-5006"
-
-
-#: LM-O (its meshes: the objects of ``package:lmo``), where the machine has it
-LMO = Path(os.environ.get("MESHPOSE_LMO", Path(__file__).resolve().parents[2] / "shared" / "data" / "lmo"))
 
 
 def _cases(n: int, seed: int, rot_deg: float = 15.0, trans_frac: float = 0.1, objects: str = HELD_OUT) -> list[tuple]:
