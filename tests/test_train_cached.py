@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from meshpose.cli import app
 from meshpose.refine.genflow import GenFlowConfig, GenFlowRefiner
 from meshpose.synth import resolve_objects
 from meshpose.train.adapt_config import AdaptConfig
@@ -114,3 +116,19 @@ def test_trainers_on_given_frames_refuse_pre_rendered_scenes(option: str) -> Non
     for config in (JointLossTrainConfig, AdaptConfig):
         with pytest.raises(ValueError, match="do not apply"):
             config(**{option: "somewhere:test"})
+
+
+@pytest.mark.parametrize("method", ["genflow", "picopose"])
+def test_a_wrong_split_is_refused_before_the_run_starts(method: str, tiny_bop: Path, tmp_path: Path) -> None:
+    """A ``cached`` / ``val_cached`` that names no dataset or split fails at once with the reason (exit 2), not in a
+    data worker or at the first validation, and leaves no run folder behind."""
+    runner = CliRunner()
+    for over, message in (
+        ({"cached": str(tmp_path / "nope")}, "not found"),
+        ({"val_cached": f"{tiny_bop}:nosplit"}, "nosplit"),
+    ):
+        run = tmp_path / f"run_{len(message)}"
+        args = ["train", method, "--data", "novel:3", "--out", str(run), "--steps", "1", "--workers", "1"]
+        res = runner.invoke(app, [*args, "--config", json.dumps(over)])
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+        assert not run.exists()

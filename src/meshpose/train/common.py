@@ -27,7 +27,7 @@ import torch
 from meshpose.nets.batch import CropBatch
 from meshpose.nets.checkpoint import Checkpoint
 from meshpose.synth import SceneConfig, SceneSampler, SyntheticSample, default_distractors, resolve_objects
-from meshpose.train.cached_scenes import cached_views
+from meshpose.train.cached_scenes import cached_views, open_cached
 from meshpose.train.loop import (
     DistContext,
     LoopConfig,
@@ -287,7 +287,15 @@ def with_weights(net: M, start: torch.nn.Module | None) -> M:
 def training_process(cfg: TrainOptions, run: Path) -> Iterator[DistContext]:
     """This process's part of a run (:func:`~meshpose.train.loop.setup_distributed`, ended on leaving): rank 0
     writes ``run/config.json``; torch gets ``cfg.threads`` threads and the seed ``cfg.seed + rank`` (build the
-    network inside, after it)."""
+    network inside, after it).
+
+    Raises:
+        BopFormatError: ``cfg.cached`` or ``cfg.val_cached`` names no dataset or split — here, before anything
+            starts, not later in a data worker or at the first validation.
+    """
+    for spec in (cfg.cached, cfg.val_cached):
+        if spec is not None:
+            open_cached(spec)
     ctx = setup_distributed()
     try:
         if ctx.rank == 0:
