@@ -22,23 +22,36 @@ that is what moves a silhouette). Which object's motion a pixel follows:
 
 The chain rule through the blur is ``∂L/∂F = G * (ρ'(‖r‖) r / ‖r‖)``, so ``∂L/∂δ_k = −Σ_x (∂L/∂F(x))ᵀ ∇F(x) J_u(x)``
 over the pixels that follow object ``k``.
+
+Speed (:func:`crop_losses`, the path of the refiner): the descriptors of every crop of one render are sampled in
+one sparse trilinear gather (:class:`~meshpose.refine.abstract.field.FieldSet`), the observation's terms are
+computed once per level (:class:`CropTarget`), the owners come from shifted slices and the pixel motions are
+pulled back to the poses without forming Jacobians. Plain numpy/scipy/OpenCV: no torch parallel region, so the
+numbers do not depend on the thread count, and they equal the per-object computation written out plainly (the
+tests keep one) up to float32 rounding.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from meshpose.refine.abstract.field import DescriptorField
-from meshpose.refine.contour.terms import motion_jacobian
+from meshpose.refine.abstract.field import DescriptorField, FieldSet
 
-__all__ = ["CropLoss", "blur", "crop_loss", "pixel_owners", "render_descriptors"]
+__all__ = ["CropLoss", "CropTarget", "blur", "crop_loss", "crop_losses", "pixel_owners", "render_descriptors"]
 
-_SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+# The 4-neighbourhood, in the order the owners are decided: (target slice, neighbour slice) per (dy, dx) shift
+# (0, 1), (0, -1), (1, 0), (-1, 0); a neighbour outside the image is the pixel itself (no change).
+_SHIFTS: tuple[tuple[tuple[slice, slice], tuple[slice, slice]], ...] = (
+    ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+    ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+    ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+    ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+)
 
 
 def blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -72,6 +85,25 @@ def render_descriptors(
     return out
 
 
+def _owners(label: np.ndarray, z: np.ndarray, occlusion_aware: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pixel_owners` on ``label`` (``(H, W)`` int) and ``z`` (camera z, ``inf`` off the objects): the owner
+    map and the row-major flat index of each pixel's source pixel."""
+    h, w = label.shape
+    owner = label.astype(np.int32)
+    best = z.copy()
+    index = np.arange(h * w, dtype=np.int64).reshape(h, w)
+    src = index.copy()
+    for tgt, nb in _SHIFTS:
+        nl, nz, own = label[nb], z[nb], label[tgt]
+        cand = (nl > 0) & (nl != own) & (nz < best[tgt])
+        if not occlusion_aware:
+            cand &= own == 0
+        np.copyto(owner[tgt], nl, where=cand, casting="unsafe")
+        np.copyto(best[tgt], nz, where=cand)
+        np.copyto(src[tgt], index[nb], where=cand)
+    return owner, src
+
+
 def pixel_owners(
     instance: np.ndarray, depth: np.ndarray, occlusion_aware: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -86,56 +118,15 @@ def pixel_owners(
     Returns:
         ``(owner, src_row, src_col)``: ``(H, W)`` int32 ``1 + object index`` (0: none) and the ``(H, W)`` int64
         row and column of the source pixel.
+
+    A pixel takes, of its 4 neighbours (right, left, below, above: the first of equal depths) that show another
+    object than its own, the nearest one (by the z-buffer) if it is nearer than its own surface.
     """
-    h, w = instance.shape
-    lab = instance.astype(np.int64)
-    z = np.where(lab > 0, depth.astype(np.float64), np.inf)
-    rows, cols = np.indices((h, w))
-    owner = lab.copy()
-    best = z.copy()
-    src_r, src_c = rows.copy(), cols.copy()
-    for dy, dx in _SHIFTS:
-        # neighbour (y + dy, x + dx), edges replicated (a replicated pixel is the pixel itself: no change)
-        ry = np.clip(rows + dy, 0, h - 1)
-        cx = np.clip(cols + dx, 0, w - 1)
-        nl, nz = lab[ry, cx], z[ry, cx]
-        cand = (nl > 0) & (nl != lab) & (nz < best)
-        if not occlusion_aware:
-            cand &= lab == 0
-        owner = np.where(cand, nl, owner)
-        best = np.where(cand, nz, best)
-        src_r = np.where(cand, ry, src_r)
-        src_c = np.where(cand, cx, src_c)
-    return owner.astype(np.int32), src_r, src_c
-
-
-def _central_gradient(img: np.ndarray) -> np.ndarray:
-    """``(H, W, D, 2)`` central differences ``(∂/∂u, ∂/∂v)`` of an ``(H, W, D)`` image (one-sided at the edges)."""
-    g = np.zeros((*img.shape, 2), np.float32)
-    g[:, 1:-1, :, 0] = 0.5 * (img[:, 2:] - img[:, :-2])
-    g[:, 0, :, 0] = img[:, 1] - img[:, 0]
-    g[:, -1, :, 0] = img[:, -1] - img[:, -2]
-    g[1:-1, :, :, 1] = 0.5 * (img[2:] - img[:-2])
-    g[0, :, :, 1] = img[1] - img[0]
-    g[-1, :, :, 1] = img[-1] - img[-2]
-    return g
-
-
-@dataclass
-class CropLoss:
-    """The loss of one crop's rendering and its gradients.
-
-    Args:
-        loss: ``Σ ρ / n`` over the crop pixels inside the image.
-        grads: object index → ``(6,)`` gradient w.r.t. its centred increment ``[v (m), ω (rad)]``.
-        rendered: ``(H, W, D)`` blurred rendered descriptors.
-        distance: ``(H, W)`` ``‖G*F − G*O‖`` per pixel.
-    """
-
-    loss: float
-    grads: dict[int, np.ndarray]
-    rendered: np.ndarray
-    distance: np.ndarray
+    lab = np.asarray(instance)
+    z = np.where(lab > 0, np.asarray(depth, dtype=np.float64), np.inf)
+    owner, src = _owners(lab, z, occlusion_aware)
+    w = lab.shape[1]
+    return owner, src // w, src % w
 
 
 def _rho(dist: np.ndarray, huber: float) -> np.ndarray:
@@ -144,11 +135,315 @@ def _rho(dist: np.ndarray, huber: float) -> np.ndarray:
     return 0.5 * dist**2
 
 
+class CropTarget:
+    """The observed side of one crop, fixed while a level lasts (what :func:`crop_losses` needs besides the
+    rendering, with the sums over the observation computed once).
+
+    Args:
+        observed: ``(H, W, D)`` observed descriptors, already blurred by ``sigma``.
+        valid: ``(H, W)`` bool, crop pixels inside the image.
+        sigma: σ of the blur of the observation, pixels.
+        render_sigma: σ of the blur of the rendering (default ``sigma``); see :func:`crop_loss`.
+        huber: Huber threshold of ``‖r‖`` (``inf``: L2).
+    """
+
+    def __init__(
+        self,
+        observed: np.ndarray,
+        valid: np.ndarray,
+        sigma: float,
+        render_sigma: float | None = None,
+        huber: float = float("inf"),
+    ) -> None:
+        self.observed = np.asarray(observed, dtype=np.float32)
+        self.valid = np.asarray(valid, dtype=bool)
+        self.sigma = float(sigma)
+        self.render_sigma = self.sigma if render_sigma is None else float(render_sigma)
+        self.huber = float(huber)
+        self.dim = int(self.observed.shape[-1])
+        self.n = max(float(self.valid.sum()), 1.0)  # the loss is a mean over the crop's pixels inside the image
+        self.validf = self.valid.astype(np.float32)
+        self.neg_observed = -(self.observed * self.validf[..., None])  # (H, W, D): −O on the valid pixels, else 0
+        self.obs_norm = np.linalg.norm(self.observed, axis=-1) * self.valid  # ‖O‖ where valid: ‖r‖ for F = 0
+        self.obs_rho = _rho(self.obs_norm, self.huber)
+        self.obs_rho_sum = self.obs_rho.sum()
+
+
+class CropLoss:
+    """The loss of one crop's rendering and its gradients.
+
+    Args:
+        loss: ``Σ ρ / n`` over the crop pixels inside the image.
+        grads: object index → ``(6,)`` gradient w.r.t. its centred increment ``[v (m), ω (rad)]``.
+        target: the crop's observation.
+        window: ``(r0, r1, c0, c1)``: the processed window (outside it the rendering is the background).
+        blurred: ``(r1 - r0, c1 - c0, D)`` blurred rendered descriptors in the window (before the gain).
+        gain: the fitted gain.
+        distance_window: ``(r1 - r0, c1 - c0)`` ``‖G*F − G*O‖`` in the window.
+
+    The full-crop images (:attr:`rendered`, :attr:`distance`) are made on demand.
+    """
+
+    def __init__(
+        self,
+        loss: float,
+        grads: dict[int, np.ndarray],
+        target: CropTarget,
+        window: tuple[int, int, int, int] = (0, 0, 0, 0),
+        blurred: np.ndarray | None = None,
+        gain: float = 1.0,
+        distance_window: np.ndarray | None = None,
+    ) -> None:
+        self.loss = loss
+        self.grads = grads
+        self._target = target
+        self._window = window
+        self._blurred = blurred
+        self._gain = gain
+        self._distance = distance_window
+
+    @property
+    def rendered(self) -> np.ndarray:
+        """``(H, W, D)`` blurred rendered descriptors (times the gain), 0 outside the window."""
+        out = np.zeros_like(self._target.observed)
+        if self._blurred is not None:
+            r0, r1, c0, c1 = self._window
+            out[r0:r1, c0:c1] = self._gain * self._blurred
+        return out
+
+    @property
+    def distance(self) -> np.ndarray:
+        """``(H, W)`` ``‖G*F − G*O‖`` per pixel (float32)."""
+        out = self._target.obs_norm.astype(np.float32)
+        if self._distance is not None:
+            r0, r1, c0, c1 = self._window
+            out[r0:r1, c0:c1] = self._distance
+        return out
+
+
+def _pull_back(
+    au: np.ndarray,
+    av: np.ndarray,
+    X: np.ndarray,
+    obj: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    centers: np.ndarray,
+    K: np.ndarray,
+) -> np.ndarray:
+    """Image-space gradients pulled back to every object's centred pose increment: per object ``j``,
+    ``Σ_m (a_u, a_v)_m · J_u(P_m)`` over its pixels, with ``J_u`` of
+    :func:`~meshpose.refine.contour.terms.motion_jacobian` (not formed: with ``w = aᵀ ∂u/∂P``, the sum is
+    ``[Σ w, Σ (P − c_j) × w]``).
+
+    Args:
+        au: ``(M,)`` ``∂L/∂F · ∂F/∂u`` per pixel.
+        av: ``(M,)`` ``∂L/∂F · ∂F/∂v`` per pixel.
+        X: ``(M, 3)`` object-frame surface points giving the pixels' motions, metres.
+        obj: ``(M,)`` int, the object each pixel follows.
+        R: ``(N, 3, 3)`` rotations ``cam_from_obj``.
+        t: ``(N, 3)`` translations, metres.
+        centers: ``(N, 3)`` object-frame centres of the increments, metres.
+        K: ``(3, 3)`` the camera's intrinsics.
+
+    Returns:
+        ``(N, 6)`` float64 (0 for objects without pixels).
+    """
+    a_u = au.astype(np.float64)
+    a_v = av.astype(np.float64)
+    n, m = len(R), len(obj)
+    every = np.arange(m)
+    P = (X.astype(np.float64) @ R.reshape(3 * n, 3).T).reshape(m, n, 3)[every, obj] + t[obj]  # R_j X + t_j
+    q = P - (np.einsum("nij,nj->ni", R, centers) + t)[obj]
+    x, y, iz = P[:, 0], P[:, 1], 1.0 / P[:, 2]
+    fx, s, fy = float(K[0, 0]), float(K[0, 1]), float(K[1, 1])
+    cols = np.empty((len(obj), 6))
+    cols[:, 0] = a_u * fx * iz
+    cols[:, 1] = (a_u * s + a_v * fy) * iz
+    cols[:, 2] = -(a_u * (fx * x + s * y) + a_v * fy * y) * iz * iz
+    w0, w1, w2 = cols[:, 0], cols[:, 1], cols[:, 2]
+    cols[:, 3] = q[:, 1] * w2 - q[:, 2] * w1
+    cols[:, 4] = q[:, 2] * w0 - q[:, 0] * w2
+    cols[:, 5] = q[:, 0] * w1 - q[:, 1] * w0
+    onehot = np.zeros((n, m))
+    onehot[obj, every] = 1.0
+    return onehot @ cols
+
+
+_DIFF_U = np.array([[-0.5, 0.0, 0.5]], np.float32)
+_DIFF_V = np.ascontiguousarray(_DIFF_U.T)
+
+
+def _central_difference(img: np.ndarray, axis: int) -> np.ndarray:
+    """Central differences ``(img[x + 1] − img[x − 1]) / 2`` of an ``(H, W, D)`` float32 image along ``axis`` (1: u,
+    0: v), one-sided ``img[x + 1] − img[x]`` at the edges (the same numbers as computing them by hand: halving and
+    doubling are exact)."""
+    kernel = _DIFF_U if axis == 1 else _DIFF_V
+    out = np.asarray(cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REPLICATE), np.float32).reshape(img.shape)
+    if img.shape[axis] > 1:  # replicated edges give half the one-sided difference
+        edge = (slice(None), [0, -1]) if axis == 1 else ([0, -1], slice(None))
+        out[edge] = out[edge] * np.float32(2.0)
+    return out
+
+
+@dataclass
+class _Window:
+    """One crop's processed window and the object pixels in it."""
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    obj: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # window-flat indices
+    full: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # crop-flat indices
+
+
+def _window(instance: np.ndarray, target: CropTarget) -> _Window | None:
+    """The window around the rendered objects, wide enough for the blurs (``None``: no object shows)."""
+    on = instance > 0
+    rows = np.flatnonzero(on.any(1))
+    if len(rows) == 0:
+        return None
+    cols = np.flatnonzero(on.any(0))
+    h, w = instance.shape
+    m = math.ceil(3.0 * max(target.render_sigma, target.sigma)) + 3
+    r0, r1 = max(int(rows[0]) - m, 0), min(int(rows[-1]) + m + 1, h)
+    c0, c1 = max(int(cols[0]) - m, 0), min(int(cols[-1]) + m + 1, w)
+    obj = np.flatnonzero(on[r0:r1, c0:c1])
+    ww = c1 - c0
+    full = (obj // ww + r0) * w + (obj % ww + c0)
+    return _Window(r0, r1, c0, c1, obj, full)
+
+
+def crop_losses(
+    xyz: Sequence[np.ndarray],
+    instance: Sequence[np.ndarray],
+    depth: Sequence[np.ndarray],
+    targets: Sequence[CropTarget],
+    Ks: Sequence[np.ndarray],
+    fields: FieldSet,
+    R: np.ndarray,
+    t: np.ndarray,
+    centers: np.ndarray,
+    *,
+    gain: tuple[float, float] | None = (0.5, 2.0),
+    want: set[int] | None = None,
+    occlusion_aware: bool = True,
+) -> list[CropLoss]:
+    """:func:`crop_loss` of ``B`` crops rendered with the same poses (the descriptors of all crops sampled at once).
+
+    Args:
+        xyz: per crop, ``(H, W, 3)`` object-frame points of its rendering.
+        instance: per crop, ``(H, W)`` ``1 + object index`` (0: background).
+        depth: per crop, ``(H, W)`` camera z of the rendering, metres.
+        targets: per crop, its observation.
+        Ks: per crop, ``(3, 3)`` its camera's intrinsics.
+        fields: the objects' fused descriptors.
+        R: ``(N, 3, 3)`` the rendered rotations ``cam_from_obj``.
+        t: ``(N, 3)`` the rendered translations, metres.
+        centers: ``(N, 3)`` object-frame centres of the increments, metres.
+        gain: see :func:`crop_loss`.
+        want: object indices whose gradients are wanted (default: all that show).
+        occlusion_aware: see :func:`pixel_owners`.
+
+    Returns:
+        The ``B`` :class:`CropLoss` es.
+    """
+    windows = [_window(inst, tg) for inst, tg in zip(instance, targets, strict=True)]
+    # every window's rendered descriptors F in one sparse gather, window after window (0 off the objects)
+    pts, objs, rows, starts = [], [], [], [0]
+    for b, win in enumerate(windows):
+        if win is not None:
+            pts.append(xyz[b].reshape(-1, 3)[win.full])
+            objs.append(instance[b].reshape(-1)[win.full].astype(np.int64) - 1)
+            rows.append(win.obj + starts[-1])
+        starts.append(starts[-1] + (0 if win is None else (win.r1 - win.r0) * (win.c1 - win.c0)))
+    desc = (
+        fields.sample(np.concatenate(pts), np.concatenate(objs), np.concatenate(rows), starts[-1])
+        if pts
+        else np.zeros((0, fields.dim), np.float32)
+    )
+    out = []
+    for b, win in enumerate(windows):
+        tg = targets[b]
+        if win is None:
+            out.append(CropLoss(float(tg.obs_rho_sum / tg.n), {}, tg))
+            continue
+        F = desc[starts[b] : starts[b + 1]].reshape(win.r1 - win.r0, win.c1 - win.c0, fields.dim)
+        out.append(
+            _one_crop(xyz[b], instance[b], depth[b], tg, Ks[b], win, F, R, t, centers, gain, want, occlusion_aware)
+        )
+    return out
+
+
+def _one_crop(
+    xyz: np.ndarray,
+    instance: np.ndarray,
+    depth: np.ndarray,
+    tg: CropTarget,
+    K: np.ndarray,
+    win: _Window,
+    F: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    centers: np.ndarray,
+    gain: tuple[float, float] | None,
+    want: set[int] | None,
+    occlusion_aware: bool,
+) -> CropLoss:
+    """The loss and gradients of one crop, given its rendered descriptors ``F`` in the window."""
+    r0, r1, c0, c1 = win.r0, win.r1, win.c0, win.c1
+    ww = c1 - c0
+    w = instance.shape[1]
+    rs = tg.render_sigma
+    outside_sum = float(tg.obs_rho_sum - tg.obs_rho[r0:r1, c0:c1].sum())
+    Fb = blur(F, rs)
+    neg_ov = tg.neg_observed[r0:r1, c0:c1]
+    all_valid = bool(tg.valid[r0:r1, c0:c1].all())
+    fv = Fb if all_valid else Fb * tg.validf[r0:r1, c0:c1, None]  # G*F on the valid pixels
+    g = 1.0
+    if gain is not None:  # least squares over the valid pixels (where G*F = 0 they add nothing)
+        ff = float(np.dot(fv.reshape(-1), fv.reshape(-1)))
+        if ff > 1e-12:
+            fo = -float(np.dot(Fb.reshape(-1), np.ascontiguousarray(neg_ov).reshape(-1)))
+            g = float(np.clip(fo / ff, gain[0], gain[1]))
+    r = cv2.scaleAdd(fv, g, neg_ov).reshape(fv.shape)  # r = (g G*F − G*O) on the valid pixels, else 0
+    dist = np.sqrt(np.einsum("hwd,hwd->hw", r, r))
+    rho = _rho(dist, tg.huber)
+    loss = float(rho.sum()) + outside_sum
+    if np.isfinite(tg.huber):
+        psi = np.where(dist <= tg.huber, 1.0, tg.huber / np.maximum(dist, 1e-12)).astype(np.float32)
+        np.multiply(r, psi[..., None], out=r)
+    adj = blur(r, rs)  # ∂(n L)/∂F = g G * (ψ r)
+    if g != 1.0:
+        np.multiply(adj, np.float32(g), out=adj)
+    # ∂(n L)/∂F · ∇F at the pixels that follow an object (central differences, one-sided at the window's edges)
+    z = np.where(instance[r0:r1, c0:c1] > 0, depth[r0:r1, c0:c1], np.float32(np.inf))
+    owner, src = _owners(instance[r0:r1, c0:c1], z, occlusion_aware)
+    pix = np.flatnonzero(owner)
+    grads: dict[int, np.ndarray] = {}
+    if len(pix):
+        au = np.einsum("hwd,hwd->hw", adj, _central_difference(F, 1)).reshape(-1)[pix]
+        av = np.einsum("hwd,hwd->hw", adj, _central_difference(F, 0)).reshape(-1)[pix]
+        own = owner.reshape(-1)[pix].astype(np.intp) - 1
+        keep = (np.abs(au) + np.abs(av)) > 0
+        if want is not None:
+            wanted = np.zeros(len(R), bool)
+            wanted[list(want)] = True
+            keep &= wanted[own]
+        s = src.reshape(-1)[pix[keep]]
+        j = own[keep]
+        X = xyz.reshape(-1, 3)[(s // ww + r0) * w + s % ww + c0]
+        G = _pull_back(au[keep], av[keep], X, j, R, t, centers, K)
+        grads = {int(k): -G[k] / tg.n for k in np.flatnonzero(np.bincount(j, minlength=len(R)))}
+    return CropLoss(loss / tg.n, grads, tg, (r0, r1, c0, c1), Fb, g, dist)
+
+
 def crop_loss(
     xyz: np.ndarray,
     instance: np.ndarray,
     depth: np.ndarray,
-    fields: Sequence[DescriptorField | None],
+    fields: Sequence[DescriptorField | None] | FieldSet,
     R: np.ndarray,
     t: np.ndarray,
     centers: np.ndarray,
@@ -169,7 +464,7 @@ def crop_loss(
         xyz: ``(H, W, 3)`` object-frame points of the rendering.
         instance: ``(H, W)`` ``1 + object index`` (0: background).
         depth: ``(H, W)`` camera z of the rendering, metres.
-        fields: per object, its fused descriptors.
+        fields: per object, its fused descriptors (or a :class:`~meshpose.refine.abstract.field.FieldSet` of them).
         R: ``(N, 3, 3)`` the rendered rotations ``cam_from_obj``.
         t: ``(N, 3)`` the rendered translations, metres.
         centers: ``(N, 3)`` object-frame centres of the increments, metres.
@@ -195,58 +490,22 @@ def crop_loss(
         The :class:`CropLoss`.
 
     Only a window around the rendered objects (wide enough for the blurs) is processed: outside it the rendering
-    is the background, so those pixels add the constant ``Σ ρ(‖O‖)`` and nothing to the gradients.
+    is the background, so those pixels add the constant ``Σ ρ(‖O‖)`` and nothing to the gradients. Several crops
+    rendered with the same poses: :func:`crop_losses` (faster).
     """
-    rs = sigma if render_sigma is None else render_sigma
-    dim = observed.shape[-1]
-    h, w = instance.shape
-    n = max(float(valid.sum()), 1.0)  # the loss is a mean over the crop's pixels inside the image
-    vobs = np.linalg.norm(observed, axis=-1) * valid
-    rows = np.flatnonzero((instance > 0).any(1))
-    if len(rows) == 0:
-        return CropLoss(float(_rho(vobs, huber).sum() / n), {}, np.zeros_like(observed), vobs)
-    cols = np.flatnonzero((instance > 0).any(0))
-    m = math.ceil(3.0 * max(rs, sigma)) + 3
-    r0, r1 = max(int(rows[0]) - m, 0), min(int(rows[-1]) + m + 1, h)
-    c0, c1 = max(int(cols[0]) - m, 0), min(int(cols[-1]) + m + 1, w)
-    win = np.s_[r0:r1, c0:c1]
-    outside = _rho(vobs, huber)
-    outside_sum = float(outside.sum() - outside[win].sum())
-    xyz, instance, depth, observed, valid = xyz[win], instance[win], depth[win], observed[win], valid[win]
-    F = render_descriptors(xyz, instance, fields, dim)
-    Fb = blur(F, rs)
-    validf = valid.astype(np.float32)
-    g = 1.0
-    if gain is not None:
-        on = (np.abs(Fb).sum(-1) > 0) & valid
-        ff = float(np.einsum("nd,nd->", Fb[on], Fb[on]))
-        if ff > 1e-12:
-            g = float(np.clip(np.einsum("nd,nd->", Fb[on], observed[on]) / ff, gain[0], gain[1]))
-    Fb = g * Fb
-    r = (Fb - observed) * validf[..., None]
-    dist = np.linalg.norm(r, axis=-1)
-    rho = _rho(dist, huber)
-    if np.isfinite(huber):
-        psi = np.where(dist <= huber, 1.0, huber / np.maximum(dist, 1e-12)).astype(np.float32)
-    else:
-        psi = np.ones_like(dist)
-    loss = float(rho.sum()) + outside_sum
-    adj = g * blur(r * psi[..., None], rs)  # ∂(n L)/∂F
-    grad_img = _central_gradient(F)  # (H, W, D, 2)
-    a = np.einsum("hwd,hwdk->hwk", adj, grad_img)  # (H, W, 2): ∂(n L)/∂F · ∇F
-    owner, src_r, src_c = pixel_owners(instance, depth, occlusion_aware)
-    active = (owner > 0) & (np.abs(a).sum(-1) > 0)
-    grads: dict[int, np.ndarray] = {}
-    for k in np.unique(owner[active]):
-        j = int(k) - 1
-        if want is not None and j not in want:
-            continue
-        rr, cc = np.nonzero(active & (owner == k))
-        P = xyz[src_r[rr, cc], src_c[rr, cc]].astype(np.float64) @ R[j].T + t[j]
-        J = motion_jacobian(P, K, R[j] @ centers[j] + t[j])  # (M, 2, 6)
-        grads[j] = -np.einsum("mk,mkj->j", a[rr, cc].astype(np.float64), J)
-    rendered = np.zeros((h, w, dim), np.float32)
-    rendered[win] = Fb
-    distance = vobs.astype(np.float32)
-    distance[win] = dist
-    return CropLoss(loss / n, {j: gj / n for j, gj in grads.items()}, rendered, distance)
+    target = CropTarget(observed, valid, sigma, render_sigma, huber)
+    fset = fields if isinstance(fields, FieldSet) else FieldSet(fields, target.dim)
+    return crop_losses(
+        [xyz],
+        [instance],
+        [depth],
+        [target],
+        [K],
+        fset,
+        R,
+        t,
+        centers,
+        gain=gain,
+        want=want,
+        occlusion_aware=occlusion_aware,
+    )[0]

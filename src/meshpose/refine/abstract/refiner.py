@@ -11,7 +11,7 @@ from typing import Literal
 
 from meshpose.refine.abstract.config import AbstractConfig
 from meshpose.refine.abstract.features import DescriptorExtractor, NetExtractor
-from meshpose.refine.abstract.field import DescriptorField
+from meshpose.refine.abstract.field import DescriptorField, FieldSet
 from meshpose.refine.abstract.fusion import field_cache_key, load_field
 from meshpose.refine.abstract.run import AbstractRun
 from meshpose.refine.base import LazyRenderer, LightMeshes, StageTimer, check_refine_inputs, level_schedule
@@ -22,6 +22,8 @@ __all__ = ["AbstractRefiner"]
 
 #: Fused fields kept in memory per refiner (least recently used dropped).
 MAX_FIELDS_IN_MEMORY = 64
+#: Sets of fields (the objects of an image, in order) kept ready for sampling per refiner.
+MAX_FIELD_SETS_IN_MEMORY = 2
 
 
 class AbstractRefiner(LazyRenderer):
@@ -61,6 +63,7 @@ class AbstractRefiner(LazyRenderer):
         self._renderer = renderer
         self._extractor = extractor
         self._fields: OrderedDict[str, DescriptorField] = OrderedDict()
+        self._field_sets: OrderedDict[tuple[int, ...], tuple[list[DescriptorField], FieldSet]] = OrderedDict()
         self._light_meshes = LightMeshes()
 
     @property
@@ -82,6 +85,19 @@ class AbstractRefiner(LazyRenderer):
         while len(self._fields) > MAX_FIELDS_IN_MEMORY:
             self._fields.popitem(last=False)
         return fld
+
+    def field_set(self, fields: list[DescriptorField]) -> FieldSet:
+        """The fields of an image's objects, in order, ready for sampling (the last few sets are kept)."""
+        key = tuple(id(f) for f in fields)  # valid while the entry holds the fields
+        hit = self._field_sets.get(key)
+        if hit is not None:
+            self._field_sets.move_to_end(key)
+            return hit[1]
+        fset = FieldSet(fields)
+        self._field_sets[key] = (list(fields), fset)
+        while len(self._field_sets) > MAX_FIELD_SETS_IN_MEMORY:
+            self._field_sets.popitem(last=False)
+        return fset
 
     def render_model(self, obj: ObjectModel) -> ObjectModel:
         """The model drawn in the crops: ``obj`` with its render mesh decimated to ``config.render_faces`` (made
@@ -118,7 +134,7 @@ class AbstractRefiner(LazyRenderer):
         plan = self.schedule(iterations)
         timer = StageTimer()
         with timer("fusion"):
-            fields = [self.field(o) for o in objects]
+            fields = self.field_set([self.field(o) for o in objects])
         drawn = [self.render_model(o) for o in objects]
         run = AbstractRun(self.config, self.renderer, self.extractor, fields, obs, list(objects), drawn, poses0, timer)
         return run.execute(plan, callback)

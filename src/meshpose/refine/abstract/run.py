@@ -2,8 +2,8 @@
 
 Per level (coarse to fine crop sizes): every active object gets a square crop around its current pose and the
 network's descriptors of it (blurred). Every iteration renders all crops in one batched call with all objects at
-their current poses (objects that cannot reach a crop are left out of it), evaluates LightDR on each
-(:func:`~meshpose.refine.abstract.lightdr.crop_loss`) and sums the gradients every crop gives every object — the
+their current poses (objects that cannot reach a crop are left out of it), evaluates LightDR on all of them at once
+(:func:`~meshpose.refine.abstract.lightdr.crop_losses`) and sums the gradients every crop gives every object — the
 total loss of the image's crops is minimised over all poses jointly. The step is AdaGrad's, per coordinate of the
 centred increment ``[v / d, ω]`` (translation of the centre in object diameters ``d``, rotation in radians), with
 a step size decayed each iteration. AdaGrad does not decrease the loss monotonically: the pose returned per
@@ -23,12 +23,12 @@ import torch
 from meshpose.geometry.crop import crop_box_around_object
 from meshpose.refine.abstract.config import AbstractConfig
 from meshpose.refine.abstract.features import DescriptorExtractor
-from meshpose.refine.abstract.field import DescriptorField
-from meshpose.refine.abstract.lightdr import CropLoss, blur, crop_loss
+from meshpose.refine.abstract.field import DescriptorField, FieldSet
+from meshpose.refine.abstract.lightdr import CropLoss, CropTarget, blur, crop_losses
 from meshpose.refine.base import StageTimer, make_result
 from meshpose.refine.contour.energy import PosePrior
 from meshpose.refine.contour.level import HIDDEN_TRANSLATION, SceneBoxes
-from meshpose.refine.guards import guard_update, initial_pose_failure
+from meshpose.refine.guards import initial_pose_failure
 from meshpose.refine.views import CropView, cut_crop
 from meshpose.render.base import Renderer
 from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineResult, se3_exp
@@ -38,12 +38,12 @@ __all__ = ["AbstractRun"]
 
 @dataclass
 class _Crop:
-    """One object's crop at one level: the observed crop, its blurred descriptors, who is left out of its render."""
+    """One object's crop at one level: the observed crop, its blurred descriptors (``target``), who is left out of
+    its render."""
 
     crop: CropView
-    observed: np.ndarray
+    target: CropTarget
     hidden: list[int]
-    render_sigma: float
 
 
 class AbstractRun:
@@ -53,7 +53,7 @@ class AbstractRun:
         cfg: the options.
         renderer: renders the crops.
         extractor: the descriptor network.
-        fields: per object, its fused descriptors.
+        fields: per object, its fused descriptors (or a :class:`~meshpose.refine.abstract.field.FieldSet` of them).
         obs: the observation.
         objects: the ``N`` object models.
         drawn: the models drawn in the crops (decimated render meshes).
@@ -65,7 +65,7 @@ class AbstractRun:
         cfg: AbstractConfig,
         renderer: Renderer,
         extractor: DescriptorExtractor,
-        fields: list[DescriptorField],
+        fields: list[DescriptorField] | FieldSet,
         obs: Observation,
         objects: list[ObjectModel],
         drawn: list[ObjectModel],
@@ -75,7 +75,7 @@ class AbstractRun:
         self.cfg = cfg
         self.renderer = renderer
         self.extractor = extractor
-        self.fields = fields
+        self.fields = fields if isinstance(fields, FieldSet) else FieldSet(fields)
         self.obs = obs
         self.objects = objects
         self.drawn = drawn
@@ -138,7 +138,7 @@ class AbstractRun:
             observed = blur(np.where(crop.valid[..., None], d, 0.0).astype(np.float32), sigma)
             up = size / max(float(crop.box[2] - crop.box[0]), 1e-6)  # crop pixels per image pixel
             render_sigma = math.sqrt(sigma**2 + (0.25 * up * up if up > 1.0 else 0.0))
-            out[i] = _Crop(crop, observed, hidden, render_sigma)
+            out[i] = _Crop(crop, CropTarget(observed, crop.valid, sigma, render_sigma, self.cfg.huber), hidden)
         return out
 
     # --- one evaluation of all crops ----------------------------------------------------------------------
@@ -158,33 +158,26 @@ class AbstractRun:
                 Pose(torch.as_tensor(Rs), torch.as_tensor(ts)),
                 [crops[i].crop.camera for i in order],
             )
-        sigma = float(self.cfg.blur_px[level])
-        want = set(self._active())
-        res: dict[int, CropLoss] = {}
         with self.timer("lightdr"):
-            for b, i in enumerate(order):
-                c = crops[i]
-                inst = out.instance[b]
-                if int(np.count_nonzero((inst == i + 1) & c.crop.valid)) < self.cfg.min_visible_px:
-                    continue
-                res[i] = crop_loss(
-                    out.xyz[b],
-                    inst,
-                    out.depth[b],
-                    self.fields,
-                    R,
-                    t,
-                    self.centers,
-                    c.crop.camera.K,
-                    c.observed,
-                    c.crop.valid,
-                    sigma=sigma,
-                    render_sigma=c.render_sigma,
-                    huber=self.cfg.huber,
-                    gain=self.cfg.gain,
-                    want=want,
-                )
-        return res
+            shown = [
+                b
+                for b, i in enumerate(order)
+                if int(np.count_nonzero((out.instance[b] == i + 1) & crops[i].crop.valid)) >= self.cfg.min_visible_px
+            ]
+            losses = crop_losses(
+                [out.xyz[b] for b in shown],
+                [out.instance[b] for b in shown],
+                [out.depth[b] for b in shown],
+                [crops[order[b]].target for b in shown],
+                [crops[order[b]].crop.camera.K for b in shown],
+                self.fields,
+                R,
+                t,
+                self.centers,
+                gain=self.cfg.gain,
+                want=set(self._active()),
+            )
+        return {order[b]: cl for b, cl in zip(shown, losses, strict=True)}
 
     def _record(self, crops: dict[int, _Crop], losses: dict[int, CropLoss], R: np.ndarray, t: np.ndarray) -> None:
         """Keep, per object, the poses whose own crop's loss is the lowest so far."""
@@ -199,8 +192,9 @@ class AbstractRun:
                 self.E_best[i] = energy
                 self.R_best[i], self.t_best[i] = R[i].copy(), t[i].copy()
 
-    def _step(self, i: int, g: np.ndarray, G: np.ndarray, lr: float) -> None:
-        """One AdaGrad step of object ``i`` from its current pose (``G``: its accumulated squared gradients)."""
+    def _delta(self, i: int, g: np.ndarray, G: np.ndarray, lr: float) -> np.ndarray:
+        """Object ``i``'s AdaGrad increment ``[v, ω]`` (centred) from its gradient ``g`` (``G``: its accumulated
+        squared gradients, updated)."""
         cfg = self.cfg
         d = self.diam[i]
         if cfg.prior_weight > 0:
@@ -216,14 +210,24 @@ class AbstractRun:
         rot = float(np.linalg.norm(delta[3:]))
         trans = float(np.linalg.norm(delta[:3]))
         scale = min(1.0, math.radians(cfg.max_step_deg) / max(rot, 1e-12), cfg.max_step_trans * d / max(trans, 1e-12))
-        delta *= scale
-        c_cam = self.R[i] @ self.centers[i] + self.t[i]
-        Rd, td = se3_exp(torch.as_tensor(delta, dtype=torch.float64))
-        R_new = Rd.numpy() @ self.R[i]
-        t_new = Rd.numpy() @ (self.t[i] - c_cam) + td.numpy() + c_cam
-        check = guard_update(self.R[i], self.t[i], R_new, t_new, diameter=d, pivot=self.centers[i])
-        if check.ok:
-            self.R[i], self.t[i] = R_new, t_new
+        return delta * scale
+
+    def _step(self, ids: list[int], grads: np.ndarray, G: np.ndarray, lr: float) -> None:
+        """One AdaGrad step of the objects ``ids`` from their current poses (``grads``, ``G``: ``(N, 6)``
+        gradients and accumulated squared gradients). An update that is not finite or puts the object's centre
+        behind the camera is dropped (the verdict of :func:`~meshpose.refine.guards.guard_update` without step
+        limits)."""
+        if not ids:
+            return
+        deltas = np.stack([self._delta(i, grads[i], G[i], lr) for i in ids])
+        Rd, td = (x.numpy() for x in se3_exp(torch.as_tensor(deltas, dtype=torch.float64)))
+        for k, i in enumerate(ids):
+            c_cam = self.R[i] @ self.centers[i] + self.t[i]
+            R_new = Rd[k] @ self.R[i]
+            t_new = Rd[k] @ (self.t[i] - c_cam) + td[k] + c_cam
+            ok = np.isfinite(R_new).all() and np.isfinite(t_new).all() and R_new[2] @ self.centers[i] + t_new[2] > 0
+            if ok:
+                self.R[i], self.t[i] = R_new, t_new
 
     def _score(self, crops: dict[int, _Crop], losses: dict[int, CropLoss]) -> None:
         """Score in [0, 1]: the share of the object's pixels and of a ring around its silhouette whose descriptor
@@ -264,9 +268,7 @@ class AbstractRun:
                     for j, g in cl.grads.items():
                         grads[j] += g
                 with self.timer("solve"):
-                    for i in crops:
-                        if self.failure[i] is None and i in losses:
-                            self._step(i, grads[i], G[i], lr)
+                    self._step([i for i in crops if self.failure[i] is None and i in losses], grads, G, lr)
                 lr *= cfg.lr_decay
                 self.loss_log.append([losses[i].loss if i in losses else math.nan for i in range(self.n)])
                 it += 1
