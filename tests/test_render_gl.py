@@ -480,7 +480,7 @@ def test_drawn_region_bounds_every_fragment() -> None:
         for distance in (0.08, 0.2, 0.6):
             poses = random_poses(rng, 16, distance=distance, spread=0.05).reshape(8, 2)
             out = r.render(objs, poses, camera(64, 48))
-            dirty = r._atlases[(64, 48)].dirty
+            dirty = r._atlases[(64, 48, False)].dirty  # (width, height, geometry)
             assert dirty is not None
             covered = np.zeros((8 * 48, 64), bool)
             for x, y, w, h in dirty:

@@ -106,6 +106,9 @@ class RenderOutput:
             the background.
         timings: wall time per stage in seconds (renderer-specific keys, e.g. ``draw``, ``readback``,
             ``total``).
+
+    A renderer asked for only some of the images (``outputs`` of :meth:`~meshpose.render.gl.GLRenderer.render`)
+    returns the others as read-only zero arrays of these shapes and dtypes.
     """
 
     rgb: np.ndarray

@@ -12,9 +12,11 @@ object is the best one (by its own crop's loss) at the finest level, the initial
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -157,6 +159,7 @@ class AbstractRun:
                 self.drawn,
                 Pose(torch.as_tensor(Rs), torch.as_tensor(ts)),
                 [crops[i].crop.camera for i in order],
+                **_lean(self.renderer),
             )
         with self.timer("lightdr"):
             shown = [
@@ -297,6 +300,15 @@ class AbstractRun:
             extra={"loss": np.array(self.loss_log), "levels": [lv for lv, _ in plan]},
             pose=_pose(self.R_best, self.t_best),
         )
+
+
+def _lean(renderer: Renderer) -> dict[str, Any]:
+    """Ask a renderer that can draw only some images (``outputs``, e.g. the GL renderer) for those LightDR reads."""
+    try:
+        takes = "outputs" in inspect.signature(renderer.render).parameters
+    except (TypeError, ValueError):  # no signature to inspect
+        takes = False
+    return {"outputs": ("xyz", "depth", "instance")} if takes else {}
 
 
 def _pose(R: np.ndarray, t: np.ndarray) -> Pose:

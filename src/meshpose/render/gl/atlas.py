@@ -2,6 +2,9 @@
 
 Scene ``b`` is drawn into rows ``[b H, (b + 1) H)`` of the atlas through its own viewport and scissor, so one
 read-back has the layout ``(B, H, W, C)``. Only the rectangles the previous pass drew into are cleared.
+
+An atlas has the targets of one program kind: the shaded programs' five (colour, ``xyz``, normal, camera z,
+instance: :data:`SHADED_TARGETS`) or the geometry program's three (:data:`GEOMETRY_TARGETS`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,16 @@ import moderngl
 import numpy as np
 
 from meshpose.render.gl.meshes import GpuMesh
+from meshpose.render.gl.programs import Program
 
-__all__ = ["Atlas", "DrawPlan", "clear_dirty", "draw_tiles", "get_atlas"]
+__all__ = ["GEOMETRY_TARGETS", "SHADED_TARGETS", "Atlas", "DrawPlan", "clear_dirty", "draw_tiles", "get_atlas"]
+
+SHADED_TARGETS: tuple[str, ...] = ("rgb", "xyz", "normal", "depth", "instance")
+"""The colour attachments of a shaded atlas, in attachment order."""
+GEOMETRY_TARGETS: tuple[str, ...] = ("xyz", "depth", "instance")
+"""The colour attachments of a geometry atlas, in attachment order."""
+
+_TARGET_FORMAT = {"rgb": (4, "f1"), "xyz": (4, "f4"), "normal": (4, "f4"), "depth": (1, "f4"), "instance": (1, "f4")}
 
 
 @dataclass
@@ -35,12 +46,17 @@ class Atlas:
 
     Outside ``dirty`` (rectangles ``(x, y, w, h)`` drawn into by the last pass; ``None``: unknown) it holds
     the background, so the next pass only clears those rectangles: clearing a whole 640×480 frame with its five
-    targets costs more than drawing a typical object into it.
+    targets costs more than drawing a typical object into it. ``targets`` names the colour attachments in order.
     """
+
+    def attachment(self, name: str) -> int:
+        """The colour attachment index of target ``name``."""
+        return self.targets.index(name)
 
     fbo: moderngl.Framebuffer
     attachments: list[moderngl.Renderbuffer]
     capacity: int
+    targets: tuple[str, ...]
     dirty: list[tuple[int, int, int, int]] | None = None
 
     def release(self) -> None:
@@ -51,18 +67,21 @@ class Atlas:
 
 def get_atlas(
     ctx: moderngl.Context,
-    atlases: OrderedDict[tuple[int, int], Atlas],
+    atlases: OrderedDict[tuple[int, int, bool], Atlas],
     width: int,
     height: int,
     tiles: int,
     max_height: int,
+    geometry: bool = False,
 ) -> Atlas:
     """An atlas of ``width × height`` tiles holding at least ``tiles`` of them, from ``atlases`` or new.
+
+    ``geometry`` chooses the targets of the geometry program (else those of the shaded ones).
 
     A new atlas holds the next power of two of tiles, within ``max_height`` pixels (but at least ``tiles``);
     ``atlases`` keeps the 4 most recently used sizes (the others are released).
     """
-    key = (width, height)
+    key = (width, height, geometry)
     atlas = atlases.get(key)
     if atlas is not None and atlas.capacity >= tiles:
         atlases.move_to_end(key)
@@ -75,16 +94,11 @@ def get_atlas(
         capacity *= 2
     capacity = max(tiles, min(capacity, max_height // height))
     size = (width, capacity * height)
-    attachments = [
-        ctx.renderbuffer(size, 4, dtype="f1"),  # colour
-        ctx.renderbuffer(size, 4, dtype="f4"),  # xyz (object frame)
-        ctx.renderbuffer(size, 4, dtype="f4"),  # normal (camera frame)
-        ctx.renderbuffer(size, 1, dtype="f4"),  # camera z
-        ctx.renderbuffer(size, 1, dtype="f4"),  # instance id
-    ]
+    targets = GEOMETRY_TARGETS if geometry else SHADED_TARGETS
+    attachments = [ctx.renderbuffer(size, _TARGET_FORMAT[n][0], dtype=_TARGET_FORMAT[n][1]) for n in targets]
     depth = ctx.depth_renderbuffer(size)
     fbo = ctx.framebuffer(attachments, depth)
-    atlas = Atlas(fbo, [*attachments, depth], capacity)
+    atlas = Atlas(fbo, [*attachments, depth], capacity, targets)
     atlases[key] = atlas
     while len(atlases) > 4:
         _, old = atlases.popitem(last=False)
@@ -101,8 +115,13 @@ def draw_tiles(
     last: int,
     width: int,
     height: int,
+    geometry: Program | None = None,
 ) -> None:
-    """Draw scenes ``first .. last - 1`` into consecutive tiles of the atlas and wait until done."""
+    """Draw scenes ``first .. last - 1`` into consecutive tiles of the atlas and wait until done.
+
+    With ``geometry`` (the geometry program; the atlas must have its targets) every mesh is drawn with it instead
+    of its shaded program.
+    """
     ctx.enable_only(moderngl.DEPTH_TEST)
     ctx.depth_func = "<"
     ctx.front_face = "cw"  # opencv_projection mirrors y: clockwise on screen = the winding's front side
@@ -119,12 +138,12 @@ def draw_tiles(
         for n, mesh in enumerate(meshes):
             if not plan.visible[b, n]:
                 continue
-            prog = mesh.program
+            prog = mesh.program if geometry is None else geometry
             prog.set("u_clip_from_obj", plan.clip_from_obj[b, n].tobytes())
             prog.set("u_rotation", plan.rotation[b, n].tobytes())
             prog.set("u_translation", plan.translation[b, n].tobytes())
             prog.set("u_instance", np.float32(n + 1).tobytes())
-            if mesh.texture is not None:
+            if mesh.texture is not None and geometry is None:
                 prog.set("u_tint", mesh.tint)
                 mesh.texture.use(0)
             if plan.cull[b, n]:
@@ -132,7 +151,7 @@ def draw_tiles(
                 ctx.cull_face = "back" if plan.cull[b, n] > 0 else "front"
             else:
                 ctx.disable(moderngl.CULL_FACE)
-            mesh.vao.render(moderngl.TRIANGLES)
+            (mesh.vao if geometry is None else mesh.geometry_vao).render(moderngl.TRIANGLES)
     ctx.scissor = None
     atlas.dirty = dirty
     ctx.finish()

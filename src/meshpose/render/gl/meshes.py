@@ -17,14 +17,18 @@ import moderngl
 import numpy as np
 
 from meshpose.render.base import SurfaceData, surface_data
-from meshpose.render.gl.programs import Program
+from meshpose.render.gl.programs import Program, ProgramSet
 
 __all__ = ["GpuMesh", "MeshCache", "mesh_fingerprint", "upload_mesh"]
 
 
 @dataclass
 class GpuMesh:
-    """GPU buffers of one mesh, with what is needed to tell whether the mesh changed since."""
+    """GPU buffers of one mesh, with what is needed to tell whether the mesh changed since.
+
+    ``vao`` binds the buffers to the mesh's shaded ``program``, ``geometry_vao`` (positions only) to the geometry
+    program.
+    """
 
     ref: weakref.ref[Any]
     fingerprint: tuple[Any, ...]
@@ -32,6 +36,7 @@ class GpuMesh:
     vbo: moderngl.Buffer
     ibo: moderngl.Buffer
     vao: moderngl.VertexArray
+    geometry_vao: moderngl.VertexArray
     texture: moderngl.Texture | None
     tint: bytes
     center: np.ndarray
@@ -40,6 +45,7 @@ class GpuMesh:
 
     def release(self) -> None:
         self.vao.release()
+        self.geometry_vao.release()
         self.vbo.release()
         self.ibo.release()
         if self.texture is not None:
@@ -60,16 +66,14 @@ def mesh_fingerprint(mesh: Any) -> tuple[Any, ...]:
     return (hash(mesh), visual_hash, id(visual), id(material), id(image))
 
 
-def upload_mesh(
-    ctx: moderngl.Context, programs: dict[bool, Program], max_texture: int, mesh: Any, data: SurfaceData
-) -> GpuMesh:
+def upload_mesh(ctx: moderngl.Context, programs: ProgramSet, max_texture: int, mesh: Any, data: SurfaceData) -> GpuMesh:
     """Vertex, index and texture buffers of one mesh's surface data, in ``ctx``.
 
     Textures larger than ``max_texture`` pixels per side are shrunk first. The entry's ``fingerprint`` is left
     empty for the caller to fill.
     """
     textured = data.textured
-    prog = programs[textured]
+    prog = programs.shaded[textured]
     if textured:
         layout = np.dtype([("p", "f4", 3), ("n", "f4", 3), ("uv", "f4", 2)])
         fmt, attrs = "3f 3f 2f", ("in_position", "in_normal", "in_uv")
@@ -101,6 +105,10 @@ def upload_mesh(
     vbo = ctx.buffer(vertices.tobytes())
     ibo = ctx.buffer(np.ascontiguousarray(data.faces, dtype=np.int32).tobytes())
     vao = ctx.vertex_array(prog.program, [(vbo, fmt, *attrs)], index_buffer=ibo, index_element_size=4)
+    skip = f"3f {layout.itemsize - 12}x"  # the positions only; the other attributes are skipped
+    geometry_vao = ctx.vertex_array(
+        programs.geometry.program, [(vbo, skip, "in_position")], index_buffer=ibo, index_element_size=4
+    )
     return GpuMesh(
         ref=weakref.ref(mesh),
         fingerprint=(),
@@ -108,6 +116,7 @@ def upload_mesh(
         vbo=vbo,
         ibo=ibo,
         vao=vao,
+        geometry_vao=geometry_vao,
         texture=texture,
         tint=tint.tobytes(),
         center=data.center,
@@ -138,7 +147,7 @@ class MeshCache:
     def get(
         self,
         ctx: moderngl.Context,
-        programs: dict[bool, Program],
+        programs: ProgramSet,
         max_texture: int,
         mesh: Any,
         *,

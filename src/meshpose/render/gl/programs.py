@@ -1,7 +1,10 @@
-"""The GL context and the shader programs of the renderer (one draw pass, five render targets).
+"""The GL context and the shader programs of the renderer (one draw pass, five or three render targets).
 
-Two program variants: the ``TEXTURED`` one samples a texture, the other interpolates per-vertex colours. Both
-write the shaded colour, object-frame ``xyz``, the camera-frame normal, camera z and the instance id.
+Two *shaded* program variants: the ``TEXTURED`` one samples a texture, the other interpolates per-vertex colours.
+Both write the shaded colour, object-frame ``xyz``, the camera-frame normal, camera z and the instance id. The
+*geometry* program writes only ``xyz``, camera z and the instance id (no colour, normal or lighting): the lean mode
+of :meth:`~meshpose.render.gl.GLRenderer.render` for callers that need no more. Its positions, ``xyz`` and camera
+z are computed by the same expressions as the shaded programs', so both give the same values bit for bit.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 
 from meshpose.render.base import Lighting
 
-__all__ = ["Program", "build_programs", "create_context", "set_lighting"]
+__all__ = ["Program", "ProgramSet", "build_programs", "create_context", "set_lighting"]
 
 _VERTEX_SHADER = """
 #version 330
@@ -92,6 +95,34 @@ void main() {
 }
 """
 
+_GEOMETRY_VERTEX_SHADER = """
+#version 330
+uniform mat4 u_clip_from_obj;
+in vec3 in_position;
+out vec3 v_xyz;
+void main() {
+    v_xyz = in_position;
+    gl_Position = u_clip_from_obj * vec4(in_position, 1.0);
+}
+"""
+
+_GEOMETRY_FRAGMENT_SHADER = """
+#version 330
+uniform mat3 u_rotation;      // cam_from_obj rotation
+uniform vec3 u_translation;   // cam_from_obj translation, metres
+uniform float u_instance;     // 1 + object index
+in vec3 v_xyz;
+layout(location = 0) out vec4 out_xyz;
+layout(location = 1) out float out_depth;
+layout(location = 2) out float out_instance;
+void main() {
+    vec3 p = u_rotation * v_xyz + u_translation;
+    out_xyz = vec4(v_xyz, 1.0);
+    out_depth = p.z;
+    out_instance = u_instance;
+}
+"""
+
 _PER_DRAW_UNIFORMS = ("u_clip_from_obj", "u_rotation", "u_translation", "u_instance")
 _LIGHT_UNIFORMS = ("u_light_dir", "u_light_color", "u_ambient", "u_diffuse", "u_specular", "u_shininess")
 
@@ -107,6 +138,18 @@ class Program:
         uniform = self.uniforms.get(name)
         if uniform is not None:  # the GLSL compiler may drop uniforms a variant does not use
             uniform.write(data)
+
+
+@dataclass
+class ProgramSet:
+    """The renderer's programs: ``shaded`` keyed by ``textured``, and the lean ``geometry`` program."""
+
+    shaded: dict[bool, Program]
+    geometry: Program
+
+    def release(self) -> None:
+        for prog in (*self.shaded.values(), self.geometry):
+            prog.program.release()
 
 
 def create_context(backend: str | None, device_index: int | None) -> moderngl.Context:
@@ -133,25 +176,29 @@ def create_context(backend: str | None, device_index: int | None) -> moderngl.Co
         ) from exc
 
 
-def build_programs(ctx: moderngl.Context) -> dict[bool, Program]:
-    """Compile both shader variants in ``ctx``, keyed by ``textured``."""
-    programs: dict[bool, Program] = {}
-    for textured in (False, True):
-        defines = "#define TEXTURED\n" if textured else ""
-        prog = ctx.program(
-            vertex_shader=_VERTEX_SHADER.replace("#version 330\n", "#version 330\n" + defines, 1),
-            fragment_shader=_FRAGMENT_SHADER.replace("#version 330\n", "#version 330\n" + defines, 1),
-        )
-        names = _PER_DRAW_UNIFORMS + _LIGHT_UNIFORMS + ("u_texture", "u_tint")
-        uniforms: dict[str, Any] = {n: prog[n] for n in names if n in prog}
-        if "u_texture" in uniforms:
-            uniforms["u_texture"].value = 0
-        programs[textured] = Program(prog, uniforms)
-    return programs
+def _link(ctx: moderngl.Context, vertex: str, fragment: str, defines: str = "") -> Program:
+    prog = ctx.program(
+        vertex_shader=vertex.replace("#version 330\n", "#version 330\n" + defines, 1),
+        fragment_shader=fragment.replace("#version 330\n", "#version 330\n" + defines, 1),
+    )
+    names = _PER_DRAW_UNIFORMS + _LIGHT_UNIFORMS + ("u_texture", "u_tint")
+    uniforms: dict[str, Any] = {n: prog[n] for n in names if n in prog}
+    if "u_texture" in uniforms:
+        uniforms["u_texture"].value = 0
+    return Program(prog, uniforms)
 
 
-def set_lighting(programs: dict[bool, Program], light: Lighting) -> None:
-    """Write the shading parameters of ``light`` into every program."""
+def build_programs(ctx: moderngl.Context) -> ProgramSet:
+    """Compile both shaded variants and the geometry program in ``ctx``."""
+    shaded = {
+        textured: _link(ctx, _VERTEX_SHADER, _FRAGMENT_SHADER, "#define TEXTURED\n" if textured else "")
+        for textured in (False, True)
+    }
+    return ProgramSet(shaded, _link(ctx, _GEOMETRY_VERTEX_SHADER, _GEOMETRY_FRAGMENT_SHADER))
+
+
+def set_lighting(programs: ProgramSet, light: Lighting) -> None:
+    """Write the shading parameters of ``light`` into the shaded programs."""
     values = {
         "u_light_dir": light.unit_direction.astype(np.float32).tobytes(),
         "u_light_color": np.asarray(light.color, np.float32).tobytes(),
@@ -160,6 +207,6 @@ def set_lighting(programs: dict[bool, Program], light: Lighting) -> None:
         "u_specular": np.float32(light.specular).tobytes(),
         "u_shininess": np.float32(light.shininess).tobytes(),
     }
-    for prog in programs.values():
+    for prog in programs.shaded.values():
         for name, value in values.items():
             prog.set(name, value)

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import moderngl
@@ -19,11 +19,30 @@ from meshpose.render.base import DEFAULT_COLOR, Lighting, RenderOutput, normaliz
 from meshpose.render.gl.atlas import Atlas, DrawPlan, draw_tiles, get_atlas
 from meshpose.render.gl.memory import OutputPool, carve, carve_size
 from meshpose.render.gl.meshes import GpuMesh, MeshCache
-from meshpose.render.gl.programs import Program, build_programs, create_context, set_lighting
+from meshpose.render.gl.programs import ProgramSet, build_programs, create_context, set_lighting
 from meshpose.render.gl.projection import depth_range, footprint, opencv_projection
 from meshpose.types import Camera, ObjectModel, Pose
 
-__all__ = ["GLRenderer", "get_default_renderer"]
+__all__ = ["OUTPUTS", "GLRenderer", "get_default_renderer"]
+
+OUTPUTS: tuple[str, ...] = ("rgb", "xyz", "normal", "depth", "instance", "mask")
+"""The names of the images of a :class:`~meshpose.render.base.RenderOutput` (``outputs`` of
+:meth:`GLRenderer.render`)."""
+_GEOMETRY_OUTPUTS = frozenset({"xyz", "depth", "instance", "mask"})  # what the geometry program draws
+_VECTORS = frozenset({"rgb", "xyz", "normal"})
+
+
+def _wanted(outputs: Collection[str] | None) -> set[str]:
+    """The set of output names asked for (all for ``None``), checked."""
+    if outputs is None:
+        return set(OUTPUTS)
+    if isinstance(outputs, str):
+        raise ValueError(f"outputs must be a collection of names, not the string {outputs!r}")
+    wanted = set(outputs)
+    unknown = wanted - set(OUTPUTS)
+    if unknown:
+        raise ValueError(f"unknown render outputs {sorted(unknown)}; choose among {list(OUTPUTS)}")
+    return wanted
 
 
 class GLRenderer:
@@ -103,9 +122,9 @@ class GLRenderer:
         self._pid = os.getpid()
         self._thread: int | None = None
         self._ctx: moderngl.Context | None = None
-        self._programs: dict[bool, Program] = {}
+        self._programs: ProgramSet | None = None
         self._meshes = MeshCache()
-        self._atlases: OrderedDict[tuple[int, int], Atlas] = OrderedDict()
+        self._atlases: OrderedDict[tuple[int, int, bool], Atlas] = OrderedDict()
         self._max_size = 0
         self._max_texture = 0
 
@@ -142,11 +161,11 @@ class GLRenderer:
             self._meshes.release()
             for atlas in self._atlases.values():
                 atlas.release()
-            for prog in self._programs.values():
-                prog.program.release()
+            if self._programs is not None:
+                self._programs.release()
         self._atlases.clear()
         self._pool.clear()
-        self._programs.clear()
+        self._programs = None
         self._ctx.release()
         self._ctx = None
 
@@ -168,6 +187,7 @@ class GLRenderer:
         camera: Camera | Sequence[Camera],
         *,
         lighting: Lighting | None = None,
+        outputs: Collection[str] | None = None,
     ) -> RenderOutput:
         """Render ``B`` scenes of the ``N`` ``objects`` (see :class:`~meshpose.render.base.Renderer`).
 
@@ -176,6 +196,11 @@ class GLRenderer:
             poses: ``cam_from_obj``, batch shape ``(N,)`` or ``(B, N)``.
             camera: one camera, or ``B`` cameras of one size ``W × H`` (e.g. crops).
             lighting: shading (default: the renderer's).
+            outputs: the lean mode: the names of the :class:`~meshpose.render.base.RenderOutput` images the caller
+                needs (of :data:`OUTPUTS`); only these are read back, and the others are read-only zero arrays of
+                the right shape (broadcast, no memory). When they are among ``xyz``, ``depth``, ``instance`` and
+                ``mask``, the scenes are drawn by a program without colour, normals or lighting into three targets
+                instead of five; the values asked for are those of a full render, bit for bit. ``None``: all.
 
         Returns:
             :class:`~meshpose.render.base.RenderOutput` with arrays ``(B, H, W, ...)`` and ``timings``
@@ -184,9 +209,11 @@ class GLRenderer:
 
         Raises:
             ValueError: no objects, a pose batch that does not match the objects or cameras, cameras of
-                different sizes, non-finite poses, or an image larger than the GL limits.
+                different sizes, non-finite poses, an image larger than the GL limits, or an unknown output name.
         """
         t_start = time.perf_counter()
+        wanted = _wanted(outputs)
+        geometry = wanted <= _GEOMETRY_OUTPUTS
         poses, cams = normalize_scene_batch(objects, poses, camera)
         R, t = poses.numpy()
         if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
@@ -196,6 +223,8 @@ class GLRenderer:
         light = lighting if lighting is not None else self.lighting
 
         ctx = self.context
+        programs = self._programs
+        assert programs is not None  # built with the context
         with ctx:  # make this renderer's context current (another one may have been used since)
             if width > self._max_size or height > self._max_size:
                 raise ValueError(f"image {width}×{height} exceeds the GL limit of {self._max_size} px per side")
@@ -203,7 +232,7 @@ class GLRenderer:
             meshes = [
                 self._meshes.get(
                     ctx,
-                    self._programs,
+                    programs,
                     self._max_texture,
                     obj.render_mesh,
                     crease_angle=self.crease_angle,
@@ -212,38 +241,57 @@ class GLRenderer:
                 for obj in objects
             ]
             draws = self._plan(meshes, R, t, cams)
-            set_lighting(self._programs, light)
+            if not geometry:
+                set_lighting(programs, light)
 
             image = (n_scenes, height, width)
-            specs = [((*image, 3), np.float32)] * 3 + [(image, np.float32), (image, np.int32), (image, np.bool_)]
+            shapes = {
+                "rgb": ((*image, 3), np.float32),
+                "xyz": ((*image, 3), np.float32),
+                "normal": ((*image, 3), np.float32),
+                "depth": (image, np.float32),
+                "instance": (image, np.int32),
+                "mask": (image, np.bool_),
+            }
+            if "mask" in wanted:
+                wanted.add("instance")  # the mask is instance > 0
+            names = [name for name in OUTPUTS if name in wanted]
+            specs = [shapes[name] for name in names]
             size = carve_size(specs)
             slab = self._pool.take(size) if self.reuse_output_memory else np.empty(size, np.uint8)
-            rgb, xyz, normal, depth, instance, mask = carve(slab, specs)
+            arrays = dict(zip(names, carve(slab, specs), strict=True))
             del slab
             if self._scratch.size < n_scenes * height * width:
                 self._scratch = np.empty(n_scenes * height * width, np.float32)
             instance_f = self._scratch[: n_scenes * height * width].reshape(image)
+            reads = [  # (destination, target, components); the instance id goes through a float scratch
+                (instance_f if name == "instance" else arrays[name], name, 3 if name in _VECTORS else 1)
+                for name in names
+                if name != "mask"
+            ]
 
             per_pass = max(1, min(n_scenes, self.max_atlas_height // height))
-            atlas = get_atlas(ctx, self._atlases, width, height, per_pass, self.max_atlas_height)
+            atlas = get_atlas(ctx, self._atlases, width, height, per_pass, self.max_atlas_height, geometry)
+            program = programs.geometry if geometry else None
             t_prepared = time.perf_counter()
             t_draw = t_read = 0.0
             for first in range(0, n_scenes, per_pass):
                 last = min(first + per_pass, n_scenes)
                 t0 = time.perf_counter()
-                draw_tiles(ctx, atlas, meshes, draws, first, last, width, height)
+                draw_tiles(ctx, atlas, meshes, draws, first, last, width, height, program)
                 t1 = time.perf_counter()
                 view = (0, 0, width, (last - first) * height)
-                atlas.fbo.read_into(rgb[first:last], view, components=3, attachment=0, dtype="f4")
-                atlas.fbo.read_into(xyz[first:last], view, components=3, attachment=1, dtype="f4")
-                atlas.fbo.read_into(normal[first:last], view, components=3, attachment=2, dtype="f4")
-                atlas.fbo.read_into(depth[first:last], view, components=1, attachment=3, dtype="f4")
-                atlas.fbo.read_into(instance_f[first:last], view, components=1, attachment=4, dtype="f4")
+                for array, name, components in reads:
+                    atlas.fbo.read_into(
+                        array[first:last], view, components=components, attachment=atlas.attachment(name), dtype="f4"
+                    )
                 t_draw += t1 - t0
                 t_read += time.perf_counter() - t1
             t_split = time.perf_counter()
-            np.copyto(instance, instance_f, casting="unsafe")
-            np.greater(instance, 0, out=mask)
+            if "instance" in arrays:
+                np.copyto(arrays["instance"], instance_f, casting="unsafe")
+            if "mask" in arrays:
+                np.greater(arrays["instance"], 0, out=arrays["mask"])
             self._meshes.trim(self.max_cached_meshes)
         t_end = time.perf_counter()
         timings = {
@@ -252,7 +300,19 @@ class GLRenderer:
             "readback": t_read + (t_end - t_split),
             "total": t_end - t_start,
         }
-        return RenderOutput(rgb, depth, mask, xyz, normal, instance, timings)
+        for name in OUTPUTS:
+            if name not in arrays:
+                shape, dtype = shapes[name]
+                arrays[name] = np.broadcast_to(np.zeros((), dtype), shape)
+        return RenderOutput(
+            arrays["rgb"],
+            arrays["depth"],
+            arrays["mask"],
+            arrays["xyz"],
+            arrays["normal"],
+            arrays["instance"],
+            timings,
+        )
 
     def _plan(self, meshes: list[GpuMesh], R: np.ndarray, t: np.ndarray, cams: list[Camera]) -> DrawPlan:
         """Clipping planes, matrices and visibility/culling flags of every (scene, object) draw."""
