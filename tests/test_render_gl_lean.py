@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from meshpose.refine.abstract.run import _lean
 from meshpose.render import GLRenderer, RaycastRenderer, RenderOutput
+from meshpose.render.base import only_outputs
 from meshpose.render.gl.renderer import OUTPUTS
 from meshpose.types import Camera, ObjectModel, Pose
 from support.render_fixtures import (
@@ -144,6 +144,7 @@ def test_bad_outputs(gl: GLRenderer) -> None:
         gl.render([obj], p, camera(), outputs="depth")
 
 
-def test_abstract_asks_for_the_lean_mode_only_where_it_exists() -> None:
-    assert _lean(GLRenderer()) == {"outputs": GEOMETRY}
-    assert _lean(RaycastRenderer()) == {}
+def test_only_outputs_asks_for_the_lean_mode_only_where_it_exists() -> None:
+    assert only_outputs(GLRenderer(), GEOMETRY) == {"outputs": GEOMETRY}
+    assert only_outputs(GLRenderer(), None) == {}
+    assert only_outputs(RaycastRenderer(), GEOMETRY) == {}

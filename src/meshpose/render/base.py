@@ -8,8 +8,9 @@ instance index. A *batch* of scenes (hypotheses) can be drawn in one call, each 
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -30,6 +31,7 @@ __all__ = [
     "corner_normals",
     "full_silhouettes",
     "normalize_scene_batch",
+    "only_outputs",
     "render_alone",
     "surface_data",
 ]
@@ -196,22 +198,40 @@ def normalize_scene_batch(
     return poses, cams
 
 
+def only_outputs(renderer: Renderer, outputs: Collection[str] | None) -> dict[str, Any]:
+    """Keyword arguments that ask ``renderer`` for only the images ``outputs`` (e.g. ``("mask",)``): ``{"outputs":
+    outputs}`` for a renderer whose ``render`` takes them (the GL renderer then draws and reads back only those),
+    else ``{}`` (the renderer draws everything, as the :class:`Renderer` protocol has it)."""
+    if outputs is None:
+        return {}
+    try:
+        takes = "outputs" in inspect.signature(renderer.render).parameters
+    except (TypeError, ValueError):  # no signature to inspect
+        takes = False
+    return {"outputs": tuple(outputs)} if takes else {}
+
+
 def render_alone(
     renderer: Renderer,
     objects: Sequence[ObjectModel],
     poses: Pose,
     cameras: Sequence[Camera],
     lighting: Lighting | None,
+    *,
+    outputs: Collection[str] | None = None,
 ) -> RenderOutput:
     """Render object ``b`` alone at ``poses[b]`` into ``cameras[b]``, for every ``b``, in one batched call (scene
-    ``b`` holds all objects, the others far behind the camera, which the renderer skips)."""
+    ``b`` holds all objects, the others far behind the camera, which the renderer skips). ``outputs``: only these
+    images are needed (:func:`only_outputs`)."""
     n = len(objects)
     R = np.broadcast_to(np.eye(3), (n, n, 3, 3)).copy()
     t = np.broadcast_to(np.array([0.0, 0.0, -1e4]), (n, n, 3)).copy()  # the others far behind the camera
     Rp, tp = poses.numpy()
     R[np.arange(n), np.arange(n)] = Rp
     t[np.arange(n), np.arange(n)] = tp
-    return renderer.render(list(objects), Pose(R, t), list(cameras), lighting=lighting)
+    return renderer.render(
+        list(objects), Pose(R, t), list(cameras), lighting=lighting, **only_outputs(renderer, outputs)
+    )
 
 
 def full_silhouettes(

@@ -12,11 +12,9 @@ object is the best one (by its own crop's loss) at the finest level, the initial
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
@@ -32,7 +30,7 @@ from meshpose.refine.contour.energy import PosePrior
 from meshpose.refine.contour.level import HIDDEN_TRANSLATION, SceneBoxes
 from meshpose.refine.guards import initial_pose_failure
 from meshpose.refine.views import CropView, cut_crop
-from meshpose.render.base import Renderer
+from meshpose.render.base import Renderer, only_outputs
 from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineResult, se3_exp
 
 __all__ = ["AbstractRun"]
@@ -159,7 +157,7 @@ class AbstractRun:
                 self.drawn,
                 Pose(torch.as_tensor(Rs), torch.as_tensor(ts)),
                 [crops[i].crop.camera for i in order],
-                **_lean(self.renderer),
+                **only_outputs(self.renderer, ("xyz", "depth", "instance")),
             )
         with self.timer("lightdr"):
             shown = [
@@ -300,15 +298,6 @@ class AbstractRun:
             extra={"loss": np.array(self.loss_log), "levels": [lv for lv, _ in plan]},
             pose=_pose(self.R_best, self.t_best),
         )
-
-
-def _lean(renderer: Renderer) -> dict[str, Any]:
-    """Ask a renderer that can draw only some images (``outputs``, e.g. the GL renderer) for those LightDR reads."""
-    try:
-        takes = "outputs" in inspect.signature(renderer.render).parameters
-    except (TypeError, ValueError):  # no signature to inspect
-        takes = False
-    return {"outputs": ("xyz", "depth", "instance")} if takes else {}
 
 
 def _pose(R: np.ndarray, t: np.ndarray) -> Pose:
