@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from meshpose.coarse.base import estimate_each
+from meshpose.coarse.mask_fit import MaskFitConfig, fit_to_mask, occluder_masks
 from meshpose.coarse.picopose.features import make_features
 from meshpose.coarse.picopose.local import local_matches, pose_from_matches, scale_to_depth
 from meshpose.coarse.picopose.matching import fit_similarity, foreground_patches, match_templates
@@ -67,6 +68,10 @@ class PicoPoseConfig:
             (trained) / 0.801 (xfeat); GL set, coarse ADD(-S) 0.773 / 0.711 / 0.727 (step-500 weights; those
             shipped now, step 1400: AR 0.860, ADD(-S) 0.773).
         feature_weights: weights spec of ``"trained"`` features (``None``: the shipped ones).
+        mask_fit: the best this many hypotheses of a detection with a mask get their silhouette fitted to it
+            (:func:`~meshpose.coarse.mask_fit.fit_to_mask`, the image's other detections counted as possible
+            occluders) and are ranked again; 0: off. Box-only detections are not fitted.
+        mask_fit_config: options of that fit.
     """
 
     templates: int = 162
@@ -82,6 +87,14 @@ class PicoPoseConfig:
     cache_dir: str | None = None
     features: str = "xfeat+trained"
     feature_weights: str | None = None
+    mask_fit: int = 1
+    mask_fit_config: MaskFitConfig = field(default_factory=MaskFitConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mask_fit_config, dict):  # from JSON options
+            object.__setattr__(self, "mask_fit_config", MaskFitConfig(**self.mask_fit_config))
+        if self.mask_fit < 0:
+            raise ValueError(f"picopose: mask_fit must be >= 0, got {self.mask_fit}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,13 +149,15 @@ class PicoPoseEstimator:
     ) -> list[EstimateResult]:
         """Pose hypotheses per detection, best first (see :class:`~meshpose.coarse.base.Estimator`)."""
 
+        occluders = {id(d): o for d, o in zip(detections, occluder_masks(detections), strict=True)}
+
         def one(det: Detection, model: ObjectModel) -> tuple[list[PoseEstimate], Failure | None, dict[str, Any]]:
-            return self._estimate_one(obs, det, model, hypotheses)
+            return self._estimate_one(obs, det, model, hypotheses, occluders.get(id(det)))
 
         return estimate_each(obs, objects, detections, one, method=self.name)
 
     def _estimate_one(
-        self, obs: Observation, det: Detection, model: ObjectModel, hypotheses: int
+        self, obs: Observation, det: Detection, model: ObjectModel, hypotheses: int, occluders: np.ndarray | None
     ) -> tuple[list[PoseEstimate], Failure | None, dict[str, Any]]:
         cfg = self.config
         timings: dict[str, float] = {}
@@ -215,6 +230,21 @@ class PicoPoseEstimator:
         for i, e in enumerate(extras):
             e.update({k: float(v[i]) for k, v in cues.items()})
         timings["score"] = time.perf_counter() - t0
-        order = np.argsort(-scores, kind="stable")[:hypotheses]
-        out = [PoseEstimate(model.obj_id, poses[i], float(scores[i]), 0.0, extras[i]) for i in order]
+        order = [int(i) for i in np.argsort(-scores, kind="stable")]
+        n_fit = min(cfg.mask_fit, len(order)) if det.mask is not None else 0
+        if n_fit:
+            t0 = time.perf_counter()
+            fitted = order[:n_fit]
+            for i in fitted:
+                fit = fit_to_mask(obs, model, det, poses[i], occluders=occluders, config=cfg.mask_fit_config)
+                poses[i] = fit.pose
+                extras[i].update(
+                    {"mask_iou_start": fit.iou_start, "mask_iou": fit.iou, "mask_fit_renders": fit.renders}
+                )
+            rescored = score_hypotheses(obs, model, det, [poses[i] for i in fitted])
+            for i, sc in zip(fitted, rescored, strict=True):
+                scores[i] = sc
+            order = sorted(fitted, key=lambda i: -scores[i]) + order[n_fit:]
+            timings["mask_fit"] = time.perf_counter() - t0
+        out = [PoseEstimate(model.obj_id, poses[i], float(scores[i]), 0.0, extras[i]) for i in order[:hypotheses]]
         return out, None, {"timings": timings, "candidates": len(cands)}

@@ -1,0 +1,102 @@
+"""Fitting a coarse pose's silhouette to its detection mask (:mod:`meshpose.coarse.mask_fit`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from meshpose.coarse import make_estimator
+from meshpose.coarse.gt_detections import mask_bbox
+from meshpose.coarse.mask_fit import MaskFitConfig, fit_to_mask, occluder_masks
+from meshpose.render.gl import get_default_renderer
+from meshpose.types import Detection, Pose
+from support.scenes import (
+    add_error,
+    make_camera,
+    overlapping_pair_case,
+    perturb,
+    render_observation,
+    single_object_cases,
+)
+
+
+def _depth_and_shift(pose: Pose, k: float, shift_m: float) -> Pose:
+    R, t = pose.numpy()
+    return Pose(R, k * t + np.array([shift_m, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_a_wrong_distance_shift_and_rotation_come_back_to_the_mask(case: int) -> None:
+    """The silhouette alone tells the distance: a pose 8 % too far, shifted 1 cm and turned 4° ends much nearer the
+    truth, and its IoU rises."""
+    cam = make_camera()
+    obj, gt, _, seed = single_object_cases(3, seed=3, camera=cam)[case]
+    obs = render_observation([obj], gt.reshape(1), cam, seed=seed)
+    sil = get_default_renderer().render([obj], gt.reshape(1, 1), cam).mask[0]
+    box = mask_bbox(sil)
+    assert box is not None
+    det = Detection(obj.obj_id, box, sil)
+    start = perturb(_depth_and_shift(gt, 1.08, 0.01), 4.0, 0.0, obj.diameter, seed)
+    res = fit_to_mask(obs, obj, det, start)
+    e0, e1 = add_error(obj, start, gt), add_error(obj, res.pose, gt)
+    assert res.iou > res.iou_start + 0.05
+    assert e1 < 0.5 * e0, (e0, e1)
+    assert 1 < res.renders <= MaskFitConfig().max_iterations
+
+
+def test_other_detections_count_as_possible_occluders() -> None:
+    """The far object of an overlapping pair is partly hidden; its modal mask is smaller than its silhouette. Started
+    at the truth, the fit with the near object's mask as occluder stays there (IoU' = 1 at the truth); started off,
+    it comes nearer the truth than a fit that takes the modal mask as the whole object."""
+    cam = make_camera()
+    (far, near), gt, _, seed = overlapping_pair_case(1, camera=cam)
+    obs = render_observation([far, near], gt, cam, seed=seed)
+    inst = get_default_renderer().render([far, near], gt.reshape(1, 2), cam).instance[0]
+    masks = [inst == 1, inst == 2]
+    assert masks[0].sum() > 100 and masks[1].sum() > 100
+    alone = get_default_renderer().render([far], gt[0].reshape(1, 1), cam).mask[0]
+    assert masks[0].sum() < 0.95 * alone.sum(), "the far object must be partly hidden"
+    dets = [Detection(o.obj_id, mask_bbox(m), m) for o, m in zip((far, near), masks, strict=True)]  # type: ignore[arg-type]
+    occ = occluder_masks(dets)
+    assert occ[0] is not None and np.array_equal(occ[0], masks[1]) and np.array_equal(occ[1], masks[0])
+
+    at_truth = fit_to_mask(obs, far, dets[0], gt[0], occluders=occ[0])
+    assert at_truth.iou_start > 0.98
+    assert add_error(far, at_truth.pose, gt[0]) < 0.02 * far.diameter
+
+    start = _depth_and_shift(gt[0], 1.07, 0.0)
+    aware = fit_to_mask(obs, far, dets[0], start, occluders=occ[0])
+    blind = fit_to_mask(obs, far, dets[0], start)
+    e_aware, e_blind = add_error(far, aware.pose, gt[0]), add_error(far, blind.pose, gt[0])
+    assert e_aware < 0.5 * add_error(far, start, gt[0])
+    assert e_aware < e_blind, (e_aware, e_blind)
+
+
+def test_bad_inputs_name_the_problem() -> None:
+    cam = make_camera()
+    obj, gt, _, seed = single_object_cases(1, camera=cam)[0]
+    obs = render_observation([obj], gt.reshape(1), cam, seed=seed)
+    box = np.array([10.0, 10.0, 40.0, 40.0])
+    with pytest.raises(ValueError, match="needs a mask"):
+        fit_to_mask(obs, obj, Detection(obj.obj_id, box), gt)
+    mask = np.zeros((cam.height, cam.width), bool)
+    mask[10:50, 10:50] = True
+    det = Detection(obj.obj_id, box, mask)
+    with pytest.raises(ValueError, match="occluders"):
+        fit_to_mask(obs, obj, det, gt, occluders=np.zeros((5, 5), bool))
+    R, t = gt.numpy()
+    with pytest.raises(ValueError, match="behind the camera"):
+        fit_to_mask(obs, obj, det, Pose(R, -t))
+    with pytest.raises(ValueError, match="positive"):
+        MaskFitConfig(shift_px=0.0)
+    assert occluder_masks([det]) == [None]
+
+
+def test_picopose_options_of_the_fit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    est = make_estimator("picopose", cache_dir=str(tmp_path), mask_fit=2, mask_fit_config={"max_iterations": 5})
+    assert est.config.mask_fit == 2 and est.config.mask_fit_config.max_iterations == 5
+    assert dataclasses.replace(est.config, mask_fit=0).mask_fit == 0
+    with pytest.raises(ValueError, match="mask_fit"):
+        make_estimator("picopose", cache_dir=str(tmp_path), mask_fit=-1)
