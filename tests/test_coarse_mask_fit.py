@@ -100,3 +100,17 @@ def test_picopose_options_of_the_fit(tmp_path) -> None:  # type: ignore[no-untyp
     assert dataclasses.replace(est.config, mask_fit=0).mask_fit == 0
     with pytest.raises(ValueError, match="mask_fit"):
         make_estimator("picopose", cache_dir=str(tmp_path), mask_fit=-1)
+
+
+def test_a_measured_distance_is_kept() -> None:
+    """``fit_distance=False`` (picopose with an observed depth): the shift and rotation are fitted, the distance
+    stays."""
+    cam = make_camera()
+    obj, gt, _, seed = single_object_cases(1, seed=4, camera=cam)[0]
+    obs = render_observation([obj], gt.reshape(1), cam, seed=seed)
+    sil = get_default_renderer().render([obj], gt.reshape(1, 1), cam).mask[0]
+    det = Detection(obj.obj_id, mask_bbox(sil), sil)  # type: ignore[arg-type]
+    start = perturb(_depth_and_shift(gt, 1.05, 0.01), 4.0, 0.0, obj.diameter, seed)
+    res = fit_to_mask(obs, obj, det, start, config=MaskFitConfig(fit_distance=False))
+    assert res.iou > res.iou_start
+    assert float(res.pose.numpy()[1][2]) == pytest.approx(float(start.numpy()[1][2]), abs=1e-12)

@@ -48,6 +48,8 @@ class MaskFitConfig:
         rotation_rad: first rotation step about each camera axis, radians.
         min_shift_px: the search stops when the shift step falls below this (all steps halve together).
         max_iterations: at most this many batched renders.
+        fit_distance: also search the distance along the viewing ray (off where it was measured, e.g. from an
+            observed depth: the mask would only add noise to it).
     """
 
     size: int = SCORE_CROP
@@ -56,6 +58,7 @@ class MaskFitConfig:
     rotation_rad: float = 0.05
     min_shift_px: float = 0.4
     max_iterations: int = 30
+    fit_distance: bool = True
 
     def __post_init__(self) -> None:
         if self.size < 16:
@@ -175,10 +178,11 @@ def fit_to_mask(
 
     p = np.zeros(6)
     best = start = float(iou([p])[0])
+    axes = [a for a in range(6) if a != 2 or cfg.fit_distance]
     step = np.array([cfg.shift_px, cfg.shift_px, cfg.log_depth, cfg.rotation_rad, cfg.rotation_rad, cfg.rotation_rad])
     renders = 1
     while renders < cfg.max_iterations and step[0] >= cfg.min_shift_px:
-        cands = [p + sgn * step[a] * np.eye(6)[a] for a in range(6) for sgn in (1.0, -1.0)]
+        cands = [p + sgn * step[a] * np.eye(6)[a] for a in axes for sgn in (1.0, -1.0)]
         vals = iou(cands)
         renders += 1
         j = int(np.argmax(vals))

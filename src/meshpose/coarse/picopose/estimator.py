@@ -11,6 +11,7 @@ are ranked by :func:`~meshpose.coarse.score.score_hypotheses` (silhouette/mask a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -235,8 +236,11 @@ class PicoPoseEstimator:
         if n_fit:
             t0 = time.perf_counter()
             fitted = order[:n_fit]
+            fit_cfg = cfg.mask_fit_config
+            if cfg.use_depth and obs.depth is not None:  # the distance came from the observed depth: keep it
+                fit_cfg = dataclasses.replace(fit_cfg, fit_distance=False)
             for i in fitted:
-                fit = fit_to_mask(obs, model, det, poses[i], occluders=occluders, config=cfg.mask_fit_config)
+                fit = fit_to_mask(obs, model, det, poses[i], occluders=occluders, config=fit_cfg)
                 poses[i] = fit.pose
                 extras[i].update(
                     {"mask_iou_start": fit.iou_start, "mask_iou": fit.iou, "mask_fit_renders": fit.renders}
