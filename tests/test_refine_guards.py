@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from meshpose.geometry.lie import rotation_about_axis
-from meshpose.refine.guards import guard_update
+from meshpose.refine.guards import guard_update, usable_update
 from meshpose.refine.select import EdgeJudge, pick_by_edges
 from meshpose.refine.views import cut_crop, inside_image, window_crop
 from meshpose.types import FailureCode, Observation
@@ -74,3 +74,18 @@ def test_registry_imports_without_a_cycle() -> None:
     mods = ["meshpose.refine.chain", "meshpose.refine.registry", "meshpose.refine.base", "meshpose.refine.contour"]
     for mod in mods:
         subprocess.run([sys.executable, "-c", f"import {mod}"], check=True)
+
+
+def test_usable_update_is_guard_update_without_limits() -> None:
+    R = np.eye(3)
+    pivot = np.array([0.0, 0.0, 0.2])
+    cases = [
+        (R, np.array([0.0, 0.0, 0.5]), None),
+        (R, np.array([0.0, 0.0, -0.1]), None),  # origin behind the camera
+        (R, np.array([0.0, 0.0, -0.1]), pivot),  # ... but the pivot in front of it
+        (np.diag([1.0, -1.0, -1.0]), np.array([0.0, 0.0, 0.1]), pivot),  # turned: the pivot behind
+        (R, np.array([np.nan, 0.0, 0.5]), None),
+    ]
+    for Rn, tn, p in cases:
+        assert usable_update(Rn, tn, p) == guard_update(R, [0, 0, 0.5], Rn, tn, diameter=0.1, pivot=p).ok
+    assert [usable_update(Rn, tn, p) for Rn, tn, p in cases] == [True, False, True, False, False]

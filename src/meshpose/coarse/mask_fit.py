@@ -146,6 +146,7 @@ def fit_to_mask(
         from meshpose.render.gl import get_default_renderer
 
         renderer = get_default_renderer()
+    draw: Renderer = renderer  # bound for the closure below (mypy does not carry the narrowing into it)
     h, w = obs.camera.height, obs.camera.width
     if detection.mask is None or detection.mask.shape != (h, w):
         raise ValueError(f"mask fit: detection of object {detection.obj_id} needs a mask of the image's size {h}×{w}")
@@ -163,8 +164,6 @@ def fit_to_mask(
     if occluders is not None:
         silent |= np.asarray(crop_image(occluders, obs.camera, box, s, s, interpolation="nearest")[0], bool)
     silent &= ~mask
-
-    draw = renderer
 
     def iou(params: list[np.ndarray]) -> np.ndarray:
         Rs, ts = zip(*(_moved(R0, t0, q, cam) for q in params), strict=True)

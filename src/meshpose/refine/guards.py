@@ -24,7 +24,7 @@ from meshpose.geometry.crop import object_box
 from meshpose.geometry.lie import rotation_angle
 from meshpose.types import Camera, Failure, FailureCode, Pose
 
-__all__ = ["StepCheck", "check_step", "guard_update", "in_image_failure", "initial_pose_failure"]
+__all__ = ["StepCheck", "check_step", "guard_update", "in_image_failure", "initial_pose_failure", "usable_update"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,16 @@ def guard_update(
         msg = f"implausible update rejected ({rot_deg:.1f}°, {trans_m * 1e3:.1f} mm)"
         return StepCheck(rot_deg, trans_m, Failure(FailureCode.IMPLAUSIBLE_UPDATE, msg))
     return StepCheck(rot_deg, trans_m, None)
+
+
+def usable_update(R_new: np.ndarray, t_new: np.ndarray, pivot: np.ndarray | None = None) -> bool:
+    """The verdict of :func:`guard_update` without step limits, in plain numpy for per-iteration loops: the new
+    pose ``(3, 3)``, ``(3,)`` (metres) is finite and puts ``pivot`` (object frame, default the origin) in front of
+    the camera."""
+    if not (np.isfinite(R_new).all() and np.isfinite(t_new).all()):
+        return False
+    z = float(t_new[2]) if pivot is None else float(R_new[2] @ pivot + t_new[2])
+    return z > 0
 
 
 def in_image_failure(silhouette: np.ndarray, valid: np.ndarray, min_in_image: float) -> Failure | None:

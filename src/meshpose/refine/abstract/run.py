@@ -28,7 +28,7 @@ from meshpose.refine.abstract.lightdr import CropLoss, CropTarget, blur, crop_lo
 from meshpose.refine.base import StageTimer, make_result
 from meshpose.refine.contour.energy import PosePrior
 from meshpose.refine.contour.level import HIDDEN_TRANSLATION, SceneBoxes
-from meshpose.refine.guards import initial_pose_failure
+from meshpose.refine.guards import initial_pose_failure, usable_update
 from meshpose.refine.views import CropView, cut_crop
 from meshpose.render.base import Renderer, only_outputs
 from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineResult, se3_exp
@@ -216,8 +216,7 @@ class AbstractRun:
     def _step(self, ids: list[int], grads: np.ndarray, G: np.ndarray, lr: float) -> None:
         """One AdaGrad step of the objects ``ids`` from their current poses (``grads``, ``G``: ``(N, 6)``
         gradients and accumulated squared gradients). An update that is not finite or puts the object's centre
-        behind the camera is dropped (the verdict of :func:`~meshpose.refine.guards.guard_update` without step
-        limits)."""
+        behind the camera is dropped (:func:`~meshpose.refine.guards.usable_update`)."""
         if not ids:
             return
         deltas = np.stack([self._delta(i, grads[i], G[i], lr) for i in ids])
@@ -226,8 +225,7 @@ class AbstractRun:
             c_cam = self.R[i] @ self.centers[i] + self.t[i]
             R_new = Rd[k] @ self.R[i]
             t_new = Rd[k] @ (self.t[i] - c_cam) + td[k] + c_cam
-            ok = np.isfinite(R_new).all() and np.isfinite(t_new).all() and R_new[2] @ self.centers[i] + t_new[2] > 0
-            if ok:
+            if usable_update(R_new, t_new, self.centers[i]):
                 self.R[i], self.t[i] = R_new, t_new
 
     def _score(self, crops: dict[int, _Crop], losses: dict[int, CropLoss]) -> None:
