@@ -20,12 +20,15 @@ __all__ = ["train"]
 C = TypeVar("C")
 
 #: Learned presets with a trainer.
-TRAINABLE = ("genflow", "deeprm", "picopose", "abstract", "jointloss")
+TRAINABLE = ("genflow", "deeprm", "picopose", "picopose-similarity", "abstract", "jointloss")
 
 
 def train(
     method: Annotated[
-        str, typer.Argument(help="Learned preset to train (genflow, deeprm, picopose, abstract, jointloss).")
+        str,
+        typer.Argument(
+            help="Learned preset to train (genflow, deeprm, picopose, picopose-similarity, abstract, jointloss)."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, config.json, train_log.jsonl.")],
     data: Annotated[
@@ -177,6 +180,15 @@ def _picopose() -> _Trainer:
     return _Trainer(PicoPoseTrainConfig, train_picopose, _show(fmt, "loss", "acc", "temperature", "items_per_s"))
 
 
+def _picopose_similarity() -> _Trainer:
+    """``meshpose train picopose-similarity``: the learned stage 2 of the ``picopose`` coarse estimator."""
+    from meshpose.train.picopose_similarity import SimilarityTrainConfig, train_similarity
+
+    fmt = "step %d loss %.4f err %.2f px (identity %.2f) ok4 %.2f %.2f pairs/s"
+    show = _show(fmt, "loss", "err_px", "err0_px", "ok4", "items_per_s")
+    return _Trainer(SimilarityTrainConfig, train_similarity, show)
+
+
 def _abstract() -> _Trainer:
     """``meshpose train abstract``: the descriptor network of the ``abstract`` refiner."""
     from meshpose.train.abstract import AbstractTrainConfig, train_abstract
@@ -218,6 +230,7 @@ _TRAINERS: dict[str, Callable[[], _Trainer]] = {
     "genflow": _genflow,
     "deeprm": _deeprm,
     "picopose": _picopose,
+    "picopose-similarity": _picopose_similarity,
     "abstract": _abstract,
     "jointloss": _jointloss,
 }

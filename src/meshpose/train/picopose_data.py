@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ from meshpose.mesh import render_bounding_sphere
 from meshpose.render.base import render_alone
 from meshpose.synth import SyntheticSample
 from meshpose.train.common import SceneStream, draw_held_out
-from meshpose.train.picopose_config import PicoPoseTrainConfig
+from meshpose.train.picopose_config import PairOptions, PicoPoseTrainConfig
 from meshpose.types import Camera, Detection, Pose
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "make_pairs",
     "patch_xyz",
     "positive_pairs",
+    "similarity_between",
     "template_pose",
     "validation_pairs",
 ]
@@ -109,16 +111,34 @@ def inplane_angle(points: np.ndarray, pose_a: Pose, cam_a: Camera, pose_b: Pose,
     return -math.degrees(math.atan2(cross, dot))
 
 
+def similarity_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The least-squares 2D similarity (rotation, isotropic scale, shift) ``b ≈ A @ [a, 1]``, ``(2, 3)``.
+
+    Args:
+        a, b: ``(P, 2)`` corresponding points (``P ≥ 2``), e.g. one set of object points projected into two views.
+    """
+    # RANSAC with a threshold no point exceeds keeps all of them; the refinement is then least squares over all.
+    span = float(np.ptp(np.concatenate([a, b]), axis=0).max()) + 1.0
+    A, _ = cv2.estimateAffinePartial2D(
+        a.astype(np.float64), b.astype(np.float64), method=cv2.RANSAC, ransacReprojThreshold=4.0 * span, refineIters=20
+    )
+    if A is None:
+        raise ValueError("no similarity between the point sets (degenerate points)")
+    return np.asarray(A, np.float64)
+
+
 def make_pairs(
-    sample: SyntheticSample, rng: np.random.Generator, cfg: PicoPoseTrainConfig, renderer: Any = None
+    sample: SyntheticSample, rng: np.random.Generator, cfg: PairOptions, renderer: Any = None
 ) -> list[dict[str, Any]]:
     """Training pairs (dicts of numpy arrays) from the visible instances of one synthetic image (module docstring).
 
     Returns:
         Per pair: ``q_rgb`` ``(S, S, 3)`` uint8, ``q_region`` ``(S, S)`` bool (the mask, or the box for an unmasked
         query), ``q_valid`` ``(S, S)`` bool (the visible object), ``q_xyz`` ``(S, S, 3)`` float32 metres;
-        ``t_rgb``, ``t_mask``, ``t_xyz`` likewise for the template; ``diameter``, ``obj_id``, ``angle_deg`` (the
-        turn of the query), ``view_deg`` (the angle between the two viewing directions), ``masked``.
+        ``t_rgb``, ``t_mask``, ``t_xyz`` likewise for the template; ``sim`` ``(2, 3)`` float32, the least-squares
+        similarity from template pixels to (turned) query pixels of the object's points (what ``picopose``'s stage
+        2 estimates); ``diameter``, ``obj_id``, ``angle_deg`` (the turn of the query), ``view_deg`` (the angle
+        between the two viewing directions), ``masked``.
     """
     if renderer is None:
         from meshpose.render.gl import get_default_renderer
@@ -173,6 +193,9 @@ def make_pairs(
         pts = obj.points[rng.choice(len(obj.points), size=min(256, len(obj.points)), replace=False)]
         align = inplane_angle(pts, sample.poses[i], q_masked.camera, t_poses[k], tv.cameras[0])
         angle = align + float(rng.uniform(-cfg.inplane_residual_deg, cfg.inplane_residual_deg))
+        turn = cv2.getRotationMatrix2D(((s - 1) / 2.0, (s - 1) / 2.0), angle, 1.0)
+        p_q = _project(pts, sample.poses[i], q_masked.camera) @ turn[:, :2].T + turn[:, 2]
+        sim = similarity_between(_project(pts, t_poses[k], tv.cameras[0]), p_q)
         out.append(
             {
                 "q_rgb": rotate_about_centre(np.ascontiguousarray(q_rgb), angle),
@@ -182,6 +205,7 @@ def make_pairs(
                 "t_rgb": tv.rgb[0],
                 "t_mask": tv.mask[0],
                 "t_xyz": tv.xyz[0],
+                "sim": sim.astype(np.float32),
                 "diameter": np.float32(obj.diameter),
                 "obj_id": int(sample.obj_ids[i]),
                 "angle_deg": float(angle),
@@ -275,13 +299,13 @@ class PairStream(SceneStream):
     :class:`~meshpose.train.common.SceneStream`)."""
 
     SALT = 0x91C0
-    cfg: PicoPoseTrainConfig
+    cfg: PairOptions
 
     def make(self, sample: SyntheticSample, rng: np.random.Generator) -> list[dict[str, Any]]:
         return make_pairs(sample, rng, self.cfg)
 
 
-def validation_pairs(cfg: PicoPoseTrainConfig) -> list[dict[str, Any]]:
+def validation_pairs(cfg: PairOptions) -> list[dict[str, Any]]:
     """``cfg.val_items`` held-out pairs of ``cfg.val_objects`` (the same for every call with one config; seed
     ``cfg.seed + 1``)."""
     return draw_held_out(cfg, cfg.val_items, cfg.scene_config(), lambda smp, rng: make_pairs(smp, rng, cfg), "pairs")

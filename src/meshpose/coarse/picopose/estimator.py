@@ -18,17 +18,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 import torch
 
 from meshpose.coarse.base import estimate_each
 from meshpose.coarse.mask_fit import MaskFitConfig, fit_to_mask, occluder_masks
 from meshpose.coarse.picopose.features import make_features
-from meshpose.coarse.picopose.local import local_matches, pose_from_matches, scale_to_depth
-from meshpose.coarse.picopose.matching import fit_similarity, foreground_patches, match_templates
+from meshpose.coarse.picopose.local import genflow_matches, local_matches, pose_from_matches, scale_to_depth
+from meshpose.coarse.picopose.matching import Candidate, fit_similarity, foreground_patches, match_templates
 from meshpose.coarse.picopose.views import TemplateViews, cut_query, cut_templates, rotate_about_centre
 from meshpose.coarse.score import score_hypotheses
 from meshpose.coarse.templates import TemplateConfig, load_templates, template_cache_key
+from meshpose.nets.batch import load_genflow_model
+from meshpose.nets.simnet import load_simnet, similarity_matrices
 from meshpose.types import (
     Detection,
     EstimateResult,
@@ -57,8 +60,15 @@ class PicoPoseConfig:
         padding: those crops' side over the object's (detection's) box side.
         rotations: in-plane rotations of the query that are matched (the features are not rotation-invariant).
         candidates: (template, rotation) pairs taken from stage 1 to stages 2-3 per detection.
-        min_similarity: stage-2 correspondences need this cosine similarity.
-        local: stage 3: ``"dis"`` (flow offsets with forward-backward certainty) or ``"none"`` (the warp only).
+        min_similarity: stage-2 correspondences need this cosine similarity (``stage2="ransac"``).
+        stage2: how the 2D similarity from template to query is found: ``"ransac"`` (RANSAC on mutual-nearest-
+            neighbour patch matches, training-free) or ``"learned"`` (regressed from the feature correlation by
+            :class:`~meshpose.nets.simnet.SimilarityNet`, ``meshpose train picopose-similarity``).
+        stage2_weights: weights spec of the learned stage 2 (``None``: the shipped ones).
+        local: stage 3: ``"dis"`` (DIS flow offsets with forward-backward certainty), ``"genflow"`` (the recurrent
+            flow network's offsets and certainty, :func:`~meshpose.coarse.picopose.local.genflow_matches`) or
+            ``"none"`` (the warp only).
+        local_weights: weights spec of the ``"genflow"`` stage 3's network (``None``: ``genflow``'s shipped ones).
         pnp_threshold_px: PnP-RANSAC inlier threshold in crop pixels.
         use_depth: with an observed depth, take the distance from it.
         cache_dir: template cache folder (default: ``$MESHPOSE_CACHE_DIR`` or the user cache).
@@ -82,7 +92,10 @@ class PicoPoseConfig:
     rotations: int = 16
     candidates: int = 6
     min_similarity: float = 0.5
-    local: Literal["dis", "none"] = "dis"
+    stage2: Literal["ransac", "learned"] = "ransac"
+    stage2_weights: str | None = None
+    local: Literal["dis", "genflow", "none"] = "dis"
+    local_weights: str | None = None
     pnp_threshold_px: float = 2.0
     use_depth: bool = True
     cache_dir: str | None = None
@@ -96,6 +109,8 @@ class PicoPoseConfig:
             object.__setattr__(self, "mask_fit_config", MaskFitConfig(**self.mask_fit_config))
         if self.mask_fit < 0:
             raise ValueError(f"picopose: mask_fit must be >= 0, got {self.mask_fit}")
+        if self.stage2 not in ("ransac", "learned"):
+            raise ValueError(f"picopose: stage2 must be 'ransac' or 'learned', got {self.stage2!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,9 +129,11 @@ class PicoPoseEstimator:
 
     def __init__(self, config: PicoPoseConfig | None = None) -> None:
         self.config = config if config is not None else PicoPoseConfig()
-        if self.config.local not in ("dis", "none"):
-            raise ValueError(f"picopose: local must be 'dis' or 'none', got {self.config.local!r}")
+        if self.config.local not in ("dis", "genflow", "none"):
+            raise ValueError(f"picopose: local must be 'dis', 'genflow' or 'none', got {self.config.local!r}")
         self.features = make_features(self.config.features, self.config.feature_weights)
+        self.simnet = load_simnet(self.config.stage2_weights) if self.config.stage2 == "learned" else None
+        self.flownet = load_genflow_model(self.config.local_weights) if self.config.local == "genflow" else None
         # Per object: its cut templates and their features, keyed by the object's *content* (the template cache key;
         # never ``id(model)``, which Python reuses once a model is freed), least recently used dropped.
         self._objects: OrderedDict[tuple[int, str], _ObjectData] = OrderedDict()
@@ -157,6 +174,41 @@ class PicoPoseEstimator:
 
         return estimate_each(obs, objects, detections, one, method=self.name)
 
+    def _similarities(
+        self, q_feats: torch.Tensor, q_fg: torch.Tensor, data: _ObjectData, cands: Sequence[Candidate]
+    ) -> list[tuple[np.ndarray, int]]:
+        """Stage 2 for every candidate: ``(A, n)``, the ``(2, 3)`` template → query pixel map and the number of
+        agreeing patch matches (RANSAC; ``-1`` for the learned map)."""
+        cfg = self.config
+        if self.simnet is None:
+            return [
+                fit_similarity(
+                    q_feats[c.rotation],
+                    q_fg[c.rotation],
+                    data.feats[c.template],
+                    data.fg[c.template],
+                    c.angle_deg,
+                    cfg.size,
+                    self.features.stride,
+                    min_similarity=cfg.min_similarity,
+                )
+                for c in cands
+            ]
+        rot = [c.rotation for c in cands]
+        tpl = [c.template for c in cands]
+        with torch.no_grad():
+            params = self.simnet(q_feats[rot], q_fg[rot], data.feats[tpl], data.fg[tpl])
+        turned = similarity_matrices(params, cfg.size).double().numpy()  # template → turned query
+        out = []
+        ctr = (cfg.size - 1) / 2.0
+        for c, A_rot in zip(cands, turned, strict=True):
+            to_unrot = cv2.invertAffineTransform(cv2.getRotationMatrix2D((ctr, ctr), c.angle_deg, 1.0))
+            A = np.concatenate(
+                [to_unrot[:, :2] @ A_rot[:, :2], (to_unrot[:, :2] @ A_rot[:, 2] + to_unrot[:, 2])[:, None]], 1
+            )
+            out.append((A, -1))
+        return out
+
     def _estimate_one(
         self, obs: Observation, det: Detection, model: ObjectModel, hypotheses: int, occluders: np.ndarray | None
     ) -> tuple[list[PoseEstimate], Failure | None, dict[str, Any]]:
@@ -179,26 +231,17 @@ class PicoPoseEstimator:
         t0 = time.perf_counter()
         poses: list[Pose] = []
         extras: list[dict[str, Any]] = []
-        for c in cands:
-            A, n_sim = fit_similarity(
-                q_feats[c.rotation],
-                q_fg[c.rotation],
-                data.feats[c.template],
-                data.fg[c.template],
-                c.angle_deg,
-                cfg.size,
-                self.features.stride,
-                min_similarity=cfg.min_similarity,
-            )
+        maps = self._similarities(q_feats, q_fg, data, cands)
+        for c, (A, n_sim) in zip(cands, maps, strict=True):
             v = data.views
-            m = local_matches(
-                q.rgb, q.mask, v.rgb[c.template], v.mask[c.template], v.xyz[c.template], A, method=cfg.local
-            )
+            args = (q.rgb, q.mask, v.rgb[c.template], v.mask[c.template], v.xyz[c.template], A)
+            if self.flownet is not None:
+                m = genflow_matches(*args, q.camera, self.flownet, threshold_px=cfg.pnp_threshold_px)
+            else:
+                m = local_matches(*args, method=cfg.local)
             pose, n_inl = pose_from_matches(m, q.camera, threshold_px=cfg.pnp_threshold_px)
-            if pose is None and cfg.local != "none":  # the flow offsets failed: the warp alone
-                m = local_matches(
-                    q.rgb, q.mask, v.rgb[c.template], v.mask[c.template], v.xyz[c.template], A, method="none"
-                )
+            if pose is None and cfg.local != "none":  # the local offsets failed: the warp alone
+                m = local_matches(*args, method="none")
                 pose, n_inl = pose_from_matches(m, q.camera, threshold_px=cfg.pnp_threshold_px)
             if pose is None:
                 continue

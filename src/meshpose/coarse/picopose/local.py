@@ -1,10 +1,17 @@
 """PicoPose stage 3 and the pose: local offsets between the warped template and the query, 2D-3D matches from
 the template's object coordinates, PnP-RANSAC, and (with depth) the distance from the observed depth.
 
-The seed paper predicts the local offsets and their certainty with a RAFT-style network; here the offsets come
-from OpenCV's DIS optical flow between the similarity-warped template and the query, and the certainty from the
-forward-backward agreement of the two flows (a classical stand-in that needs no training; ``local="none"`` keeps
-the stage-2 warp alone).
+The seed paper predicts the local offsets and their certainty with a RAFT-style network. Two ways are here:
+
+* ``"genflow"``: the recurrent shape-constrained flow network of the ``genflow`` refiner
+  (:class:`~meshpose.nets.genflow.GenFlowNet`: a GRU over an all-pairs correlation pyramid, per-cell flow and a
+  certainty in [0, 1]), run between the warped template — a rendering with its object coordinates, at the pose
+  PnP gives from the warp alone — and the query; the cells whose certainty exceeds ``certainty`` give the
+  matches. It was trained on generated objects (rendering vs. observed crop), not for this use.
+* ``"dis"``: OpenCV's DIS optical flow between the warped template and the query, the certainty from the
+  forward-backward agreement of the two flows (training-free).
+
+``local="none"`` keeps the stage-2 warp alone.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from meshpose.geometry.pnp import pnp_ransac
+from meshpose.nets.genflow import GenFlowNet, make_input
 from meshpose.types import Camera, Pose
 
-__all__ = ["LocalMatches", "local_matches", "pose_from_matches", "scale_to_depth"]
+__all__ = ["LocalMatches", "genflow_matches", "local_matches", "pose_from_matches", "scale_to_depth"]
 
 _DIS = {"fast": 1, "medium": 2}
 
@@ -57,9 +66,7 @@ def local_matches(
         The matches (possibly empty).
     """
     s = query_rgb.shape[0]
-    w_rgb = cv2.warpAffine(tmpl_rgb, A, (s, s), flags=cv2.INTER_LINEAR)
-    w_mask = cv2.warpAffine(tmpl_mask.astype(np.uint8), A, (s, s), flags=cv2.INTER_NEAREST) > 0
-    w_xyz = cv2.warpAffine(tmpl_xyz, A, (s, s), flags=cv2.INTER_NEAREST)
+    w_rgb, w_mask, w_xyz = _warp(tmpl_rgb, tmpl_mask, tmpl_xyz, A, s)
     sel = np.zeros((s, s), bool)
     sel[::step, ::step] = True
     sel &= w_mask
@@ -82,6 +89,80 @@ def local_matches(
     elif method != "none" and method != "dis":
         raise ValueError(f"local method must be 'dis' or 'none', got {method!r}")
     return LocalMatches(uv, w_xyz[vv, uu].astype(np.float64))
+
+
+def _warp(
+    tmpl_rgb: np.ndarray, tmpl_mask: np.ndarray, tmpl_xyz: np.ndarray, A: np.ndarray, s: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The template's colour, mask and object coordinates warped into the query crop by ``A``."""
+    w_rgb = cv2.warpAffine(tmpl_rgb, A, (s, s), flags=cv2.INTER_LINEAR)
+    w_mask = cv2.warpAffine(tmpl_mask.astype(np.uint8), A, (s, s), flags=cv2.INTER_NEAREST) > 0
+    w_xyz = cv2.warpAffine(tmpl_xyz, A, (s, s), flags=cv2.INTER_NEAREST)
+    return w_rgb, w_mask, w_xyz
+
+
+def _chw(img: np.ndarray) -> torch.Tensor:
+    """``(S, S, C)`` array → ``(1, C, S, S)`` float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(img, np.float32)).permute(2, 0, 1)[None]
+
+
+def genflow_matches(
+    query_rgb: np.ndarray,
+    query_mask: np.ndarray,
+    tmpl_rgb: np.ndarray,
+    tmpl_mask: np.ndarray,
+    tmpl_xyz: np.ndarray,
+    A: np.ndarray,
+    camera: Camera,
+    net: GenFlowNet,
+    *,
+    iterations: int = 4,
+    certainty: float = 0.5,
+    threshold_px: float = 2.0,
+) -> LocalMatches:
+    """Stage 3 by the recurrent flow network (module docstring): matches of the warped template's cells.
+
+    Args:
+        query_rgb, query_mask, tmpl_rgb, tmpl_mask, tmpl_xyz, A: as :func:`local_matches`.
+        camera: the query crop's camera (the pose the network refines lives in it).
+        net: the flow network (eval mode).
+        iterations: its recurrent iterations.
+        certainty: a cell's flow is a match when the network's certainty exceeds this.
+        threshold_px: PnP-RANSAC threshold of the starting pose (from the warp alone).
+
+    Returns:
+        The matches: a cell's centre moved by the predicted flow ↔ the template's object point there (empty when
+        the warp alone gives no pose to start from).
+    """
+    s = query_rgb.shape[0]
+    w_rgb, w_mask, w_xyz = _warp(tmpl_rgb, tmpl_mask, tmpl_xyz, A, s)
+    start, _ = pose_from_matches(
+        local_matches(query_rgb, query_mask, tmpl_rgb, tmpl_mask, tmpl_xyz, A, method="none"),
+        camera,
+        threshold_px=threshold_px,
+    )
+    if start is None:
+        return LocalMatches(np.zeros((0, 2)), np.zeros((0, 3)))
+    R, t = start.numpy()
+    one = torch.ones(1)  # no depth: the depth channels are zero whatever their reference and scale
+    with torch.no_grad():
+        out = net(
+            make_input(_chw(w_rgb) / 255.0, None, None, one, one),
+            make_input(_chw(query_rgb) / 255.0, None, None, one, one),
+            _chw(w_xyz),
+            torch.from_numpy(w_mask)[None, None],
+            torch.tensor(camera.K, dtype=torch.float32)[None],
+            Pose(torch.from_numpy(R)[None], torch.from_numpy(t)[None]),
+            iterations=iterations,
+        )
+    last = out.steps[-1]
+    h, w = out.grid
+    src = out.source[0].double().numpy()  # (N, 2)
+    tgt = src + last.flow[0].reshape(2, h * w).T.double().numpy()
+    keep = (last.weights[0, 0].flatten().numpy() > certainty) & out.valid[0].numpy()
+    ti = np.clip(np.round(tgt).astype(int), 0, s - 1)
+    keep &= (tgt >= 0).all(1) & (tgt <= s - 1).all(1) & query_mask[ti[:, 1], ti[:, 0]]
+    return LocalMatches(tgt[keep], out.points[0].double().numpy()[keep])
 
 
 def pose_from_matches(matches: LocalMatches, camera: Camera, *, threshold_px: float = 2.0) -> tuple[Pose | None, int]:
