@@ -3,6 +3,9 @@ gather for every crop's descriptors, owners by shifted slices, the pixel motions
 Jacobians) must give the numbers of the straightforward per-object, per-crop computation written out below
 (``grid_sample`` per object, owners by clipped neighbour indices, ``motion_jacobian`` per pixel), up to float32
 rounding, on rendered scenes of several objects with occlusions and crops that leave the image.
+
+The torch ``grid_sample`` here is the independent reference of the fields' trilinear interpolation: ``src`` has a
+single one (:class:`FieldSet`'s sparse gather, which :meth:`DescriptorField.sample` uses too).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as torch_f
 import trimesh
 from scipy.spatial.transform import Rotation
 from tests.support.scenes import make_camera, objects
@@ -42,6 +46,30 @@ def _field(mesh: trimesh.Trimesh, seed: int) -> DescriptorField:
 
 
 # --- the reference: the per-object computation, written out plainly ---------------------------------------------
+def _ref_sample(f: DescriptorField, xyz: np.ndarray) -> np.ndarray:
+    """``(M, D)`` descriptors at ``(M, 3)`` object-frame points (metres): torch's trilinear ``grid_sample`` of the
+    node grid (``align_corners=True``: -1 at node 0, +1 at the last node; padding ``"border"``)."""
+    pts = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
+    if len(pts) == 0:
+        return np.zeros((0, f.dim), np.float32)
+    _, nz, ny, nx = f.grid.shape
+    size = np.array([nx, ny, nz], dtype=np.float32)
+    g = 2.0 * (pts - f.origin.astype(np.float32)) / (np.float32(f.edge) * np.maximum(size - 1, 1)) - 1.0
+    grid = torch.from_numpy(np.ascontiguousarray(f.grid, dtype=np.float32))[None]  # (1, D, nz, ny, nx)
+    coords = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32)).view(1, 1, 1, -1, 3)
+    out = torch_f.grid_sample(grid, coords, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.view(f.dim, -1).T.contiguous().numpy()
+
+
+def _ref_render(xyz: np.ndarray, inst: np.ndarray, fields, dim: int) -> np.ndarray:
+    """``(H, W, D)`` descriptor image: :func:`_ref_sample` on each object's pixels, 0 elsewhere."""
+    out = np.zeros((*inst.shape, dim), np.float32)
+    for k in np.unique(inst):
+        if k > 0 and fields[k - 1] is not None:
+            out[inst == k] = _ref_sample(fields[k - 1], xyz[inst == k])
+    return out
+
+
 def _ref_owners(instance: np.ndarray, depth: np.ndarray, aware: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     h, w = instance.shape
     lab = instance.astype(np.int64)
@@ -87,7 +115,7 @@ def _ref_crop_loss(xyz, inst, depth, fields, R, t, centers, K, obs, valid, sigma
     outside = _ref_rho(vobs, huber)
     outside_sum = float(outside.sum() - outside[win].sum())
     xyz, inst, depth, obs, valid = xyz[win], inst[win], depth[win], obs[win], valid[win]
-    F = render_descriptors(xyz, inst, fields, obs.shape[-1])
+    F = _ref_render(xyz, inst, fields, obs.shape[-1])
     Fb = blur(F, rs)
     g = 1.0
     if gain is not None:
@@ -223,24 +251,83 @@ def test_empty_crop_and_objects_without_fields(scene) -> None:
     assert res.loss == pytest.approx(ref[0], rel=1e-5) and set(res.grads) == set(ref[1])
 
 
-def test_field_set_samples_like_each_field(scene) -> None:
+def _inside_and_out(f: DescriptorField, rng: np.random.Generator, n: int) -> np.ndarray:
+    """``(n, 3)`` points inside ``f``'s node grid, on its border and outside it (up to 20 % of its span)."""
+    span = f.edge * np.maximum(np.array(f.grid.shape[:0:-1]) - 1, 1)
+    return f.origin + rng.uniform(-0.2, 1.2, (n, 3)) * span
+
+
+def _assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal to float32 rounding: 1e-5 relative (and 1e-6 of the values' scale near 0)."""
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * max(float(np.abs(want).max(initial=0.0)), 1.0))
+
+
+def test_field_set_samples_like_grid_sample(scene) -> None:
     fields = scene[1]
     rng = np.random.default_rng(0)
-    pts, idx = [], []
-    for k, f in enumerate(fields):
-        span = f.edge * (np.array(f.grid.shape[:0:-1]) - 1)
-        pts.append(f.origin + rng.uniform(-0.2, 1.2, (500, 3)) * span)  # inside, on the border and outside the grid
-        idx.append(np.full(500, k))
+    pts = [_inside_and_out(f, rng, 500) for f in fields]
+    idx = [np.full(500, k) for k in range(len(fields))]
     p, which = np.concatenate(pts), np.concatenate(idx)
     perm = rng.permutation(len(which))
-    got = FieldSet(fields).sample(p[perm], which[perm])
-    want = np.concatenate([f.sample(q) for f, q in zip(fields, pts, strict=True)])[perm]
-    np.testing.assert_allclose(got, want, atol=1e-6)
+    want = np.concatenate([_ref_sample(f, q) for f, q in zip(fields, pts, strict=True)])
+    # several objects in one call, points of different objects interleaved
+    _assert_close(FieldSet(fields).sample(p[perm], which[perm]), want[perm])
+    # one object at a time (DescriptorField.sample: a one-object FieldSet)
+    for f, q in zip(fields, pts, strict=True):
+        _assert_close(f.sample(q), _ref_sample(f, q))
     nofield = FieldSet([fields[0], None]).sample(p[:10], np.array([1] * 5 + [0] * 5))
-    assert np.all(nofield[:5] == 0) and np.allclose(nofield[5:], fields[0].sample(p[5:10]), atol=1e-6)
+    assert np.all(nofield[:5] == 0)
+    _assert_close(nofield[5:], _ref_sample(fields[0], p[5:10]))
     assert FieldSet([None], dim=3).sample(p[:4], np.zeros(4, int)).shape == (4, 3)
     with pytest.raises(ValueError):
         FieldSet([None])
+
+
+def test_field_sampling_equals_grid_sample_on_synthetic_grids() -> None:
+    """Random node grids of several shapes (axes of 1 and 2 nodes included), origins and edges, sampled together
+    and one by one, inside the grids and outside them (border clamping), against ``grid_sample``."""
+    rng = np.random.default_rng(3)
+    dim = 5
+    shapes = [(4, 6, 5), (1, 3, 7), (2, 1, 1), (1, 1, 1), (9, 2, 3)]  # (nz, ny, nx)
+    fields = []
+    for shape in shapes:
+        grid = rng.normal(size=(dim, *shape)).astype(np.float32)
+        origin = rng.normal(size=3) * 0.1
+        no = np.zeros((0, dim), np.float32)
+        fields.append(
+            DescriptorField(np.zeros((0, 3), np.float32), no, no, origin, float(rng.uniform(0.002, 0.02)), grid)
+        )
+    pts = [_inside_and_out(f, rng, 400) for f in fields]
+    pts[0][:6] = fields[0].origin  # exactly on nodes and on the far corner, too
+    pts[0][6:12] = fields[0].origin + fields[0].edge * (np.array(shapes[0][::-1]) - 1)
+    want = [_ref_sample(f, q) for f, q in zip(fields, pts, strict=True)]
+    for f, q, w in zip(fields, pts, want, strict=True):
+        _assert_close(f.sample(q), w)
+        _assert_close(f.sample(q), f.sample(q))  # the cached set gives the same numbers again
+    assert fields[0].sample(np.zeros((0, 3))).shape == (0, dim)
+    # every object at once (one without a field among them), interleaved, written to chosen output rows
+    objs = [*fields[:2], None, *fields[2:]]
+    p = np.concatenate(pts)
+    which = np.concatenate([np.full(len(q), k + (k >= 2)) for k, q in enumerate(pts)])
+    p = np.concatenate([p, p[:50]])
+    which = np.concatenate([which, np.full(50, 2)])  # points of the object without a field: 0
+    ref = np.concatenate([*want, np.zeros((50, dim), np.float32)])
+    perm = rng.permutation(len(which))
+    fset = FieldSet(objs)
+    _assert_close(fset.sample(p[perm], which[perm]), ref[perm])
+    rows = np.sort(rng.choice(3 * len(which), len(which), replace=False))
+    full = np.zeros((3 * len(which) + 7, dim), np.float32)
+    full[rows] = ref[perm]
+    _assert_close(fset.sample(p[perm], which[perm], rows, len(full)), full)
+    # the descriptor image of a rendering, object by object
+    inst = rng.integers(0, len(objs) + 1, (12, 17)).astype(np.int32)
+    xyz = np.zeros((12, 17, 3), np.float32)
+    for k, f in enumerate(objs):
+        on = inst == k + 1
+        src = fields[0] if f is None else f
+        xyz[on] = _inside_and_out(src, rng, int(on.sum()))
+    _assert_close(render_descriptors(xyz, inst, objs, dim), _ref_render(xyz, inst, objs, dim))
 
 
 @pytest.mark.parametrize("aware", [True, False])

@@ -18,10 +18,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import sparse
 from scipy.spatial import cKDTree
 
@@ -56,7 +55,7 @@ def idw(tree: cKDTree, values: np.ndarray, query: np.ndarray, k: int = IDW_NEIGH
 
 @dataclass(frozen=True, eq=False)
 class DescriptorField:
-    """An object's fused descriptors.
+    """An object's fused descriptors (its arrays are not to be changed in place: see :meth:`sample`).
 
     Args:
         voxel_points: ``(V, 3)`` float32 mean object-frame position of each occupied voxel's samples, metres.
@@ -80,8 +79,18 @@ class DescriptorField:
         """Descriptor channels ``D``."""
         return int(self.voxel_desc.shape[1])
 
+    @cached_property
+    def _field_set(self) -> FieldSet:
+        """This field alone as a :class:`FieldSet` (built on the first :meth:`sample`, then kept: a channels-last
+        copy of :attr:`grid`)."""
+        return FieldSet([self])
+
     def sample(self, xyz: np.ndarray) -> np.ndarray:
-        """Descriptors at object-frame points (trilinear in the node grid; outside it, the nearest node's value).
+        """Descriptors at object-frame points: trilinear in the node grid; outside it, clamped to the grid's
+        border (the value at the nearest point of the grid's box).
+
+        The interpolation is :meth:`FieldSet.sample`'s, on a one-object set made on the first call and kept on
+        the instance (so :attr:`grid` must not be changed in place afterwards).
 
         Args:
             xyz: ``(M, 3)`` object-frame points, metres.
@@ -90,26 +99,20 @@ class DescriptorField:
             ``(M, D)`` float32.
         """
         pts = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
-        if len(pts) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        _, nz, ny, nx = self.grid.shape
-        size = np.array([nx, ny, nz], dtype=np.float32)
-        # grid_sample's normalised coordinates (align_corners=True): -1 at node 0, +1 at the last node.
-        g = 2.0 * (pts - self.origin.astype(np.float32)) / (np.float32(self.edge) * np.maximum(size - 1, 1)) - 1.0
-        grid = torch.from_numpy(self.grid)[None]  # (1, D, nz, ny, nx)
-        coords = torch.from_numpy(np.ascontiguousarray(g)).view(1, 1, 1, -1, 3)
-        out = F.grid_sample(grid, coords, mode="bilinear", padding_mode="border", align_corners=True)
-        return out.view(self.dim, -1).T.contiguous().numpy()
+        return self._field_set.sample(pts, np.zeros(len(pts), np.intp))
 
 
 class FieldSet:
-    """Several objects' fields sampled in one call: the fast path of :meth:`DescriptorField.sample`.
+    """Several objects' fields sampled in one call: the one implementation of the fields' trilinear interpolation
+    (:meth:`DescriptorField.sample` is a one-object set).
 
-    The node grids are stored once, channels last, one after the other in one ``(ΣV + 1, D)`` table (the last
-    row is 0: the descriptor of objects without a field); a point's descriptor is the weighted sum of its 8 grid
-    corners' rows — one sparse ``(M, ΣV + 1)`` matrix of trilinear weights times the table, for all points of all
-    objects — the same interpolation with border clamping as :meth:`DescriptorField.sample` (equal up to float32
-    rounding). Plain numpy/scipy (one thread): no parallel region that a busy core would stall.
+    The node grids are stored once, channels last, one after the other in one ``(ΣV + 1, D)`` table (``ΣV``: the
+    nodes of all grids; the last row is 0: the descriptor of objects without a field); a point's descriptor is the
+    weighted sum of its 8 grid corners' rows — one sparse ``(M, ΣV + 1)`` matrix of trilinear weights times the
+    table, for all points of all objects. The interpolation is ``torch.nn.functional.grid_sample``'s (trilinear,
+    ``align_corners=True``, padding ``"border"``: a point outside the grid gets the value at the nearest point of
+    the grid's box), equal to it up to float32 rounding (the tests compare them). Plain numpy/scipy (one thread):
+    no parallel region that a busy core would stall.
 
     Args:
         fields: per object, its fused descriptors (``None``: the object has none; its points get 0).

@@ -65,10 +65,11 @@ def blur(img: np.ndarray, sigma: float) -> np.ndarray:
 def render_descriptors(
     xyz: np.ndarray, instance: np.ndarray, fields: Sequence[DescriptorField | None], dim: int
 ) -> np.ndarray:
-    """The descriptor image of a rendering.
+    """The descriptor image of a rendering, object by object (:meth:`DescriptorField.sample
+    <meshpose.refine.abstract.field.DescriptorField.sample>`; :func:`crop_losses` samples every object at once).
 
     Args:
-        xyz: ``(H, W, 3)`` object-frame points of the rendering.
+        xyz: ``(H, W, 3)`` object-frame points of the rendering, metres (of the object seen at each pixel).
         instance: ``(H, W)`` ``1 + object index`` (0: background).
         fields: per object, its fused descriptors (``None``: drawn as background).
         dim: descriptor channels ``D``.
