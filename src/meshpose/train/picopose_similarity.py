@@ -119,9 +119,16 @@ def collate_similarity(items: list[dict[str, Any]], cfg: SimilarityTrainConfig) 
     }
 
 
-def _map_errors(A: torch.Tensor, data: dict[str, torch.Tensor], size: int, delta: float | None) -> torch.Tensor:
-    """Per pair: the mean over the template's foreground patch centres of ``|A p - A_true p|`` (pixels), or of its
-    Huber loss with ``delta``."""
+def map_errors(A: torch.Tensor, data: dict[str, torch.Tensor], size: int, delta: float | None = None) -> torch.Tensor:
+    """``(B,)``: per pair, the mean over the template's foreground patch centres ``p`` of ``|A p - A_true p|``
+    (crop pixels), or of its Huber loss with ``delta``.
+
+    Args:
+        A: ``(B, 2, 3)`` maps found (template → turned query pixels).
+        data: a :func:`collate_similarity` batch (``t_fg``, ``sim``).
+        size: the crops' side, pixels.
+        delta: Huber threshold in pixels (``None``: the plain distance).
+    """
     h, w = data["t_fg"].shape[1:]
     stride = size // w
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -141,11 +148,11 @@ def similarity_losses(
     """The loss of a :func:`collate_similarity` batch (module docstring) and scalars to log: ``loss``, ``err_px``
     (mean map error), ``ok4`` (share within 4 px), ``err0_px`` (the identity's error)."""
     A = similarity_matrices(net(data["qf"], data["q_fg"], data["tf"], data["t_fg"]), cfg.size)
-    loss = _map_errors(A, data, cfg.size, cfg.loss_delta_px).mean()
+    loss = map_errors(A, data, cfg.size, cfg.loss_delta_px).mean()
     with torch.no_grad():
-        err = _map_errors(A.detach(), data, cfg.size, None)
+        err = map_errors(A.detach(), data, cfg.size, None)
         eye = similarity_matrices(torch.zeros(len(A), 4, dtype=A.dtype, device=A.device), cfg.size)
-        err0 = _map_errors(eye, data, cfg.size, None)
+        err0 = map_errors(eye, data, cfg.size, None)
     stats = {
         "loss": float(loss.detach()),
         "err_px": float(err.mean()),
@@ -155,8 +162,9 @@ def similarity_losses(
     return loss, stats
 
 
-def _ransac_maps(data: dict[str, torch.Tensor], size: int) -> torch.Tensor:
-    """The training-free stage 2 on each pair of a batch (the query is already turned: angle 0)."""
+def ransac_maps(data: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    """``(B, 2, 3)``: the training-free stage 2 (:func:`~meshpose.coarse.picopose.matching.fit_similarity`) on each
+    pair of a :func:`collate_similarity` batch (the query is already turned: angle 0)."""
     stride = size // data["t_fg"].shape[-1]
     maps = [
         fit_similarity(data["qf"][i], data["q_fg"][i], data["tf"][i], data["t_fg"][i], 0.0, size, stride)[0]
@@ -178,10 +186,10 @@ def validate_similarity(
             data = collate_similarity(items[a : a + batch_size], cfg)
             dev = batch_to_device(data, device)
             A = similarity_matrices(net(dev["qf"], dev["q_fg"], dev["tf"], dev["t_fg"]), cfg.size).cpu()
-            errs["net"].append(_map_errors(A, data, cfg.size, None))
-            errs["ransac"].append(_map_errors(_ransac_maps(data, cfg.size), data, cfg.size, None))
+            errs["net"].append(map_errors(A, data, cfg.size, None))
+            errs["ransac"].append(map_errors(ransac_maps(data, cfg.size), data, cfg.size, None))
             eye = similarity_matrices(torch.zeros(len(A), 4), cfg.size)
-            errs["identity"].append(_map_errors(eye, data, cfg.size, None))
+            errs["identity"].append(map_errors(eye, data, cfg.size, None))
     e = {k: torch.cat(v) for k, v in errs.items()}
     return {
         "val_err_px": float(e["net"].median()),
