@@ -12,11 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 import meshpose.coarse.registry as registry
+import meshpose.refine.registry as refine_registry
 from meshpose.cli import app
 from meshpose.io.bop import BopDataset
 from meshpose.io.hypotheses import read_hypotheses
 from meshpose.io.results import read_results
-from support.fake_estimator import FAKE
+from support.fake_estimator import FAKE, SPOIL
 
 runner = CliRunner()
 
@@ -24,6 +25,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def _fake(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry.ESTIMATORS, "fake", FAKE)
+    monkeypatch.setitem(refine_registry.PRESETS, "spoil", SPOIL)
 
 
 def _run(args: list[str], code: int = 0) -> str:
@@ -101,7 +103,10 @@ def test_refine_keeps_the_best_scoring_refined_hypothesis(tiny_bop: Path, tmp_pa
     for rec in recs:
         assert len(rec.hypotheses) == 3 and all(h.refined_R is not None for h in rec.hypotheses)
         scores = [h.refined_score for h in rec.hypotheses]
-        assert rec.chosen == int(np.argmax(scores))
+        coarse_scores = [h.coarse_score for h in rec.hypotheses]
+        assert all(c is not None for c in coarse_scores)  # the unrefined poses were scored the same way
+        assert rec.chosen == int(np.argmax(np.maximum(scores, coarse_scores)))  # type: ignore[arg-type]
+        assert rec.chosen_refined is True  # contour improved the near hypotheses: the refined one is written
         assert rec.hypotheses[0].score > rec.hypotheses[1].score  # the estimator ranked the far one first
         assert rec.chosen != 0  # refined, a near hypothesis explains the image better than the far one
         row = next(r for r in read_results(out) if r.obj_id == rec.obj_id)
@@ -112,6 +117,26 @@ def test_refine_keeps_the_best_scoring_refined_hypothesis(tiny_bop: Path, tmp_pa
         # the far hypothesis is 60° off; the chosen one started 5° off (refined alone, the occluded object may
         # drift a little: its occluder is not in the rendering)
         assert _rot_err_deg(row.R, gt) < 20.0 and _rot_err_deg(before.R, gt) == pytest.approx(60.0, abs=1e-3)
+
+
+def test_a_refinement_that_scores_lower_keeps_the_coarse_pose(tiny_bop: Path, tmp_path: Path) -> None:
+    """A refiner that makes every pose worse: by default the unrefined poses are written (each hypothesis stands
+    for the better-scoring of its two poses); ``--always-refined`` writes the refined ones."""
+    base = [*_fake_args(tiny_bop, far_deg=5.0), "--detections", "gt", "--max-images", "1", "--refine", "spoil"]
+    coarse, kept, always = tmp_path / "coarse.csv", tmp_path / "kept.csv", tmp_path / "always.csv"
+    hyp = tmp_path / "hyp.jsonl"
+    _run([*_fake_args(tiny_bop, far_deg=5.0), "--detections", "gt", "--max-images", "1", "--out", str(coarse)])
+    _run([*base, "--out", str(kept), "--hypotheses-out", str(hyp)])
+    _run([*base, "--always-refined", "--out", str(always)])
+    by_obj = {name: {r.obj_id: r for r in read_results(p)} for name, p in (("c", coarse), ("k", kept), ("a", always))}
+    assert len(by_obj["c"]) == 2
+    for obj_id, c in by_obj["c"].items():
+        np.testing.assert_allclose(by_obj["k"][obj_id].t, c.t, atol=1e-6)
+        np.testing.assert_allclose(by_obj["a"][obj_id].t - c.t, [0.03, 0.0, 0.0], atol=1e-6)
+    for rec in read_hypotheses(hyp):
+        assert rec.chosen_refined is False
+        h = rec.hypotheses[rec.chosen or 0]
+        assert h.coarse_score is not None and h.refined_score is not None and h.coarse_score > h.refined_score
 
 
 @pytest.mark.parametrize(

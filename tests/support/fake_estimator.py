@@ -92,3 +92,39 @@ class FakeEstimator:
             return out, None, {}
 
         return estimate_each(obs, objects, detections, one, method=self.name)
+
+
+#: The registry entry of :class:`SpoilRefiner`.
+SPOIL = ("support.fake_estimator", "SpoilRefiner")
+
+
+@dataclass(frozen=True)
+class SpoilConfig:
+    """Options of :class:`SpoilRefiner`: ``shift_m``, how far every pose is moved along the camera's ``x``."""
+
+    shift_m: float = 0.03
+
+
+class SpoilRefiner:
+    """A stand-in refiner that makes every pose worse (moves it sideways), for the tests of how ``estimate``
+    chooses between refined and unrefined poses. Register with
+    ``monkeypatch.setitem(meshpose.refine.registry.PRESETS, "spoil", SPOIL)``."""
+
+    name = "spoil"
+    modality: Literal["rgb", "rgbd"] = "rgb"
+    Config = SpoilConfig
+
+    def __init__(self, config: SpoilConfig | None = None) -> None:
+        self.config = config or SpoilConfig()
+
+    def refine(self, obs: Observation, objects: Sequence[ObjectModel], init: Any, iterations: Any = None) -> Any:
+        import numpy as np
+        import torch
+
+        from meshpose.types import Pose, RefineInfo, RefineResult
+
+        init = init.reshape(-1)
+        moved = Pose(init.R, init.t + torch.tensor([self.config.shift_m, 0.0, 0.0], dtype=init.t.dtype))
+        n = len(objects)
+        info = RefineInfo({}, np.zeros(n, bool), [None] * n, 0)
+        return RefineResult(moved, np.zeros(n), [init, moved], info)

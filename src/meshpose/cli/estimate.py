@@ -72,6 +72,14 @@ def estimate(
     ] = None,
     max_images: Annotated[int | None, typer.Option(min=0, help="Stop after this many images.")] = None,
     no_depth: Annotated[bool, typer.Option("--no-depth", help="Do not give depth to RGB methods.")] = False,
+    always_refined: Annotated[
+        bool,
+        typer.Option(
+            "--always-refined",
+            help="With --refine, write the refined poses even where the unrefined one scores higher by the "
+            "render-and-compare score (default: keep the higher-scoring one).",
+        ),
+    ] = False,
     restart: Restart = False,
     threads: Threads = None,
     executor: ExecutorName = "serial",
@@ -130,6 +138,7 @@ def estimate(
             use_depth=not no_depth,
             threads=threads,
             models_dir=models_dir,
+            keep_unrefined=not always_refined,
         )
         label = f"estimate [{method}{f' → {refine}' if refine else ''}]"
         try:

@@ -9,7 +9,9 @@ written to the results, or ``null``) and ``hypotheses``, best first as the estim
     {"R": [9 numbers, row-major], "t": [3 numbers, mm], "score": s,
      "refined": {"R": [...], "t": [...], "score": s, "failure": {"code", "message"} | null} | null}
 
-``score`` is the estimator's; a refined hypothesis' ``score`` is the render-and-compare score that chose among them.
+``score`` is the estimator's; a refined hypothesis' ``score`` is the render-and-compare score that chose among them,
+and its ``coarse_score`` the same score of the unrefined pose (when the run compared them: a hypothesis then stands
+for whichever of the two scores higher; ``chosen_refined`` says which pose of the chosen hypothesis was written).
 Translations are millimetres in the file, as in BOP results files; metres inside (the conversion happens here).
 """
 
@@ -52,6 +54,7 @@ class Hypothesis:
         refined_t: ``(3,)`` translation after refinement, metres.
         refined_score: render-and-compare score of the refined pose.
         refine_failure: ``{"code", "message"}`` when the refiner reported a failure for it.
+        coarse_score: the same render-and-compare score of the unrefined pose (``None``: not compared).
     """
 
     R: np.ndarray
@@ -61,6 +64,7 @@ class Hypothesis:
     refined_t: np.ndarray | None = None
     refined_score: float | None = None
     refine_failure: dict[str, str] | None = None
+    coarse_score: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +80,8 @@ class DetectionHypotheses:
         hypotheses: best first.
         chosen: index of the hypothesis written to the results, ``None`` when none was (a failure).
         failure: ``{"code", "message"}`` when the detection failed.
+        chosen_refined: whether the refined (``True``) or the coarse (``False``) pose of the chosen hypothesis was
+            written; ``None`` without refinement.
     """
 
     scene_id: int
@@ -88,6 +94,7 @@ class DetectionHypotheses:
     hypotheses: tuple[Hypothesis, ...] = ()
     chosen: int | None = None
     failure: dict[str, str] | None = None
+    chosen_refined: bool | None = None
 
 
 def _pose_json(R: np.ndarray, t: np.ndarray) -> dict[str, list[float]]:
@@ -114,6 +121,7 @@ def format_hypotheses_line(rec: DetectionHypotheses) -> str:
                 **_pose_json(h.refined_R, h.refined_t),
                 "score": None if h.refined_score is None else float(h.refined_score),
                 "failure": h.refine_failure,
+                "coarse_score": h.coarse_score,
             }
         hyps.append(item)
     out = {
@@ -125,6 +133,7 @@ def format_hypotheses_line(rec: DetectionHypotheses) -> str:
         "bbox": [float(v) for v in np.asarray(rec.bbox, dtype=np.float64).reshape(4)],
         "det_score": float(rec.det_score),
         "chosen": rec.chosen,
+        "chosen_refined": rec.chosen_refined,
         "failure": rec.failure,
         "hypotheses": hyps,
     }
@@ -151,9 +160,18 @@ def parse_hypotheses_line(line: str, *, where: str = "hypotheses") -> DetectionH
             ref = h.get("refined")
             if ref is not None:
                 rR, rt = _pose_from(ref)
-                score = ref.get("score")
+                score, c_score = ref.get("score"), ref.get("coarse_score")
                 hyps.append(
-                    Hypothesis(R, t, float(h["score"]), rR, rt, None if score is None else float(score), ref["failure"])
+                    Hypothesis(
+                        R,
+                        t,
+                        float(h["score"]),
+                        rR,
+                        rt,
+                        None if score is None else float(score),
+                        ref["failure"],
+                        None if c_score is None else float(c_score),
+                    )
                 )
             else:
                 hyps.append(Hypothesis(R, t, float(h["score"])))
@@ -168,6 +186,7 @@ def parse_hypotheses_line(line: str, *, where: str = "hypotheses") -> DetectionH
             hypotheses=tuple(hyps),
             chosen=None if d["chosen"] is None else int(d["chosen"]),
             failure=d["failure"],
+            chosen_refined=d.get("chosen_refined"),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise HypothesesFormatError(f"{where}: malformed hypotheses line ({type(exc).__name__}: {exc})") from exc
