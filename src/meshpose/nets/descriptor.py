@@ -17,17 +17,16 @@ pixels as 0), learned by the training's background term; descriptors are not uni
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from meshpose.nets.checkpoint import WeightsSpec, load_model, package_weights_path
+from meshpose.nets.layers import SizesConfig, conv_bn_relu
 
 __all__ = [
     "METHOD",
@@ -46,7 +45,7 @@ _STD = (0.25, 0.25, 0.25)
 
 
 @dataclass(frozen=True)
-class DescriptorNetConfig:
+class DescriptorNetConfig(SizesConfig):
     """Sizes of a :class:`DescriptorNet`.
 
     Args:
@@ -67,23 +66,6 @@ class DescriptorNetConfig:
     stem: int = 8
     decoder: tuple[int, int, int, int, int] = (96, 64, 48, 24, 24)
     crp_stages: int = 2
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DescriptorNetConfig:
-        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        for key in ("widths", "decoder"):
-            if key in d:
-                d[key] = tuple(int(w) for w in d[key])
-        return cls(**d)
-
-
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
 
 
 class _CRP(nn.Module):
@@ -127,17 +109,17 @@ class DescriptorNet(nn.Module):
         self.config = cfg = config or DescriptorNetConfig()
         w1, w2, w3, w4 = cfg.widths
         c16, c8, c4, c2, c1 = cfg.decoder
-        self.stem = _conv(3, cfg.stem)
-        self.s2 = nn.Sequential(_conv(cfg.stem, w1, 2), _conv(w1, w1))
-        self.s4 = nn.Sequential(_conv(w1, w2, 2), _conv(w2, w2))
-        self.s8 = nn.Sequential(_conv(w2, w3, 2), _conv(w3, w3))
-        self.s16 = nn.Sequential(_conv(w3, w4, 2), _conv(w4, w4))
+        self.stem = conv_bn_relu(3, cfg.stem)
+        self.s2 = nn.Sequential(conv_bn_relu(cfg.stem, w1, 2), conv_bn_relu(w1, w1))
+        self.s4 = nn.Sequential(conv_bn_relu(w1, w2, 2), conv_bn_relu(w2, w2))
+        self.s8 = nn.Sequential(conv_bn_relu(w2, w3, 2), conv_bn_relu(w3, w3))
+        self.s16 = nn.Sequential(conv_bn_relu(w3, w4, 2), conv_bn_relu(w4, w4))
         self.lat16 = nn.Conv2d(w4, c16, 1, bias=False)
         self.crp16 = _CRP(c16, cfg.crp_stages)
         # strides 8, 4, 2: upsample, add the encoder's skip (1×1), mix (3×3), chained residual pooling
         self.up = nn.ModuleList(nn.Conv2d(a, b, 1, bias=False) for a, b in ((c16, c8), (c8, c4), (c4, c2)))
         self.lat = nn.ModuleList(nn.Conv2d(w, c, 1, bias=False) for w, c in ((w3, c8), (w2, c4), (w1, c2)))
-        self.mix = nn.ModuleList(_conv(c, c) for c in (c8, c4, c2))
+        self.mix = nn.ModuleList(conv_bn_relu(c, c) for c in (c8, c4, c2))
         self.crp = nn.ModuleList(_CRP(c, cfg.crp_stages) for c in (c8, c4, c2))
         # full resolution: upsample, add the stem's skip, 1×1 only
         self.up1 = nn.Conv2d(c2, c1, 1, bias=False)

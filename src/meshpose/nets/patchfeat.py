@@ -12,16 +12,15 @@ extracting features).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from meshpose.nets.checkpoint import WeightsSpec, load_model
+from meshpose.nets.layers import SizesConfig, conv_bn_relu
 
 __all__ = ["METHOD", "PatchFeatConfig", "PatchFeatNet", "load_patchfeat"]
 
@@ -34,7 +33,7 @@ _STD = (0.25, 0.25, 0.25)
 
 
 @dataclass(frozen=True)
-class PatchFeatConfig:
+class PatchFeatConfig(SizesConfig):
     """Sizes of a :class:`PatchFeatNet`.
 
     Args:
@@ -46,22 +45,6 @@ class PatchFeatConfig:
     widths: tuple[int, int, int, int] = (32, 64, 128, 128)
     dim: int = 64
     init_temperature: float = 0.1
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PatchFeatConfig:
-        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "widths" in d:
-            d["widths"] = tuple(int(w) for w in d["widths"])
-        return cls(**d)
-
-
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
 
 
 class PatchFeatNet(nn.Module):
@@ -84,12 +67,12 @@ class PatchFeatNet(nn.Module):
         super().__init__()
         self.config = config or PatchFeatConfig()
         w1, w2, w3, w4 = self.config.widths
-        self.s2 = nn.Sequential(_conv(3, w1, 2), _conv(w1, w1))
-        self.s4 = nn.Sequential(_conv(w1, w2, 2), _conv(w2, w2))
-        self.s8 = nn.Sequential(_conv(w2, w3, 2), _conv(w3, w3))
-        self.s16 = nn.Sequential(_conv(w3, w4, 2), _conv(w4, w4))
+        self.s2 = nn.Sequential(conv_bn_relu(3, w1, 2), conv_bn_relu(w1, w1))
+        self.s4 = nn.Sequential(conv_bn_relu(w1, w2, 2), conv_bn_relu(w2, w2))
+        self.s8 = nn.Sequential(conv_bn_relu(w2, w3, 2), conv_bn_relu(w3, w3))
+        self.s16 = nn.Sequential(conv_bn_relu(w3, w4, 2), conv_bn_relu(w4, w4))
         self.lateral = nn.Conv2d(w4, w3, 1)
-        self.head = nn.Sequential(_conv(w3, w3), nn.Conv2d(w3, self.config.dim, 1))
+        self.head = nn.Sequential(conv_bn_relu(w3, w3), nn.Conv2d(w3, self.config.dim, 1))
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
         self.log_scale = nn.Parameter(torch.tensor(-float(torch.log(torch.tensor(self.config.init_temperature)))))

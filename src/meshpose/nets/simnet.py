@@ -21,16 +21,15 @@ Units: pixels of the ``S × S`` crops (pixel centres at integers), radians. Defa
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from meshpose.nets.checkpoint import WeightsSpec, load_model
+from meshpose.nets.layers import SizesConfig, conv_bn_relu
 
 __all__ = ["METHOD", "SimilarityNet", "SimilarityNetConfig", "load_simnet", "similarity_matrices"]
 
@@ -39,7 +38,7 @@ METHOD = "picopose_similarity"
 
 
 @dataclass(frozen=True)
-class SimilarityNetConfig:
+class SimilarityNetConfig(SizesConfig):
     """Sizes of a :class:`SimilarityNet`.
 
     Args:
@@ -52,22 +51,6 @@ class SimilarityNetConfig:
     widths: tuple[int, int, int] = (128, 128, 64)
     hidden: int = 256
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SimilarityNetConfig:
-        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "widths" in d:
-            d["widths"] = tuple(int(w) for w in d["widths"])
-        return cls(**d)
-
-
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
-
 
 def similarity_matrices(params: torch.Tensor, size: int) -> torch.Tensor:
     """``(B, 4)`` network outputs ``(log s, θ, τ_u / (S/4), τ_v / (S/4))`` → ``(B, 2, 3)`` maps ``p_q = A @ [p_t, 1]``.
@@ -75,9 +58,8 @@ def similarity_matrices(params: torch.Tensor, size: int) -> torch.Tensor:
     ``θ`` turns counter-clockwise as seen (image ``v`` points down), as :func:`cv2.getRotationMatrix2D` does.
 
     Example:
-        >>> similarity_matrices(torch.zeros(1, 4), 128)[0]
-        tensor([[1., 0., 0.],
-                [0., 1., 0.]])
+        >>> similarity_matrices(torch.zeros(1, 4), 128)[0].tolist()  # the identity
+        [[1.0, 0.0, 0.0], [-0.0, 1.0, 0.0]]
     """
     s = torch.exp(params[:, 0])
     c, sn = torch.cos(params[:, 1]) * s, torch.sin(params[:, 1]) * s
@@ -108,7 +90,7 @@ class SimilarityNet(nn.Module):
         cfg = self.config = config or SimilarityNetConfig()
         n = cfg.grid * cfg.grid
         w1, w2, w3 = cfg.widths
-        self.convs = nn.Sequential(_conv(n + 1, w1), _conv(w1, w2, 2), _conv(w2, w3, 2))
+        self.convs = nn.Sequential(conv_bn_relu(n + 1, w1), conv_bn_relu(w1, w2, 2), conv_bn_relu(w2, w3, 2))
         side = (cfg.grid + 3) // 4
         self.mlp = nn.Sequential(
             nn.Linear(w3 * side * side, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, 4)
