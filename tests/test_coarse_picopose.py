@@ -121,13 +121,15 @@ def test_learned_local_stage_finds_the_pose(tmp_path: Path) -> None:
     assert max(errs) < 0.1, errs
 
 
-def test_learned_stage2_finds_the_pose(tmp_path: Path) -> None:
-    """The shipped stage-2 network (``stage2="learned"``) gives poses within 0.1 d of held-out generated objects;
-    with its warp alone (no local stage, no mask fit) they are already within 0.3 d."""
+@pytest.mark.parametrize("stage2", ["learned", "ransac"])
+def test_stage2_finds_the_pose(tmp_path: Path, stage2: str) -> None:
+    """Both stage 2s — the shipped network (``"learned"``, the default) and RANSAC on patch matches — give poses
+    within 0.1 d of held-out generated objects; with their warp alone (no local stage, no mask fit) they are
+    already within 0.3 d."""
     assert package_weights_path("picopose_similarity").is_file()
     cache = str(tmp_path / "templates")
-    full = make_estimator("picopose", stage2="learned", mask_fit=0, cache_dir=cache)
-    warp = make_estimator("picopose", stage2="learned", local="none", mask_fit=0, cache_dir=cache)
+    full = make_estimator("picopose", stage2=stage2, mask_fit=0, cache_dir=cache)
+    warp = make_estimator("picopose", stage2=stage2, local="none", mask_fit=0, cache_dir=cache)
     errs, warp_errs = [], []
     for k, index in enumerate(HELD_OUT):
         obj, gt, obs, det = _case(index, seed=11 + k)
@@ -137,6 +139,18 @@ def test_learned_stage2_finds_the_pose(tmp_path: Path) -> None:
             out.append(add_error(obj, res.hypotheses[0].pose, gt) / obj.diameter)
     assert max(errs) < 0.1, errs
     assert max(warp_errs) < 0.3, warp_errs
+
+
+def test_learned_stage2_with_other_features_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        make_estimator("picopose")
+    assert "trained on features" not in caplog.text
+    with caplog.at_level("WARNING"):
+        est = make_estimator("picopose", features="classical")
+    assert est.simnet is not None and "trained on features" in caplog.text and "classical" in caplog.text
+    caplog.clear()
+    make_estimator("picopose", features="classical", stage2="ransac")
+    assert "trained on features" not in caplog.text
 
 
 def test_unknown_local_stage_is_refused() -> None:
