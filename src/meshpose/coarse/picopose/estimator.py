@@ -71,8 +71,9 @@ class PicoPoseConfig:
             picopose-similarity``) or ``"ransac"`` (RANSAC on mutual-nearest-neighbour patch matches,
             training-free). Chosen on held-out synthetic sets (docs/picopose.md): AR 0.867 → 0.897 (GL scenes of
             unseen objects), 0.892 → 0.889 (photoreal, unseen objects), 0.839 → 0.846 (photoreal, LM-O's meshes).
-            The network reads the stage-1 features it was trained with; other ``features`` / ``feature_weights``
-            work but are logged as a mismatch.
+            The network reads the kind of stage-1 features it was trained with (``xfeat+trained``); with
+            fine-tuned weights of them (``feature_weights``, e.g. ``package:lmo``) it still beat RANSAC (photoreal
+            LM-O meshes: 0.866 → 0.888); another ``features`` kind runs but is logged as a mismatch.
         stage2_weights: weights spec of the learned stage 2 (``None``: the shipped ones).
         local: stage 3: ``"dis"`` (DIS flow offsets with forward-backward certainty), ``"genflow"`` (the recurrent
             flow network's offsets and certainty, :func:`~meshpose.coarse.picopose.local.genflow_matches`) or
@@ -144,15 +145,13 @@ class PicoPoseEstimator:
         self.simnet = None
         if self.config.stage2 == "learned":
             self.simnet = load_simnet(self.config.stage2_weights)
-            trained = load_checkpoint(self.config.stage2_weights, SIMNET_METHOD).provenance.config
-            mine = {"features": self.config.features, "feature_weights": self.config.feature_weights}
-            theirs = {k: trained.get(k) for k in mine}
-            if theirs != mine:
+            trained = load_checkpoint(self.config.stage2_weights, SIMNET_METHOD).provenance.config.get("features")
+            if trained != self.config.features:
                 log.warning(
-                    "picopose: the learned stage 2 was trained on features %s, used here with %s (it still works, "
-                    "less well measured; stage2='ransac' needs no training)",
-                    theirs,
-                    mine,
+                    "picopose: the learned stage 2 was trained on %r features, used here with %r (it runs, but was "
+                    "not measured so; stage2='ransac' needs no training)",
+                    trained,
+                    self.config.features,
                 )
         self.flownet = load_genflow_model(self.config.local_weights) if self.config.local == "genflow" else None
         # Per object: its cut templates and their features, keyed by the object's *content* (the template cache key;
