@@ -51,6 +51,7 @@ __all__ = [
     "git_commit",
     "load_checkpoint",
     "load_model",
+    "model_from_checkpoint",
     "package_weights_path",
     "resolve_weights",
     "save_checkpoint",
@@ -319,7 +320,13 @@ def load_model(
         FileNotFoundError, ValueError: as :func:`load_checkpoint`; ``RuntimeError`` when the weights do not fit
         the network their config describes.
     """
-    ck = load_checkpoint(spec, method)
+    return model_from_checkpoint(load_checkpoint(spec, method), build, device)
+
+
+def model_from_checkpoint(
+    ck: Checkpoint, build: Callable[[dict[str, Any]], M], device: str | torch.device = "cpu"
+) -> M:
+    """:func:`load_model` on a checkpoint already read (e.g. when its provenance is wanted too)."""
     net = build(ck.net_config)
     net.load_state_dict(
         {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in ck.state_dict.items()}

@@ -28,10 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meshpose.nets.checkpoint import WeightsSpec, load_model
+from meshpose.nets.checkpoint import Checkpoint, WeightsSpec, load_checkpoint, model_from_checkpoint
 from meshpose.nets.layers import SizesConfig, conv_bn_relu
 
-__all__ = ["METHOD", "SimilarityNet", "SimilarityNetConfig", "load_simnet", "similarity_matrices"]
+__all__ = [
+    "METHOD",
+    "SimilarityNet",
+    "SimilarityNetConfig",
+    "load_simnet",
+    "similarity_matrices",
+    "simnet_from_checkpoint",
+]
 
 #: the method name of stage-2 checkpoints (shipped under ``meshpose/weights/picopose_similarity``)
 METHOD = "picopose_similarity"
@@ -135,4 +142,9 @@ def load_simnet(
         FileNotFoundError: no such file, or no shipped weights of that name.
         ValueError: not a checkpoint, or one of another method.
     """
-    return load_model(spec, METHOD, lambda c: SimilarityNet(SimilarityNetConfig.from_dict(c)), device)
+    return simnet_from_checkpoint(load_checkpoint(spec, METHOD), device)
+
+
+def simnet_from_checkpoint(ck: Checkpoint, device: str | torch.device = "cpu") -> SimilarityNet:
+    """:func:`load_simnet` on a checkpoint already read (its provenance says which features it was trained on)."""
+    return model_from_checkpoint(ck, lambda c: SimilarityNet(SimilarityNetConfig.from_dict(c)), device)

@@ -264,8 +264,11 @@ def _refine_hypotheses(
         poses.append(res.pose[0])
         reason = res.info.failure[0]
         fails.append(None if reason is None else failure_code_and_message(reason))
-    coarse = score_hypotheses(obs, model, det, [h.pose for h in hyps]) if state.spec.keep_unrefined else None
-    return poses, fails, score_hypotheses(obs, model, det, poses), coarse
+    # One scoring call for the refined and (to compare) the coarse poses: the crop, its gradients, one render batch.
+    compared = [h.pose for h in hyps] if state.spec.keep_unrefined else []
+    scores = score_hypotheses(obs, model, det, poses + compared)
+    n = len(poses)
+    return poses, fails, scores[:n], scores[n:] if compared else None
 
 
 def _record(
@@ -290,7 +293,7 @@ def _record(
         hypotheses,
         chosen,
         failure,
-        refined,
+        chosen_refined=refined,
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import roma
 import torch
 import torch.nn.functional as F
 import torch.utils.data
@@ -112,19 +113,19 @@ def inplane_angle(points: np.ndarray, pose_a: Pose, cam_a: Camera, pose_b: Pose,
 
 
 def similarity_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The least-squares 2D similarity (rotation, isotropic scale, shift) ``b ≈ A @ [a, 1]``, ``(2, 3)``.
+    """The least-squares 2D similarity (rotation, isotropic scale, shift) ``b ≈ A @ [a, 1]``, ``(2, 3)`` (Umeyama's
+    closed form, by roma).
 
     Args:
         a, b: ``(P, 2)`` corresponding points (``P ≥ 2``), e.g. one set of object points projected into two views.
     """
-    # RANSAC with a threshold no point exceeds keeps all of them; the refinement is then least squares over all.
-    span = float(np.ptp(np.concatenate([a, b]), axis=0).max()) + 1.0
-    A, _ = cv2.estimateAffinePartial2D(
-        a.astype(np.float64), b.astype(np.float64), method=cv2.RANSAC, ransacReprojThreshold=4.0 * span, refineIters=20
+    R, t, scale = roma.rigid_points_registration(
+        torch.from_numpy(a).double(), torch.from_numpy(b).double(), compute_scaling=True
     )
-    if A is None:
+    A = np.concatenate([float(scale) * R.numpy(), t.numpy()[:, None]], 1)
+    if not (np.isfinite(A).all() and float(scale) > 0):
         raise ValueError("no similarity between the point sets (degenerate points)")
-    return np.asarray(A, np.float64)
+    return A
 
 
 def make_pairs(

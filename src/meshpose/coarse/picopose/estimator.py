@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 import torch
 
@@ -27,14 +26,20 @@ from meshpose.coarse.base import estimate_each
 from meshpose.coarse.mask_fit import MaskFitConfig, fit_to_mask, occluder_masks
 from meshpose.coarse.picopose.features import make_features
 from meshpose.coarse.picopose.local import genflow_matches, local_matches, pose_from_matches, scale_to_depth
-from meshpose.coarse.picopose.matching import Candidate, fit_similarity, foreground_patches, match_templates
+from meshpose.coarse.picopose.matching import (
+    Candidate,
+    fit_similarity,
+    foreground_patches,
+    match_templates,
+    unturned,
+)
 from meshpose.coarse.picopose.views import TemplateViews, cut_query, cut_templates, rotate_about_centre
 from meshpose.coarse.score import score_hypotheses
 from meshpose.coarse.templates import TemplateConfig, load_templates, template_cache_key
 from meshpose.nets.batch import load_genflow_model
 from meshpose.nets.checkpoint import load_checkpoint
 from meshpose.nets.simnet import METHOD as SIMNET_METHOD
-from meshpose.nets.simnet import load_simnet, similarity_matrices
+from meshpose.nets.simnet import similarity_matrices, simnet_from_checkpoint
 from meshpose.types import (
     Detection,
     EstimateResult,
@@ -144,8 +149,9 @@ class PicoPoseEstimator:
         self.features = make_features(self.config.features, self.config.feature_weights)
         self.simnet = None
         if self.config.stage2 == "learned":
-            self.simnet = load_simnet(self.config.stage2_weights)
-            trained = load_checkpoint(self.config.stage2_weights, SIMNET_METHOD).provenance.config.get("features")
+            ck = load_checkpoint(self.config.stage2_weights, SIMNET_METHOD)
+            self.simnet = simnet_from_checkpoint(ck)
+            trained = ck.provenance.config.get("features")
             if trained != self.config.features:
                 log.warning(
                     "picopose: the learned stage 2 was trained on %r features, used here with %r (it runs, but was "
@@ -219,15 +225,7 @@ class PicoPoseEstimator:
         with torch.no_grad():
             params = self.simnet(q_feats[rot], q_fg[rot], data.feats[tpl], data.fg[tpl])
         turned = similarity_matrices(params, cfg.size).double().numpy()  # template → turned query
-        out = []
-        ctr = (cfg.size - 1) / 2.0
-        for c, A_rot in zip(cands, turned, strict=True):
-            to_unrot = cv2.invertAffineTransform(cv2.getRotationMatrix2D((ctr, ctr), c.angle_deg, 1.0))
-            A = np.concatenate(
-                [to_unrot[:, :2] @ A_rot[:, :2], (to_unrot[:, :2] @ A_rot[:, 2] + to_unrot[:, 2])[:, None]], 1
-            )
-            out.append((A, -1))
-        return out
+        return [(unturned(A, c.angle_deg, cfg.size), -1) for c, A in zip(cands, turned, strict=True)]
 
     def _estimate_one(
         self, obs: Observation, det: Detection, model: ObjectModel, hypotheses: int, occluders: np.ndarray | None

@@ -65,30 +65,41 @@ def local_matches(
     Returns:
         The matches (possibly empty).
     """
+    if method not in ("dis", "none"):
+        raise ValueError(f"local method must be 'dis' or 'none', got {method!r}")
     s = query_rgb.shape[0]
     w_rgb, w_mask, w_xyz = _warp(tmpl_rgb, tmpl_mask, tmpl_xyz, A, s)
-    sel = np.zeros((s, s), bool)
+    warp = _warp_matches(w_mask, w_xyz, step)
+    if method == "none" or len(warp.uv) == 0:
+        return warp
+    g_t = cv2.cvtColor(w_rgb, cv2.COLOR_RGB2GRAY)
+    g_q = cv2.cvtColor(query_rgb, cv2.COLOR_RGB2GRAY)
+    dis = cv2.DISOpticalFlow_create(_DIS["medium"])  # type: ignore[attr-defined]
+    fwd = dis.calc(g_t, g_q, None)
+    bwd = dis.calc(g_q, g_t, None)
+    uu, vv = warp.uv.astype(int).T
+    f = fwd[vv, uu].astype(np.float64)
+    tgt = warp.uv + f
+    on, ti = _on_query(tgt, query_mask)
+    back = bwd[ti[:, 1], ti[:, 0]].astype(np.float64)
+    keep = on & (np.linalg.norm(f + back, axis=1) < fb_threshold_px)
+    return LocalMatches(tgt[keep], warp.xyz[keep])
+
+
+def _warp_matches(w_mask: np.ndarray, w_xyz: np.ndarray, step: int) -> LocalMatches:
+    """The matches of the warp alone: every ``step``-th pixel of the warped template's mask ↔ its object point."""
+    sel = np.zeros(w_mask.shape, bool)
     sel[::step, ::step] = True
-    sel &= w_mask
-    vv, uu = np.nonzero(sel)
-    uv = np.stack([uu, vv], 1).astype(np.float64)
-    if method == "dis" and len(uu) > 0:
-        g_t = cv2.cvtColor(w_rgb, cv2.COLOR_RGB2GRAY)
-        g_q = cv2.cvtColor(query_rgb, cv2.COLOR_RGB2GRAY)
-        dis = cv2.DISOpticalFlow_create(_DIS["medium"])  # type: ignore[attr-defined]
-        fwd = dis.calc(g_t, g_q, None)
-        bwd = dis.calc(g_q, g_t, None)
-        f = fwd[vv, uu].astype(np.float64)
-        tgt = uv + f
-        ti = np.clip(np.round(tgt).astype(int), 0, s - 1)
-        back = bwd[ti[:, 1], ti[:, 0]].astype(np.float64)
-        certain = np.linalg.norm(f + back, axis=1) < fb_threshold_px
-        inside = (tgt >= 0).all(1) & (tgt <= s - 1).all(1)
-        keep = certain & inside & query_mask[ti[:, 1], ti[:, 0]]
-        uv, vv, uu = tgt[keep], vv[keep], uu[keep]
-    elif method != "none" and method != "dis":
-        raise ValueError(f"local method must be 'dis' or 'none', got {method!r}")
-    return LocalMatches(uv, w_xyz[vv, uu].astype(np.float64))
+    vv, uu = np.nonzero(sel & w_mask)
+    return LocalMatches(np.stack([uu, vv], 1).astype(np.float64), w_xyz[vv, uu].astype(np.float64))
+
+
+def _on_query(tgt: np.ndarray, query_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which ``(M, 2)`` query-crop targets lie inside the crop and on the query's region, and their nearest pixels
+    ``(M, 2)`` int (clipped to the crop)."""
+    s = query_mask.shape[0]
+    ti = np.clip(np.round(tgt).astype(int), 0, s - 1)
+    return (tgt >= 0).all(1) & (tgt <= s - 1).all(1) & query_mask[ti[:, 1], ti[:, 0]], ti
 
 
 def _warp(
@@ -136,11 +147,7 @@ def genflow_matches(
     """
     s = query_rgb.shape[0]
     w_rgb, w_mask, w_xyz = _warp(tmpl_rgb, tmpl_mask, tmpl_xyz, A, s)
-    start, _ = pose_from_matches(
-        local_matches(query_rgb, query_mask, tmpl_rgb, tmpl_mask, tmpl_xyz, A, method="none"),
-        camera,
-        threshold_px=threshold_px,
-    )
+    start, _ = pose_from_matches(_warp_matches(w_mask, w_xyz, 2), camera, threshold_px=threshold_px)
     if start is None:
         return LocalMatches(np.zeros((0, 2)), np.zeros((0, 3)))
     R, t = start.numpy()
@@ -159,9 +166,7 @@ def genflow_matches(
     h, w = out.grid
     src = out.source[0].double().numpy()  # (N, 2)
     tgt = src + last.flow[0].reshape(2, h * w).T.double().numpy()
-    keep = (last.weights[0, 0].flatten().numpy() > certainty) & out.valid[0].numpy()
-    ti = np.clip(np.round(tgt).astype(int), 0, s - 1)
-    keep &= (tgt >= 0).all(1) & (tgt <= s - 1).all(1) & query_mask[ti[:, 1], ti[:, 0]]
+    keep = (last.weights[0, 0].flatten().numpy() > certainty) & out.valid[0].numpy() & _on_query(tgt, query_mask)[0]
     return LocalMatches(tgt[keep], out.points[0].double().numpy()[keep])
 
 

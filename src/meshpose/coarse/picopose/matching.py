@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Candidate", "fit_similarity", "foreground_patches", "match_templates"]
+__all__ = ["Candidate", "fit_similarity", "foreground_patches", "match_templates", "unturned"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,15 @@ def _centres(idx: np.ndarray, w: int, stride: int) -> np.ndarray:
     return np.stack([(idx % w + 0.5) * stride - 0.5, (idx // w + 0.5) * stride - 0.5], 1).astype(np.float64)
 
 
+def unturned(A_turned: np.ndarray, angle_deg: float, size: int) -> np.ndarray:
+    """A ``(2, 3)`` map into the query crop *turned* by ``angle_deg`` about its centre (as stage 1 turns it,
+    :func:`~meshpose.coarse.picopose.views.rotate_about_centre`) → the same map into the unturned crop of side
+    ``size``."""
+    ctr = (size - 1) / 2.0
+    back = cv2.invertAffineTransform(cv2.getRotationMatrix2D((ctr, ctr), angle_deg, 1.0))
+    return np.concatenate([back[:, :2] @ A_turned[:, :2], (back[:, :2] @ A_turned[:, 2] + back[:, 2])[:, None]], 1)
+
+
 def fit_similarity(
     query_feat: torch.Tensor,
     query_fg: torch.Tensor,
@@ -119,9 +128,8 @@ def fit_similarity(
         patches (0 for the fallback: the rotation about the centre).
     """
     w = tmpl_feat.shape[2]
-    ctr = (size - 1) / 2.0
     # The query was turned by R(angle) about the centre: unrotated = R(angle)^-1 (rotated - c) + c.
-    to_unrot = cv2.invertAffineTransform(cv2.getRotationMatrix2D((ctr, ctr), angle_deg, 1.0))
+    to_unrot = unturned(np.eye(2, 3), angle_deg, size)
     fallback = to_unrot.copy()  # template ≈ rotated query at the right template: template px → query px
     q_idx = torch.nonzero(query_fg.flatten()).flatten()
     t_idx = torch.nonzero(tmpl_fg.flatten()).flatten()
