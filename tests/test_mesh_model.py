@@ -13,6 +13,7 @@ import trimesh
 from meshpose.mesh import (
     MeshError,
     clear_cache,
+    light_model,
     load_object_model,
     make_object_model,
     mesh_diameter,
@@ -177,3 +178,16 @@ def test_load_object_model_errors(tmp_path: Path) -> None:
     path = _write(tmp_path / "mm.ply", kind="icosphere", scale=1000.0)
     with pytest.raises(MeshError, match="units='mm'"):
         load_object_model(path, 1)
+
+
+def test_light_model_is_made_once_per_mesh_and_face_budget() -> None:
+    """Decimated copies for crop renders: within the budget, one copy per (render mesh, budget) shared by every
+    caller; the object itself when the budget is 0 or the mesh is already within it."""
+    obj = make_object_model(trimesh.creation.icosphere(subdivisions=4, radius=0.05), 1)  # 5120 faces
+    assert len(obj.render_mesh.faces) == 5120
+    a, b = light_model(obj, 1000), light_model(obj, 300)
+    assert len(a.render_mesh.faces) <= 1000 and len(b.render_mesh.faces) <= 300
+    assert a.render_mesh is not b.render_mesh  # one copy per budget, not the first one made
+    assert light_model(obj, 1000).render_mesh is a.render_mesh
+    assert a.obj_id == obj.obj_id and a.mesh is obj.mesh and a.points is obj.points
+    assert light_model(obj, 0) is obj and light_model(obj, 10_000) is obj

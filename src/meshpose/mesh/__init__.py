@@ -4,7 +4,7 @@ cache, and procedural textured test objects."""
 
 from meshpose.mesh.diameter import render_bounding_sphere
 from meshpose.mesh.load import MeshError, load_mesh
-from meshpose.mesh.model import clear_cache, load_object_model, make_object_model, validate_symmetries
+from meshpose.mesh.model import clear_cache, light_model, load_object_model, make_object_model, validate_symmetries
 from meshpose.mesh.procedural import (
     example_mesh,
     example_object,
@@ -21,6 +21,7 @@ __all__ = [
     "clear_cache",
     "example_mesh",
     "example_object",
+    "light_model",
     "load_mesh",
     "load_object_model",
     "make_object_model",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,14 @@ from meshpose.mesh.sample import mesh_diameter, sample_surface_points
 from meshpose.mesh.simplify import simplify_mesh
 from meshpose.types import ObjectModel
 
-__all__ = ["CACHE_SIZE", "clear_cache", "load_object_model", "make_object_model", "validate_symmetries"]
+__all__ = [
+    "CACHE_SIZE",
+    "clear_cache",
+    "light_model",
+    "load_object_model",
+    "make_object_model",
+    "validate_symmetries",
+]
 
 #: Most object models kept by the :func:`load_object_model` cache (least recently used ones are dropped).
 CACHE_SIZE = 32
@@ -251,3 +259,28 @@ def clear_cache() -> None:
     """Empty the :func:`load_object_model` cache."""
     with _cache_lock:
         _cache.clear()
+
+
+# render mesh -> {face budget: decimated copy}; weak keys: a copy lives as long as the mesh it was made from
+_light: weakref.WeakKeyDictionary[trimesh.Trimesh, dict[int, trimesh.Trimesh]] = weakref.WeakKeyDictionary()
+_light_lock = threading.Lock()
+
+
+def light_model(obj: ObjectModel, max_faces: int) -> ObjectModel:
+    """``obj`` with its render mesh decimated to at most ``max_faces`` faces, for renders that only need the shape
+    or coarse appearance at crop resolution (silhouette fits, iterative refiners' crops).
+
+    The decimated copy (:func:`~meshpose.mesh.simplify.simplify_mesh`) is made once per render mesh and face budget
+    in this process and kept while the mesh lives, so every method drawing the same object at the same budget shares
+    it. ``max_faces ≤ 0``, or a render mesh already within the budget, gives ``obj`` itself.
+    """
+    mesh = obj.render_mesh
+    limit = int(max_faces)
+    if limit <= 0 or len(mesh.faces) <= limit:
+        return obj
+    with _light_lock:
+        copies = _light.setdefault(mesh, {})
+        light = copies.get(limit)
+        if light is None:
+            light = copies[limit] = simplify_mesh(mesh, limit)
+    return replace(obj, render_mesh=light)

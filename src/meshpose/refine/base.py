@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -183,27 +182,6 @@ def level_schedule(base: Sequence[int], iterations: int | None, name: str) -> li
         counts = [math.floor(b * total / s) for b in counts]
         counts[-1] += total - sum(counts)
     return [(lv, c) for lv, c in enumerate(counts) if c > 0]
-
-
-class LightMeshes:
-    """Copies of render meshes decimated to a face budget, made once per mesh and kept while the mesh lives (object
-    models that share a cached mesh share the copy too)."""
-
-    def __init__(self) -> None:
-        self._light: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-    def model(self, obj: ObjectModel, limit: int) -> ObjectModel:
-        """``obj`` with its render mesh decimated to at most ``limit`` faces (``limit ≤ 0``: ``obj`` itself)."""
-        mesh = obj.render_mesh
-        if limit <= 0 or len(mesh.faces) <= limit:
-            return obj
-        light = self._light.get(mesh)
-        if light is None:
-            from meshpose.mesh.simplify import simplify_mesh
-
-            light = simplify_mesh(mesh, int(limit))
-            self._light[mesh] = light
-        return replace(obj, render_mesh=light)
 
 
 @dataclass

@@ -9,12 +9,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+from meshpose.mesh.model import light_model
 from meshpose.refine.abstract.config import AbstractConfig
 from meshpose.refine.abstract.features import DescriptorExtractor, NetExtractor
 from meshpose.refine.abstract.field import DescriptorField, FieldSet
 from meshpose.refine.abstract.fusion import field_cache_key, load_field
 from meshpose.refine.abstract.run import AbstractRun
-from meshpose.refine.base import LazyRenderer, LightMeshes, StageTimer, check_refine_inputs, level_schedule
+from meshpose.refine.base import LazyRenderer, StageTimer, check_refine_inputs, level_schedule
 from meshpose.render.base import Renderer
 from meshpose.types import ObjectModel, Observation, Pose, RefineResult
 
@@ -64,7 +65,6 @@ class AbstractRefiner(LazyRenderer):
         self._extractor = extractor
         self._fields: OrderedDict[str, DescriptorField] = OrderedDict()
         self._field_sets: OrderedDict[tuple[int, ...], tuple[list[DescriptorField], FieldSet]] = OrderedDict()
-        self._light_meshes = LightMeshes()
 
     @property
     def extractor(self) -> DescriptorExtractor:
@@ -100,9 +100,10 @@ class AbstractRefiner(LazyRenderer):
         return fset
 
     def render_model(self, obj: ObjectModel) -> ObjectModel:
-        """The model drawn in the crops: ``obj`` with its render mesh decimated to ``config.render_faces`` (made
-        once per render mesh, kept while both the refiner and the mesh live)."""
-        return self._light_meshes.model(obj, int(self.config.render_faces))
+        """The model drawn in the crops: ``obj`` with its render mesh decimated to ``config.render_faces``
+        (:func:`~meshpose.mesh.model.light_model`: made once per render mesh and budget, shared by every method
+        that draws it at that budget)."""
+        return light_model(obj, int(self.config.render_faces))
 
     def schedule(self, iterations: int | None = None) -> list[tuple[int, int]]:
         """``(level, iterations)`` pairs, coarse to fine (see :func:`~meshpose.refine.base.level_schedule`)."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from meshpose.refine.base import LazyRenderer, LightMeshes, check_refine_inputs, level_schedule
+from meshpose.mesh.model import light_model
+from meshpose.refine.base import LazyRenderer, check_refine_inputs, level_schedule
 from meshpose.refine.contour.config import ContourConfig
 from meshpose.refine.contour.run import ContourRun
 from meshpose.render.base import Renderer
@@ -46,12 +47,12 @@ class ContourRefiner(LazyRenderer):
     def __init__(self, config: ContourConfig | None = None, *, renderer: Renderer | None = None) -> None:
         self.config = config if config is not None else ContourConfig()
         self._renderer = renderer
-        self._light_meshes = LightMeshes()
 
     def render_model(self, obj: ObjectModel) -> ObjectModel:
-        """The model drawn in the crops: ``obj`` with its render mesh decimated to ``config.render_faces`` (made
-        once per render mesh, kept while both the refiner and the mesh live)."""
-        return self._light_meshes.model(obj, int(self.config.render_faces))
+        """The model drawn in the crops: ``obj`` with its render mesh decimated to ``config.render_faces``
+        (:func:`~meshpose.mesh.model.light_model`: made once per render mesh and budget, shared by every method
+        that draws it at that budget)."""
+        return light_model(obj, int(self.config.render_faces))
 
     def schedule(self, iterations: int | None = None) -> list[tuple[int, int]]:
         """``(level, iterations)`` pairs, coarse to fine (see :func:`~meshpose.refine.base.level_schedule`)."""
