@@ -31,10 +31,11 @@ from scipy.spatial.transform import Rotation
 
 from meshpose.coarse.score import SCORE_CROP, detection_crop_box
 from meshpose.geometry.crop import crop_image
-from meshpose.render.base import Renderer, render_alone
+from meshpose.mesh.model import light_model
+from meshpose.render.base import Renderer, only_outputs
 from meshpose.types import Camera, Detection, ObjectModel, Observation, Pose
 
-__all__ = ["MaskFitConfig", "MaskFitResult", "fit_to_mask", "occluder_masks"]
+__all__ = ["MaskFitConfig", "MaskFitResult", "fit_many_to_mask", "fit_to_mask", "occluder_masks"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class MaskFitConfig:
         max_iterations: at most this many batched renders.
         fit_distance: also search the distance along the viewing ray (off where it was measured, e.g. from an
             observed depth: the mask would only add noise to it).
+        render_faces: the silhouettes are drawn from the render mesh decimated to at most this many faces
+            (:func:`~meshpose.mesh.model.light_model`; 0: as it is) — at crop resolution the outline is the same
+            to a fraction of a pixel, and drawing is most of the fit's cost.
     """
 
     size: int = SCORE_CROP
@@ -59,6 +63,7 @@ class MaskFitConfig:
     min_shift_px: float = 0.4
     max_iterations: int = 30
     fit_distance: bool = True
+    render_faces: int = 3000
 
     def __post_init__(self) -> None:
         if self.size < 16:
@@ -66,6 +71,8 @@ class MaskFitConfig:
         steps = (self.shift_px, self.log_depth, self.rotation_rad, self.min_shift_px)
         if not all(np.isfinite(s) and s > 0 for s in steps) or self.min_shift_px >= self.shift_px:
             raise ValueError("mask fit: steps must be positive and min_shift_px below shift_px")
+        if self.render_faces < 0 or 0 < self.render_faces < 4:
+            raise ValueError(f"mask fit: render_faces must be 0 (the mesh as it is) or >= 4, got {self.render_faces}")
         if self.max_iterations < 1:
             raise ValueError(f"mask fit: max_iterations must be >= 1, got {self.max_iterations}")
 
@@ -141,21 +148,59 @@ def fit_to_mask(
     Raises:
         ValueError: no mask of the image's size, a mismatched ``occluders``, or a pose behind the camera.
     """
+    return fit_many_to_mask(obs, model, detection, [pose], renderer=renderer, occluders=occluders, config=config)[0]
+
+
+def fit_many_to_mask(
+    obs: Observation,
+    model: ObjectModel,
+    detection: Detection,
+    poses: Sequence[Pose],
+    *,
+    renderer: Renderer | None = None,
+    occluders: np.ndarray | None = None,
+    config: MaskFitConfig | None = None,
+) -> list[MaskFitResult]:
+    """:func:`fit_to_mask` from several start poses of the same detection (e.g. its pose hypotheses), the searches
+    run side by side: each step renders the candidates of every search that is still going in one batched call.
+    Each search's result is the one it would reach alone.
+
+    Args:
+        obs: the observation.
+        model: the object.
+        detection: the detection, with a mask of the image's size.
+        poses: the start poses, each a single ``cam_from_obj`` pose in front of the camera.
+        renderer: see :func:`fit_to_mask`.
+        occluders: see :func:`fit_to_mask`.
+        config: options.
+
+    Returns:
+        One :class:`MaskFitResult` per start pose, in order.
+
+    Raises:
+        ValueError: as :func:`fit_to_mask` (a start pose behind the camera names its index).
+    """
     cfg = config if config is not None else MaskFitConfig()
     if renderer is None:
         from meshpose.render.gl import get_default_renderer
 
         renderer = get_default_renderer()
-    draw: Renderer = renderer  # bound for the closure below (mypy does not carry the narrowing into it)
     h, w = obs.camera.height, obs.camera.width
     if detection.mask is None or detection.mask.shape != (h, w):
         raise ValueError(f"mask fit: detection of object {detection.obj_id} needs a mask of the image's size {h}×{w}")
     if occluders is not None and occluders.shape != (h, w):
         raise ValueError(f"mask fit: occluders must be {h}×{w}, got {occluders.shape}")
-    R0, t0 = (np.asarray(a, np.float64) for a in pose.numpy())
-    R0, t0 = R0.reshape(3, 3), t0.reshape(3)
-    if not (np.all(np.isfinite(R0)) and np.all(np.isfinite(t0)) and t0[2] > 1e-3):
-        raise ValueError(f"mask fit: the start pose of object {detection.obj_id} is not finite or behind the camera")
+    starts = []
+    for k, pose in enumerate(poses):
+        R0, t0 = (np.asarray(a, np.float64) for a in pose.numpy())
+        R0, t0 = R0.reshape(3, 3), t0.reshape(3)
+        if not (np.all(np.isfinite(R0)) and np.all(np.isfinite(t0)) and t0[2] > 1e-3):
+            raise ValueError(
+                f"mask fit: start pose {k} of object {detection.obj_id} is not finite or behind the camera"
+            )
+        starts.append((R0, t0))
+    if not starts:
+        return []
     box = detection_crop_box(detection)
     s = cfg.size
     mask = np.asarray(crop_image(detection.mask, obs.camera, box, s, s, interpolation="nearest")[0], bool)
@@ -164,30 +209,41 @@ def fit_to_mask(
     if occluders is not None:
         silent |= np.asarray(crop_image(occluders, obs.camera, box, s, s, interpolation="nearest")[0], bool)
     silent &= ~mask
+    drawn = [light_model(model, cfg.render_faces)]
+    outputs = only_outputs(renderer, ("mask",))
 
-    def iou(params: list[np.ndarray]) -> np.ndarray:
-        Rs, ts = zip(*(_moved(R0, t0, q, cam) for q in params), strict=True)
-        sil = render_alone(
-            draw, [model] * len(params), Pose(np.stack(Rs), np.stack(ts)), [cam] * len(params), None, outputs=("mask",)
-        )
+    def iou(moves: list[tuple[int, np.ndarray]]) -> np.ndarray:
+        """IoU' of start pose ``k`` moved by ``p``, for every ``(k, p)``, in one batched render."""
+        Rs, ts = zip(*(_moved(*starts[k], p, cam) for k, p in moves), strict=True)
+        sil = renderer.render(drawn, Pose(np.stack(Rs)[:, None], np.stack(ts)[:, None]), [cam] * len(moves), **outputs)
         m = sil.mask
         inter = (m & mask).sum((1, 2))
         union = ((m & ~silent) | mask).sum((1, 2))
         return np.asarray(inter / np.maximum(union, 1), np.float64)
 
-    p = np.zeros(6)
-    best = start = float(iou([p])[0])
+    n = len(starts)
     axes = [a for a in range(6) if a != 2 or cfg.fit_distance]
-    step = np.array([cfg.shift_px, cfg.shift_px, cfg.log_depth, cfg.rotation_rad, cfg.rotation_rad, cfg.rotation_rad])
-    renders = 1
-    while renders < cfg.max_iterations and step[0] >= cfg.min_shift_px:
-        cands = [p + sgn * step[a] * np.eye(6)[a] for a in axes for sgn in (1.0, -1.0)]
-        vals = iou(cands)
-        renders += 1
-        j = int(np.argmax(vals))
-        if vals[j] > best + 1e-4:
-            best, p = float(vals[j]), cands[j]
-        else:
-            step = step / 2
-    R, t = _moved(R0, t0, p, cam)
-    return MaskFitResult(Pose(R, t), best, start, renders)
+    first = np.array([cfg.shift_px, cfg.shift_px, cfg.log_depth, cfg.rotation_rad, cfg.rotation_rad, cfg.rotation_rad])
+    p = [np.zeros(6) for _ in range(n)]
+    step = [first.copy() for _ in range(n)]
+    start_iou = iou([(k, p[k]) for k in range(n)])
+    best = [float(v) for v in start_iou]
+    renders = [1] * n
+    while True:
+        going = [k for k in range(n) if renders[k] < cfg.max_iterations and step[k][0] >= cfg.min_shift_px]
+        if not going:
+            break
+        cands = {k: [p[k] + sgn * step[k][a] * np.eye(6)[a] for a in axes for sgn in (1.0, -1.0)] for k in going}
+        vals = iou([(k, c) for k in going for c in cands[k]]).reshape(len(going), -1)
+        for row, k in zip(vals, going, strict=True):
+            renders[k] += 1
+            j = int(np.argmax(row))
+            if row[j] > best[k] + 1e-4:
+                best[k], p[k] = float(row[j]), cands[k][j]
+            else:
+                step[k] = step[k] / 2
+    out = []
+    for k in range(n):
+        R, t = _moved(*starts[k], p[k], cam)
+        out.append(MaskFitResult(Pose(R, t), best[k], float(start_iou[k]), renders[k]))
+    return out
