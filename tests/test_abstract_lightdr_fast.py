@@ -25,6 +25,7 @@ from meshpose.refine.abstract.field import DescriptorField, FieldSet, fuse_sampl
 from meshpose.refine.abstract.lightdr import (
     CropTarget,
     _central_difference,
+    _image_gradient,
     _pull_back,
     blur,
     crop_loss,
@@ -203,6 +204,22 @@ def test_batched_crops_match_the_plain_per_object_computation(scene, gain, huber
         assert one.loss == fast[b].loss and all(np.array_equal(one.grads[j], fast[b].grads[j]) for j in one.grads)
 
 
+def test_losses_only_equal_the_full_evaluation(scene) -> None:
+    """``want=set()`` (the evaluations that take no step) skips the gradients and nothing else."""
+    _, fields, centers, R, t, cams, out, obs_out, valid = scene
+    targets = [
+        CropTarget(blur(render_descriptors(obs_out.xyz[b], obs_out.instance[b], fields, D), 1.5), valid[b], 1.5)
+        for b in range(2)
+    ]
+    args = (list(out.xyz), list(out.instance), list(out.depth), targets, [c.K for c in cams], FieldSet(fields))
+    full = crop_losses(*args, R, t, centers)
+    bare = crop_losses(*args, R, t, centers, want=set())
+    for a, b in zip(full, bare, strict=True):
+        assert b.grads == {} and a.grads and a.loss == b.loss
+        np.testing.assert_array_equal(a.rendered, b.rendered)
+        np.testing.assert_array_equal(a.distance, b.distance)
+
+
 def test_empty_crop_and_objects_without_fields(scene) -> None:
     _, fields, centers, R, t, cams, out, _, valid = scene
     observed = np.full((96, 96, D), 0.3, np.float32)
@@ -357,9 +374,27 @@ def test_central_differences_and_pull_back_equal_the_plain_forms() -> None:
     obj = rng.integers(0, 2, 200)  # object 2 has no pixel
     au, av = rng.normal(size=200).astype(np.float32), rng.normal(size=200).astype(np.float32)
     got = _pull_back(au, av, X, obj, R, t, centers, K)
+    order = np.argsort(obj, kind="stable")  # the pixels in one run per object (the order crop_losses gives)
+    np.testing.assert_allclose(
+        _pull_back(au[order], av[order], X[order], obj[order], R, t, centers, K), got, rtol=1e-12, atol=1e-15
+    )
     for j in range(3):
         s = obj == j
         P = X[s].astype(np.float64) @ R[j].T + t[j]
         J = motion_jacobian(P, K, R[j] @ centers[j] + t[j])
         want = np.einsum("mk,mkj->j", np.stack([au[s], av[s]], 1).astype(np.float64), J)
         np.testing.assert_allclose(got[j], want, rtol=1e-10, atol=1e-12)
+
+
+def test_image_gradient_at_some_pixels_equals_the_full_images() -> None:
+    """:func:`_image_gradient` (central differences at the owner pixels only) gives the very numbers of the
+    whole-image central differences read at those pixels, edges and one-pixel-wide images included."""
+    rng = np.random.default_rng(3)
+    for shape in [(9, 11, 16), (1, 5, 3), (5, 1, 3), (2, 2, 1), (40, 37, 16)]:
+        F = rng.normal(size=shape).astype(np.float32)
+        adj = rng.normal(size=shape).astype(np.float32)
+        pix = np.flatnonzero(rng.random(shape[:2]) < 0.6)
+        au, av = _image_gradient(F, adj, pix)
+        for axis, got in ((1, au), (0, av)):
+            want = np.einsum("hwd,hwd->hw", adj, _central_difference(F, axis)).reshape(-1)[pix]
+            np.testing.assert_array_equal(got, want)

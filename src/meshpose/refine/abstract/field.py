@@ -156,6 +156,11 @@ class FieldSet:
         self.table = table
         self._par_f = par_f
         self._par_i = par_i
+        # per object, the table rows of its 8 corners relative to the first one (grid_sample's order)
+        sx, sy, sz = par_i[1], par_i[2], par_i[3]
+        self._corner_offsets = np.ascontiguousarray(
+            np.stack([np.zeros_like(sx), sx, sy, sx + sy, sz, sz + sx, sz + sy, sz + sx + sy], 1), dtype=np.int32
+        )  # (N, 8)
 
     def sample(self, xyz: np.ndarray, index: np.ndarray, rows: np.ndarray | None = None, n_rows: int = 0) -> np.ndarray:
         """Descriptors of object-frame points of several objects.
@@ -187,10 +192,8 @@ class FieldSet:
 
     def _corners(self, xyz: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(M, 8)`` float32 trilinear weights and ``(M, 8)`` int32 table rows of the points' grid corners."""
-        m = len(k)
         pts = np.ascontiguousarray(np.asarray(xyz, dtype=np.float32).reshape(-1, 3).T)  # (3, M)
         pf = np.take(self._par_f, k, axis=1)
-        pi = np.take(self._par_i, k, axis=1)
         # grid_sample (align_corners=True, padding "border"): normalise to [-1, 1], back to node units, clamp
         g = 2.0 * (pts - pf[0:3]) / pf[3:6] - 1.0
         top = pf[6:9]
@@ -199,19 +202,16 @@ class FieldSet:
         w1 = pos - first
         w0 = (first + 1.0) - pos
         # corners in grid_sample's order: z outer, then y, then x
-        weights = np.empty((m, 8), np.float32)
-        xy = (w0[0] * w0[1], w1[0] * w0[1], w0[0] * w1[1], w1[0] * w1[1])
-        for c in range(4):
-            np.multiply(xy[c], w0[2], out=weights[:, c])
-            np.multiply(xy[c], w1[2], out=weights[:, 4 + c])
+        xy = np.stack([w0[0] * w0[1], w1[0] * w0[1], w0[0] * w1[1], w1[0] * w1[1]], 1)  # (M, 4)
+        weights = np.empty((len(k), 2, 4), np.float32)
+        np.multiply(xy, w0[2][:, None], out=weights[:, 0])
+        np.multiply(xy, w1[2][:, None], out=weights[:, 1])
         fi = first.astype(np.int32)
-        nodes = np.empty((m, 8), np.int32)
-        np.add(pi[0] + fi[0] * pi[1] + fi[1] * pi[2], fi[2] * pi[3], out=nodes[:, 0])
-        np.add(nodes[:, 0], pi[1], out=nodes[:, 1])
-        np.add(nodes[:, 0], pi[2], out=nodes[:, 2])
-        np.add(nodes[:, 1], pi[2], out=nodes[:, 3])
-        np.add(nodes[:, :4], pi[3][:, None], out=nodes[:, 4:])
-        return weights, nodes
+        pi = self._par_i
+        base = np.take(pi[0], k) + fi[0] * np.take(pi[1], k) + fi[1] * np.take(pi[2], k) + fi[2] * np.take(pi[3], k)
+        nodes = np.take(self._corner_offsets, k, axis=0)
+        nodes += base[:, None]
+        return weights.reshape(-1, 8), nodes
 
 
 def _voxel_keys(pts: np.ndarray, lo: np.ndarray, edge: float) -> np.ndarray:

@@ -25,10 +25,15 @@ over the pixels that follow object ``k``.
 
 Speed (:func:`crop_losses`, the path of the refiner): the descriptors of every crop of one render are sampled in
 one sparse trilinear gather (:class:`~meshpose.refine.abstract.field.FieldSet`), the observation's terms are
-computed once per level (:class:`CropTarget`), the owners come from shifted slices and the pixel motions are
-pulled back to the poses without forming Jacobians. Plain numpy/scipy/OpenCV: no torch parallel region, so the
-numbers do not depend on the thread count, and they equal the per-object computation written out plainly (the
-tests keep one) up to float32 rounding.
+computed once per level (:class:`CropTarget`), the owners come from shifted slices, the image gradients are taken
+at the owner pixels only (:func:`_image_gradient`) and the pixel motions are pulled back to the poses one run of
+pixels per object, without forming Jacobians (:func:`_pull_back`); an evaluation that takes no step skips the
+gradients (``want=set()``). Plain numpy/scipy/OpenCV: no torch parallel region, so the numbers do not depend on
+the thread count, and they equal the per-object computation written out plainly (the tests keep one) up to
+float32 rounding. First 5 LM-O images (8 objects each), one thread, 2 shared cores (``OMP_NUM_THREADS=1 python
+benchmarks/bench_abstract_speed.py --dataset ../shared/data/lmo --images 5 --threads 1``), back to back with the
+previous code under the same load: 3.06 → 2.61 s per image (LightDR 1.76 → 1.46 s, render ≈ 0.9–1.0 s; load
+average ≈ 3), the same poses.
 """
 
 from __future__ import annotations
@@ -241,7 +246,7 @@ def _pull_back(
         au: ``(M,)`` ``∂L/∂F · ∂F/∂u`` per pixel.
         av: ``(M,)`` ``∂L/∂F · ∂F/∂v`` per pixel.
         X: ``(M, 3)`` object-frame surface points giving the pixels' motions, metres.
-        obj: ``(M,)`` int, the object each pixel follows.
+        obj: ``(M,)`` int, the object each pixel follows (fastest sorted: :func:`_one_crop` sorts them).
         R: ``(N, 3, 3)`` rotations ``cam_from_obj``.
         t: ``(N, 3)`` translations, metres.
         centers: ``(N, 3)`` object-frame centres of the increments, metres.
@@ -249,26 +254,71 @@ def _pull_back(
 
     Returns:
         ``(N, 6)`` float64 (0 for objects without pixels).
+
+    The pixels are taken as one run per object (a crop shows a few objects), so that each point is moved by its
+    own object's pose only (``P = R_j X + t_j``, camera frame, ``(3, M)`` rows), and the sums are per run.
     """
-    a_u = au.astype(np.float64)
-    a_v = av.astype(np.float64)
     n, m = len(R), len(obj)
-    every = np.arange(m)
-    P = (X.astype(np.float64) @ R.reshape(3 * n, 3).T).reshape(m, n, 3)[every, obj] + t[obj]  # R_j X + t_j
-    q = P - (np.einsum("nij,nj->ni", R, centers) + t)[obj]
-    x, y, iz = P[:, 0], P[:, 1], 1.0 / P[:, 2]
+    out = np.zeros((n, 6))
+    if m == 0:
+        return out
+    obj = np.asarray(obj)
+    if np.any(obj[1:] < obj[:-1]):
+        order = np.argsort(obj, kind="stable")
+        au, av, X, obj = au[order], av[order], X[order], obj[order]
+    bounds = np.searchsorted(obj, np.arange(n + 1))  # object j's run: bounds[j] : bounds[j + 1]
+    present = np.flatnonzero(bounds[1:] > bounds[:-1])
+    Xt = np.array(X.T, dtype=np.float64, order="C")  # (3, M)
+    P = np.empty((3, m))
+    for j in present:
+        run = slice(bounds[j], bounds[j + 1])
+        np.matmul(R[j], Xt[:, run], out=P[:, run])
+        P[:, run] += t[j][:, None]
+    x, y, iz = P[0], P[1], 1.0 / P[2]
     fx, s, fy = float(K[0, 0]), float(K[0, 1]), float(K[1, 1])
-    cols = np.empty((len(obj), 6))
-    cols[:, 0] = a_u * fx * iz
-    cols[:, 1] = (a_u * s + a_v * fy) * iz
-    cols[:, 2] = -(a_u * (fx * x + s * y) + a_v * fy * y) * iz * iz
-    w0, w1, w2 = cols[:, 0], cols[:, 1], cols[:, 2]
-    cols[:, 3] = q[:, 1] * w2 - q[:, 2] * w1
-    cols[:, 4] = q[:, 2] * w0 - q[:, 0] * w2
-    cols[:, 5] = q[:, 0] * w1 - q[:, 1] * w0
-    onehot = np.zeros((n, m))
-    onehot[obj, every] = 1.0
-    return onehot @ cols
+    u = au.astype(np.float64) * iz  # a_u / z
+    v = av.astype(np.float64) * iz  # a_v / z
+    w = np.empty((6, m))  # per pixel: w = aᵀ ∂u/∂P (rows 0-2), P × w (rows 3-5)
+    np.multiply(u, fx, out=w[0])
+    np.add(u * s, v * fy, out=w[1])
+    np.multiply(u * (fx * x + s * y) + v * (fy * y), -iz, out=w[2])
+    np.subtract(y * w[2], P[2] * w[1], out=w[3])
+    np.subtract(P[2] * w[0], x * w[2], out=w[4])
+    np.subtract(x * w[1], y * w[0], out=w[5])
+    sums = np.add.reduceat(w, bounds[present], axis=1).T  # (objects present, 6)
+    c_cam = np.einsum("nij,nj->ni", R[present], centers[present]) + t[present]  # the increments' centres
+    out[present, :3] = sums[:, :3]
+    out[present, 3:] = sums[:, 3:] - np.cross(c_cam, sums[:, :3])  # Σ (P − c) × w = Σ P × w − c × Σ w
+    return out
+
+
+def _image_gradient(F: np.ndarray, adj: np.ndarray, pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``adj · ∂F/∂u`` and ``adj · ∂F/∂v`` at some pixels: the central differences of :func:`_central_difference`
+    (one-sided at the image's edges) taken at those pixels only.
+
+    Args:
+        F: ``(H, W, D)`` float32 image.
+        adj: ``(H, W, D)`` float32 image (``∂L/∂F``).
+        pix: ``(M,)`` row-major flat indices of the pixels.
+
+    Returns:
+        ``(a_u, a_v)``: ``(M,)`` float32 each, the numbers of
+        ``einsum("hwd,hwd->hw", adj, _central_difference(F, axis)).reshape(-1)[pix]``.
+    """
+    h, w, d = F.shape
+    flat = F.reshape(-1, d)
+    a = np.take(adj.reshape(-1, d), pix, axis=0)
+    out = []
+    for pos, size, step in ((pix % w, w, 1), (pix // w, h, w)):
+        inner_lo, inner_hi = pos > 0, pos < size - 1
+        diff = np.take(flat, pix + step * inner_hi, axis=0)  # F[x + 1] − F[x − 1], clipped to the image
+        diff -= np.take(flat, pix - step * inner_lo, axis=0)
+        diff *= np.float32(0.5)
+        edge = np.flatnonzero(~(inner_lo & inner_hi))
+        if len(edge):
+            diff[edge] *= np.float32(2.0)  # one-sided at the edges (halving and doubling are exact)
+        out.append(np.einsum("md,md->m", a, diff))
+    return out[0], out[1]
 
 
 _DIFF_U = np.array([[-0.5, 0.0, 0.5]], np.float32)
@@ -344,7 +394,7 @@ def crop_losses(
         t: ``(N, 3)`` the rendered translations, metres.
         centers: ``(N, 3)`` object-frame centres of the increments, metres.
         gain: see :func:`crop_loss`.
-        want: object indices whose gradients are wanted (default: all that show).
+        want: object indices whose gradients are wanted (default: all that show; empty: the losses only, faster).
         occlusion_aware: see :func:`pixel_owners`.
 
     Returns:
@@ -418,24 +468,28 @@ def _one_crop(
     adj = blur(r, rs)  # ∂(n L)/∂F = g G * (ψ r)
     if g != 1.0:
         np.multiply(adj, np.float32(g), out=adj)
+    if want is not None and not want:  # the loss only
+        return CropLoss(loss / tg.n, {}, tg, (r0, r1, c0, c1), Fb, g, dist)
     # ∂(n L)/∂F · ∇F at the pixels that follow an object (central differences, one-sided at the window's edges)
     z = np.where(instance[r0:r1, c0:c1] > 0, depth[r0:r1, c0:c1], np.float32(np.inf))
     owner, src = _owners(instance[r0:r1, c0:c1], z, occlusion_aware)
     pix = np.flatnonzero(owner)
+    own = owner.reshape(-1)[pix].astype(np.intp) - 1
+    if want is not None:
+        wanted = np.zeros(len(R), bool)
+        wanted[list(want)] = True
+        sel = wanted[own]
+        pix, own = pix[sel], own[sel]
     grads: dict[int, np.ndarray] = {}
     if len(pix):
-        au = np.einsum("hwd,hwd->hw", adj, _central_difference(F, 1)).reshape(-1)[pix]
-        av = np.einsum("hwd,hwd->hw", adj, _central_difference(F, 0)).reshape(-1)[pix]
-        own = owner.reshape(-1)[pix].astype(np.intp) - 1
+        au, av = _image_gradient(F, adj, pix)
         keep = (np.abs(au) + np.abs(av)) > 0
-        if want is not None:
-            wanted = np.zeros(len(R), bool)
-            wanted[list(want)] = True
-            keep &= wanted[own]
-        s = src.reshape(-1)[pix[keep]]
         j = own[keep]
+        order = np.argsort(j, kind="stable")  # one run of pixels per object for the pull-back
+        j = j[order]
+        s = src.reshape(-1)[pix[keep][order]]
         X = xyz.reshape(-1, 3)[(s // ww + r0) * w + s % ww + c0]
-        G = _pull_back(au[keep], av[keep], X, j, R, t, centers, K)
+        G = _pull_back(au[keep][order], av[keep][order], X, j, R, t, centers, K)
         grads = {int(k): -G[k] / tg.n for k in np.flatnonzero(np.bincount(j, minlength=len(R)))}
     return CropLoss(loss / tg.n, grads, tg, (r0, r1, c0, c1), Fb, g, dist)
 

@@ -142,8 +142,11 @@ class AbstractRun:
         return out
 
     # --- one evaluation of all crops ----------------------------------------------------------------------
-    def _evaluate(self, crops: dict[int, _Crop], level: int, R: np.ndarray, t: np.ndarray) -> dict[int, CropLoss]:
-        """Render every crop with all objects at ``(R, t)`` and evaluate LightDR on each."""
+    def _evaluate(
+        self, crops: dict[int, _Crop], level: int, R: np.ndarray, t: np.ndarray, gradients: bool = True
+    ) -> dict[int, CropLoss]:
+        """Render every crop with all objects at ``(R, t)`` and evaluate LightDR on each (``gradients=False``:
+        the losses, renderings and distances only, for the evaluations that take no step)."""
         order = list(crops)
         Rs = np.repeat(R[None], len(order), 0)
         ts = np.repeat(t[None], len(order), 0)
@@ -176,7 +179,7 @@ class AbstractRun:
                 t,
                 self.centers,
                 gain=self.cfg.gain,
-                want=set(self._active()),
+                want=set(self._active()) if gradients else set(),
             )
         return {order[b]: cl for b, cl in zip(shown, losses, strict=True)}
 
@@ -256,7 +259,7 @@ class AbstractRun:
                 break
             self.E_best[:] = np.inf
             if last and li > 0:  # the initial poses compete at the finest level
-                self._record(crops, self._evaluate(crops, level, self.R0, self.t0), self.R0, self.t0)
+                self._record(crops, self._evaluate(crops, level, self.R0, self.t0, False), self.R0, self.t0)
             G = np.zeros((self.n, 6))
             lr = cfg.lr
             for _ in range(count):
@@ -275,14 +278,14 @@ class AbstractRun:
                 history.append(current)
                 if callback is not None:
                     callback(it, current)
-            final = self._evaluate(crops, level, self.R, self.t)  # the last step's pose competes too
+            final = self._evaluate(crops, level, self.R, self.t, False)  # the last step's pose competes too
             self._record(crops, final, self.R, self.t)
             for i in crops:
                 if not np.isfinite(self.E_best[i]) and self.failure[i] is None:
                     msg = "object not visible in its crop (outside the image or hidden by other objects)"
                     self.failure[i] = Failure(FailureCode.NOT_VISIBLE, msg)
             if last:
-                self._score(crops, self._evaluate(crops, level, self.R_best, self.t_best))
+                self._score(crops, self._evaluate(crops, level, self.R_best, self.t_best, False))
         for i in range(self.n):
             if self.failure[i] is not None:
                 self.score[i] = 0.0
