@@ -76,26 +76,6 @@ def test_coarse_pose_within_15deg_in_most_cases_and_refinement_improves_it(estim
     assert near.sum() >= 3 and rough_r[near].mean() < 0.8 * rough_a[near].mean(), (rough_a, rough_r)
 
 
-def test_screened_mask_fit_fits_the_hypotheses_it_keeps(tmp_path: Path) -> None:
-    """``mask_screen``: the 4 best hypotheses get a short fit and are ranked again; the best of them then gets the
-    full fit. The top hypothesis is within 0.1 d and has spent more renders than the short fit alone; a hypothesis
-    that was only screened has spent exactly the short fit's renders."""
-    est = make_estimator(
-        "picopose", mask_fit=1, mask_screen=4, mask_screen_renders=3, cache_dir=str(tmp_path / "templates")
-    )
-    obj, gt, obs, det = _case(HELD_OUT[2], seed=21)
-    (res,) = est.estimate(obs, [obj], [det], hypotheses=4)
-    assert res.ok, res.failure
-    top = res.hypotheses[0]
-    assert add_error(obj, top.pose, gt) < 0.1 * obj.diameter
-    assert top.info["mask_fit_renders"] > 3 and top.info["mask_iou"] >= top.info["mask_iou_start"]
-    assert [h.info["mask_fit_renders"] for h in res.hypotheses[1:]].count(3) >= 1
-    with pytest.raises(ValueError, match="mask_screen"):
-        make_estimator("picopose", cache_dir=str(tmp_path), mask_screen=-1)
-    with pytest.raises(ValueError, match="mask_screen"):
-        make_estimator("picopose", cache_dir=str(tmp_path), mask_screen_renders=1)
-
-
 def test_box_only_detection_gives_a_pose(estimator) -> None:  # type: ignore[no-untyped-def]
     obj, gt, obs, det = _case(HELD_OUT[0], seed=5)
     (res,) = estimator.estimate(obs, [obj], [Detection(1, det.bbox, None)])

@@ -98,11 +98,6 @@ class PicoPoseConfig:
             (:func:`~meshpose.coarse.mask_fit.fit_to_mask`, the image's other detections counted as possible
             occluders) and are ranked again; 0: off. Box-only detections are not fitted.
         mask_fit_config: options of that fit.
-        mask_screen: before that, the best this many hypotheses (``> mask_fit``; 0: off) get a short fit of
-            ``mask_screen_renders`` batched renders each and are ranked again, so that the full fit goes to the
-            ``mask_fit`` best of them — a flipped top hypothesis whose silhouette fits worse than a right one gives
-            way for a fraction of the cost of fitting all of them fully.
-        mask_screen_renders: renders of each short fit (its first step sizes are those of ``mask_fit_config``).
     """
 
     templates: int = 162
@@ -123,19 +118,12 @@ class PicoPoseConfig:
     feature_weights: str | None = None
     mask_fit: int = 1
     mask_fit_config: MaskFitConfig = field(default_factory=MaskFitConfig)
-    mask_screen: int = 0
-    mask_screen_renders: int = 4
 
     def __post_init__(self) -> None:
         if isinstance(self.mask_fit_config, dict):  # from JSON options
             object.__setattr__(self, "mask_fit_config", MaskFitConfig(**self.mask_fit_config))
         if self.mask_fit < 0:
             raise ValueError(f"picopose: mask_fit must be >= 0, got {self.mask_fit}")
-        if self.mask_screen < 0 or self.mask_screen_renders < 2:
-            raise ValueError(
-                "picopose: mask_screen must be >= 0 and mask_screen_renders >= 2, "
-                f"got {self.mask_screen}, {self.mask_screen_renders}"
-            )
         if self.stage2 not in ("ransac", "learned"):
             raise ValueError(f"picopose: stage2 must be 'ransac' or 'learned', got {self.stage2!r}")
 
@@ -311,38 +299,17 @@ class PicoPoseEstimator:
             fit_cfg = cfg.mask_fit_config
             if cfg.use_depth and obs.depth is not None:  # the distance came from the observed depth: keep it
                 fit_cfg = dataclasses.replace(fit_cfg, fit_distance=False)
-            n_screen = min(cfg.mask_screen, len(order))
-            if n_screen > n_fit:  # short fits of more hypotheses choose which get the full fit
-                screen_cfg = dataclasses.replace(fit_cfg, max_iterations=cfg.mask_screen_renders)
-                state = (poses, scores, extras)
-                order = self._fit_and_rank(obs, model, det, state, order, n_screen, occluders, screen_cfg)
-            order = self._fit_and_rank(obs, model, det, (poses, scores, extras), order, n_fit, occluders, fit_cfg)
+            fitted = order[:n_fit]  # fitted side by side, then ranked again among themselves
+            fits = fit_many_to_mask(obs, model, det, [poses[i] for i in fitted], occluders=occluders, config=fit_cfg)
+            for i, fit in zip(fitted, fits, strict=True):
+                poses[i] = fit.pose
+                extras[i].update(
+                    {"mask_iou_start": fit.iou_start, "mask_iou": fit.iou, "mask_fit_renders": fit.renders}
+                )
+            rescored = score_hypotheses(obs, model, det, [poses[i] for i in fitted])
+            for i, sc in zip(fitted, rescored, strict=True):
+                scores[i] = sc
+            order = sorted(fitted, key=lambda i: -scores[i]) + order[n_fit:]
             timings["mask_fit"] = time.perf_counter() - t0
         out = [PoseEstimate(model.obj_id, poses[i], float(scores[i]), 0.0, extras[i]) for i in order[:hypotheses]]
         return out, None, {"timings": timings, "candidates": len(cands)}
-
-    @staticmethod
-    def _fit_and_rank(
-        obs: Observation,
-        model: ObjectModel,
-        det: Detection,
-        state: tuple[list[Pose], np.ndarray, list[dict[str, Any]]],
-        order: list[int],
-        n: int,
-        occluders: np.ndarray | None,
-        config: MaskFitConfig,
-    ) -> list[int]:
-        """Fit the silhouettes of the hypotheses ``order[:n]`` to the detection's mask (side by side), score them
-        again and rank them among themselves; ``state`` (the hypotheses' poses, scores and extras) is updated in
-        place. Returns the new order (the others keep their places behind)."""
-        poses, scores, extras = state
-        fitted = order[:n]
-        fits = fit_many_to_mask(obs, model, det, [poses[i] for i in fitted], occluders=occluders, config=config)
-        for i, fit in zip(fitted, fits, strict=True):
-            poses[i] = fit.pose
-            start = extras[i].get("mask_iou_start", fit.iou_start)  # a screened one's IoU before any fit
-            renders = fit.renders + int(extras[i].get("mask_fit_renders", 0))
-            extras[i].update({"mask_iou_start": start, "mask_iou": fit.iou, "mask_fit_renders": renders})
-        for i, sc in zip(fitted, score_hypotheses(obs, model, det, [poses[i] for i in fitted]), strict=True):
-            scores[i] = sc
-        return sorted(fitted, key=lambda i: -scores[i]) + order[n:]
