@@ -16,6 +16,8 @@ factor), rotation about the camera axes through the object origin — all ``12``
 call; the best is taken if it raises ``IoU'``, else the steps halve, until they are small. Written here rather than
 taken from a library because the objective is a rendered, piecewise-constant IoU (no gradient; a batched GL
 render per step is the cost) and the 6 coordinates have natural scales that a generic optimiser would not know.
+Several hypotheses of one detection are searched side by side (:func:`fit_many_to_mask`: one batched render per
+step for all), and the silhouettes come from a decimated copy of the mesh (``MaskFitConfig.render_faces``).
 
 Measured (closing note of issue 18, ``docs/picopose.md``): on held-out photoreal scenes of LM-O's meshes and on
 LM-O's photos with perfect detections, it moved the coarse pose's MSSD recall most (the distance).
