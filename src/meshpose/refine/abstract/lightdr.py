@@ -31,9 +31,9 @@ pixels per object, without forming Jacobians (:func:`_pull_back`); an evaluation
 gradients (``want=set()``). Plain numpy/scipy/OpenCV: no torch parallel region, so the numbers do not depend on
 the thread count, and they equal the per-object computation written out plainly (the tests keep one) up to
 float32 rounding. First 5 LM-O images (8 objects each), one thread, 2 shared cores (``OMP_NUM_THREADS=1 python
-benchmarks/bench_abstract_speed.py --dataset ../shared/data/lmo --images 5 --threads 1``), back to back with the
-previous code under the same load: 3.06 → 2.61 s per image (LightDR 1.76 → 1.46 s, render ≈ 0.9–1.0 s; load
-average ≈ 3), the same poses.
+benchmarks/bench_abstract_speed.py --dataset ../shared/data/lmo --images 5 --threads 1``), alternating with the
+previous code on a quiet machine: 3.14 → 2.93 s per image (LightDR 1.84 → 1.68 s, render ≈ 1.0 s), the same poses
+(under the load of another job the gain looked twice as large: 3.06 → 2.61 s).
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def _pull_back(
         au: ``(M,)`` ``∂L/∂F · ∂F/∂u`` per pixel.
         av: ``(M,)`` ``∂L/∂F · ∂F/∂v`` per pixel.
         X: ``(M, 3)`` object-frame surface points giving the pixels' motions, metres.
-        obj: ``(M,)`` int, the object each pixel follows (fastest sorted: :func:`_one_crop` sorts them).
+        obj: ``(M,)`` int, the object each pixel follows (any order: the pixels are grouped by object here).
         R: ``(N, 3, 3)`` rotations ``cam_from_obj``.
         t: ``(N, 3)`` translations, metres.
         centers: ``(N, 3)`` object-frame centres of the increments, metres.
@@ -263,7 +263,7 @@ def _pull_back(
     if m == 0:
         return out
     obj = np.asarray(obj)
-    if np.any(obj[1:] < obj[:-1]):
+    if np.any(obj[1:] < obj[:-1]):  # one run of pixels per object (stable: the sums' order within a run is kept)
         order = np.argsort(obj, kind="stable")
         au, av, X, obj = au[order], av[order], X[order], obj[order]
     bounds = np.searchsorted(obj, np.arange(n + 1))  # object j's run: bounds[j] : bounds[j + 1]
@@ -485,11 +485,9 @@ def _one_crop(
         au, av = _image_gradient(F, adj, pix)
         keep = (np.abs(au) + np.abs(av)) > 0
         j = own[keep]
-        order = np.argsort(j, kind="stable")  # one run of pixels per object for the pull-back
-        j = j[order]
-        s = src.reshape(-1)[pix[keep][order]]
+        s = src.reshape(-1)[pix[keep]]
         X = xyz.reshape(-1, 3)[(s // ww + r0) * w + s % ww + c0]
-        G = _pull_back(au[keep][order], av[keep][order], X, j, R, t, centers, K)
+        G = _pull_back(au[keep], av[keep], X, j, R, t, centers, K)
         grads = {int(k): -G[k] / tg.n for k in np.flatnonzero(np.bincount(j, minlength=len(R)))}
     return CropLoss(loss / tg.n, grads, tg, (r0, r1, c0, c1), Fb, g, dist)
 
