@@ -165,7 +165,8 @@ def fit_many_to_mask(
 ) -> list[MaskFitResult]:
     """:func:`fit_to_mask` from several start poses of the same detection (e.g. its pose hypotheses), the searches
     run side by side: each step renders the candidates of every search that is still going in one batched call.
-    Each search's result is the one it would reach alone.
+    Each search's result is the one it would reach alone (up to the rasteriser: a silhouette drawn into another
+    tile of the batch may differ by a pixel — 1 of 72 fits on LM-O ended elsewhere by that).
 
     Args:
         obs: the observation.
