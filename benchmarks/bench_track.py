@@ -41,6 +41,22 @@ def _err(obj: ObjectModel, est: Pose, gt: Pose) -> float:
     return float(add_or_adds(Re, te, Rg, tg, obj.points, symmetric=obj.is_symmetric)) / obj.diameter
 
 
+def _diagnostics(im_id: int, obj: ObjectModel, r: Any, gt: Pose, err: float) -> dict[str, Any]:
+    """One ``--per-frame`` row: the tracked pose's error and, where the tracker recorded them, the errors of the
+    pose it started the frame from (``predicted``) and of the refiner's pose before the scene fusion (``refined``),
+    all in object diameters."""
+    row: dict[str, Any] = {"im_id": int(im_id), "obj_id": obj.obj_id, "status": r.status, "score": float(r.score)}
+    row["err"] = err
+    for key in ("predicted", "refined"):
+        pose = r.info.get(key)
+        if isinstance(pose, Pose):
+            row[f"err_{key}"] = _err(obj, pose.reshape(), gt)
+    for key in ("prediction", "gated", "redetected"):
+        if key in r.info:
+            row[key] = r.info[key]
+    return row
+
+
 def _tracker_opts(args: argparse.Namespace) -> dict[str, Any]:
     """``--tracker-config`` with ``--prediction``, ``--scene-rigid`` and ``--detector`` on top."""
     opts: dict[str, Any] = json.loads(args.tracker_config)
@@ -128,11 +144,39 @@ def _plain_novel(index: int, seed: int, obj_id: int) -> ObjectModel:
     return dataclasses.replace(obj, mesh=mesh).to_object_model(obj_id)
 
 
+def _sequence_detections(seq: Any, i: int) -> list[Any]:
+    """A perfect detector's detections in frame ``i`` of a synthetic sequence: each object's visible mask."""
+    from meshpose.coarse.base import MIN_MASK_PX
+    from meshpose.geometry.crop import mask_bbox
+    from meshpose.types import Detection
+
+    out = []
+    for j, obj in enumerate(seq.objects):
+        m = np.asarray(seq.masks_visib[i, j], bool)
+        box = mask_bbox(m)
+        if box is not None and int(m.sum()) >= MIN_MASK_PX:
+            out.append(Detection(obj_id=obj.obj_id, bbox=box, mask=m, score=1.0))
+    return out
+
+
+def _moved(seq: Any, i: int, j: int) -> bool:
+    """Whether object ``j`` of a still-scene sequence was moved in the scene between frames ``i - 1`` and ``i``
+    (its pose relative to the others' changed by more than 1 mm)."""
+    if len(seq.objects) < 2:
+        return False
+    k = 1 if j == 0 else 0
+    a = seq.gt[i - 1][k].inverse() @ seq.gt[i - 1][j]
+    b = seq.gt[i][k].inverse() @ seq.gt[i][j]
+    return bool((a.t - b.t).norm() > 1e-3)
+
+
 def still_scenes(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     """LM-O-like synthetic sequences: ``--objects`` flat-coloured generated objects standing still on a textured
     table, a hand-held camera turning ``--camera-jump-deg`` between frames; every object starts from its first
-    frame's truth perturbed by ``--init-rot-deg`` / ``--init-trans-frac``; no reset (as the LM-O protocol)."""
-    ok = total = 0
+    frame's truth perturbed by ``--init-rot-deg`` / ``--init-trans-frac``; no reset (as the LM-O protocol).
+    ``--relocate P``: each object is moved elsewhere on the table between two frames with probability ``P`` (as LM-O's
+    objects are); ``--gt-detections``: a perfect detector's visible masks each frame, with ``--estimator``."""
+    ok = total = moved = ok_moved = 0
     times: list[float] = []
     jump = tuple(float(v) for v in (args.camera_jump_deg or "15,35").split(","))
     gen = torch.Generator().manual_seed(args.seed)
@@ -150,6 +194,7 @@ def still_scenes(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             camera_jump_deg=jump,  # type: ignore[arg-type]
             size_frac=(0.6, 0.8),
             table_m=8.0 * d_mean,
+            relocate=args.relocate,
         )
         seq = render_sequence(objs, cfg)
         inits = [
@@ -157,16 +202,26 @@ def still_scenes(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             for j, o in enumerate(objs)
         ]
         tracker = _tracker(args.method, mode == "fast", _tracker_opts(args))
+        if args.gt_detections:
+            from meshpose.coarse.registry import make_estimator
+
+            tracker.estimator = make_estimator(args.estimator)
         tracker.start(objs, Pose.stack(inits), frame=0)
         for i in range(len(seq)):
-            for j, r in enumerate(tracker.step(seq.observation(i), frame=i)):
+            dets = _sequence_detections(seq, i) if args.gt_detections else None
+            for j, r in enumerate(tracker.step(seq.observation(i), dets, frame=i)):
                 times.append(r.time_s)
-                ok += _err(objs[j], r.pose, seq.gt[i][j]) < 0.1
+                err = _err(objs[j], r.pose, seq.gt[i][j])
+                ok += err < 0.1
                 total += 1
+                moved += i > 0 and _moved(seq, i, j)
+                ok_moved += i > 0 and _moved(seq, i, j) and err < 0.1
     ms = _ms(times)
     return {
         "success": ok / max(total, 1),
         "instances": total,
+        "moved_instances": moved,
+        "success_moved": ok_moved / max(moved, 1),
         "ms_per_object_frame_median": ms["median"],
         "ms_per_object_frame_mean": ms["mean"],
     }
@@ -195,6 +250,7 @@ def bop_sequence(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     ok = total = lost = 0
     times: list[float] = []
     match_times: list[float] = []
+    rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for im_id in frames:
         dets = detections_from_gt(ds, scene, im_id) if args.gt_detections else None
@@ -205,8 +261,15 @@ def bop_sequence(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             match_times.append(r.info.get("match_s", 0.0))
             lost += r.status == "lost"
             if o.obj_id in by_obj:
-                ok += _err(o, r.pose, by_obj[o.obj_id].pose) < 0.1
+                gt = by_obj[o.obj_id].pose
+                err = _err(o, r.pose, gt)
+                ok += err < 0.1
                 total += 1
+                if args.per_frame is not None:
+                    rows.append(_diagnostics(im_id, o, r, gt, err))
+    if args.per_frame is not None:
+        out = args.per_frame.with_name(f"{args.per_frame.stem}_{mode}{args.per_frame.suffix}")
+        out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return {
         "scene": scene,
         "frames": len(frames),
@@ -255,7 +318,15 @@ def main() -> None:
     )
     p.add_argument("--estimator", default="picopose", help="with --gt-detections: the recovery's estimator")
     p.add_argument("--still", type=int, default=0, help="LM-O-like synthetic still-scene sequences (see still_scenes)")
+    p.add_argument("--relocate", type=float, default=0.0, help="still scenes: probability an object is moved per frame")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--per-frame",
+        type=Path,
+        default=None,
+        help="BOP sequences: write one JSON line per object and frame (errors of the prediction, the refined and "
+        "the tracked pose) to this path, the mode's name added to its stem",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

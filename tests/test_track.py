@@ -234,6 +234,84 @@ def test_an_object_moved_in_the_scene_is_re_detected() -> None:
     assert _add_over_d(obj, runs["without"].pose, there) > 0.5
 
 
+class _HoldRefiner:
+    """A stand-in refiner that leaves every pose where it is and scores it 0.8 (so only the tracker moves poses)."""
+
+    name = "hold"
+
+    def refine(self, obs: Observation, objects: list, init: Pose, iterations: int | None = None):  # type: ignore[no-untyped-def]
+        from meshpose.types import RefineInfo, RefineResult
+
+        init = init.reshape(-1)
+        n = len(objects)
+        return RefineResult(init, np.full(n, 0.8), [init], RefineInfo({}, np.zeros(n, bool), [None] * n, 0))
+
+
+class _WrongEstimator:
+    """A stand-in estimator whose one hypothesis per detection is the truth turned by 90°; counts its calls."""
+
+    name = "wrong"
+    modality = "rgb"
+
+    def __init__(self, truth: Pose) -> None:
+        self.truth, self.calls = truth, 0
+
+    def estimate(self, obs, objects, detections, *, hypotheses=1):  # type: ignore[no-untyped-def]
+        from meshpose.types import EstimateResult, PoseEstimate
+
+        self.calls += 1
+        wrong = scenes.perturb(self.truth, 90.0, 0.0, objects[0].diameter, seed=3)
+        return [EstimateResult(d.obj_id, [PoseEstimate(d.obj_id, wrong, 0.9, 0.0)]) for d in detections]
+
+
+def _masked_frame(obj, pose: Pose, cam, seed: int):  # type: ignore[no-untyped-def]
+    from meshpose.geometry.crop import mask_bbox
+    from meshpose.render.gl import get_default_renderer
+    from meshpose.types import Detection
+
+    obs = scenes.render_observation([obj], pose.reshape(1), cam, seed=seed)
+    mask = get_default_renderer().render([obj], pose.reshape(1), cam).mask[0]
+    return obs, [Detection(obj.obj_id, mask_bbox(mask), mask)]
+
+
+def test_a_tracked_pose_is_fitted_to_its_detection_mask() -> None:
+    """With detections that have masks, the tracked pose (here: the refiner moved nothing) is fitted to its
+    detection's mask before it is kept, and the estimator is not asked when the fitted silhouette agrees."""
+    obj = scenes.objects()[0]
+    cam = scenes.make_camera(320, 240)
+    truth = scenes.look_at_pose(0.45, np.random.default_rng(1), (10.0, -5.0), cam)
+    start = scenes.perturb(truth, 4.0, 0.06, obj.diameter, seed=2)
+    obs, dets = _masked_frame(obj, truth, cam, seed=5)
+    results = {}
+    for fit in (False, True):
+        est = _WrongEstimator(truth)
+        tracker = Tracker(_HoldRefiner(), estimator=est, config=TrackerConfig(detection_fit=fit))  # type: ignore[arg-type]
+        tracker.start([obj], start.reshape(1), frame=0)
+        results[fit] = (tracker.step(obs, dets, frame=1)[0], est.calls)
+    (held, _), (fitted, calls) = results[False], results[True]
+    assert held.status == fitted.status == "tracking" and calls == 0
+    assert fitted.info.get("fitted") and fitted.info["mask_iou"] > 0.9
+    assert _add_over_d(obj, fitted.pose, truth) < 0.5 * _add_over_d(obj, held.pose, truth)
+
+
+def test_a_re_estimate_replaces_the_track_only_where_it_explains_the_detection_better() -> None:
+    """A re-estimation (forced here: ``detection_mask_iou`` 1) whose pose the estimator's own score ranks below the
+    tracked one leaves the track on its tracked (fitted) pose."""
+    obj = scenes.objects()[0]
+    cam = scenes.make_camera(320, 240)
+    truth = scenes.look_at_pose(0.45, np.random.default_rng(1), (10.0, -5.0), cam)
+    obs, dets = _masked_frame(obj, truth, cam, seed=5)
+    est = _WrongEstimator(truth)
+    cfg = TrackerConfig(detection_mask_iou=1.0)
+    tracker = Tracker(_HoldRefiner(), estimator=est, config=cfg)  # type: ignore[arg-type]
+    tracker.start([obj], scenes.perturb(truth, 3.0, 0.03, obj.diameter, seed=2).reshape(1), frame=0)
+    (r,) = tracker.step(obs, dets, frame=1)
+    assert est.calls == 1 and r.info.get("redetected")
+    kept, offered = r.info["redetect_scores"]
+    assert kept > offered
+    assert r.status == "tracking" and _add_over_d(obj, r.pose, truth) < 0.1
+
+
 def test_cli_track_a_still_scene_with_the_map_and_detections(tmp_path: Path) -> None:
     """`meshpose track` on a still scene seen by a jumping camera (objects on a textured table), with the scene-rigid
     match prediction and a detections file: every frame written, the objects followed."""

@@ -59,6 +59,28 @@ def test_static_scene_sequence_moves_the_camera_a_lot(jumping: SyntheticSequence
     assert 0.5 < float(np.median(shifts)) < 2.0, shifts
 
 
+def test_still_scene_objects_can_be_moved_between_frames() -> None:
+    """``SequenceConfig.relocate``: an object moved between frames changes its place relative to the others (and is
+    rendered there: its visible mask follows); without it the scene is rigid, and a bad probability is refused."""
+    objs = list(scenes.objects())
+
+    def rel(seq: SyntheticSequence, i: int, j: int) -> torch.Tensor:
+        return (seq.gt[i][0].inverse() @ seq.gt[i][j]).t
+
+    base = {"width": 160, "height": 120, "frames": 4, "blur_samples": 1, "camera_jump_deg": (15.0, 25.0), "seed": 6}
+    still = render_sequence(objs, SequenceConfig(**base))  # type: ignore[arg-type]
+    moved = render_sequence(objs, SequenceConfig(**base, relocate=1.0))  # type: ignore[arg-type]
+    for i in range(1, 4):
+        for j in (1, 2):
+            assert float((rel(still, i, j) - rel(still, 0, j)).norm()) < 1e-6
+            assert float((rel(moved, i, j) - rel(moved, i - 1, j)).norm()) > 0.01
+    # the camera is the same: object 0's first pose, and the masks follow the moved poses
+    assert float((still.gt[0][0].t - moved.gt[0][0].t).norm()) < 1e-9
+    assert not np.array_equal(still.masks_visib[3], moved.masks_visib[3])
+    with pytest.raises(ValueError, match="relocate"):
+        SequenceConfig(relocate=1.5)
+
+
 def test_match_prediction_where_velocity_fails_and_tracking_succeeds(jumping: SyntheticSequence) -> None:
     objs, gt = jumping.objects, jumping.gt
     feats = [detect_features(jumping.rgb[i]) for i in range(len(jumping))]

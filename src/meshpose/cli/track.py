@@ -50,7 +50,8 @@ def track(
     detections: Annotated[
         Path | None,
         typer.Option(
-            help="BOP detections JSON: start poses (estimate) of objects without inits, and recovery of lost tracks."
+            help="BOP detections JSON: start poses (estimate) of objects without inits; each frame, tracked poses "
+            "fitted to their detection masks, and tracks that drifted off or whose object was moved re-estimated."
         ),
     ] = None,
     estimator: Annotated[str, typer.Option(help="Coarse estimator for --detections.")] = "picopose",

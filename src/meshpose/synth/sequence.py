@@ -71,6 +71,10 @@ class SequenceConfig:
         table_m: with ``camera_jump_deg``, a textured table of this side (metres) under the objects (0: none), seen
             and moving with the scene but not annotated — as the cluttered table of LM-O, whose texture is what
             tells a tracker how the camera moved when the objects themselves have little.
+        relocate: with ``camera_jump_deg``, the probability that an object is picked up and put down elsewhere
+            between two output frames (a new spot near the others, clear of them, turned about the vertical): the
+            objects of LM-O's sequence are moved like that — by its ground truth, between some frames one to four
+            objects move by 5–35 cm while the rest stand still — and a still-scene tracker must notice it.
         seed: seed of everything random.
     """
 
@@ -95,11 +99,14 @@ class SequenceConfig:
     camera_jump_deg: tuple[float, float] | None = None
     camera_jump_frac: float = 1.0
     table_m: float = 0.0
+    relocate: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.frame_step < 1 or self.keyframe_every < 1 or self.blur_samples < 1:
             raise ValueError("SequenceConfig: frames, frame_step, keyframe_every and blur_samples must be ≥ 1")
+        if not 0.0 <= self.relocate <= 1.0:
+            raise ValueError(f"SequenceConfig.relocate must be a probability in [0, 1], got {self.relocate}")
         if not 0 < self.size_frac[0] <= self.size_frac[1]:
             raise ValueError(f"SequenceConfig.size_frac must be (lo, hi) with 0 < lo ≤ hi, got {self.size_frac}")
 
@@ -191,14 +198,20 @@ class _Trajectory:
 
 
 class _StaticInWorld:
-    """An object that stands still in the world, seen by a camera that jumps once per output frame."""
+    """An object that stands still in the world, seen by a camera that jumps once per output frame; ``world_from_obj``
+    is one ``(4, 4)`` placement, or one per output frame (an object that is moved between frames)."""
 
-    def __init__(self, cam_from_world: list[np.ndarray], world_from_obj: np.ndarray, frame_step: int) -> None:
-        self.cam_from_world, self.world_from_obj, self.frame_step = cam_from_world, world_from_obj, frame_step
+    def __init__(
+        self, cam_from_world: list[np.ndarray], world_from_obj: np.ndarray | list[np.ndarray], frame_step: int
+    ) -> None:
+        self.cam_from_world, self.frame_step = cam_from_world, frame_step
+        self.world_from_obj = (
+            world_from_obj if isinstance(world_from_obj, list) else [world_from_obj] * len(cam_from_world)
+        )
 
     def pose(self, s: float) -> Pose:
         i = min(len(self.cam_from_world) - 1, max(0, round(s / self.frame_step)))
-        return Pose.from_matrix(torch.from_numpy(self.cam_from_world[i] @ self.world_from_obj))
+        return Pose.from_matrix(torch.from_numpy(self.cam_from_world[i] @ self.world_from_obj[i]))
 
 
 def _static_scene(objects: list[ObjectModel], cfg: SequenceConfig, rng: np.random.Generator) -> list[_StaticInWorld]:
@@ -247,11 +260,47 @@ def _static_scene(objects: list[ObjectModel], cfg: SequenceConfig, rng: np.rando
         m = np.eye(4)
         m[:3, :3], m[:3, 3] = R, -R @ eye
         cams.append(m)
-    out = [_StaticInWorld(cams, w, cfg.frame_step) for w in world_from_obj]
+    placements = _relocations(world_from_obj, [o.diameter for o in objects], ring, cfg, rng)
+    out = [_StaticInWorld(cams, w, cfg.frame_step) for w in placements]
     if cfg.table_m > 0:  # its top just under the lowest point any object can reach
         table = np.eye(4)
         table[2, 3] = -0.5 * d_max - 0.01
         out.append(_StaticInWorld(cams, table, cfg.frame_step))
+    return out
+
+
+def _relocations(
+    world_from_obj: list[np.ndarray], diameters: list[float], ring: float, cfg: SequenceConfig, rng: np.random.Generator
+) -> list[list[np.ndarray]]:
+    """Per object, its ``(4, 4)`` placement in each output frame: with probability ``cfg.relocate`` per frame it is
+    moved to a random spot within the ring (plus a diameter) whose centre is at least the mean of the two diameters
+    from every other object's, and turned by a random angle about the vertical; otherwise it stays. No random
+    numbers are drawn when ``relocate`` is 0 (the sequences without it are as before)."""
+    from scipy.spatial.transform import Rotation
+
+    now = [w.copy() for w in world_from_obj]
+    out: list[list[np.ndarray]] = [[w] for w in now]
+    reach = ring + max(diameters)
+    for _ in range(1, cfg.frames):
+        for j in range(len(now)):
+            if cfg.relocate > 0 and rng.uniform() < cfg.relocate:
+                for _try in range(50):
+                    r, a = reach * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
+                    xy = np.array([r * math.cos(a), r * math.sin(a)])
+                    clear = all(
+                        np.linalg.norm(now[k][:2, 3] - xy) >= 0.5 * (diameters[j] + diameters[k])
+                        for k in range(len(now))
+                        if k != j
+                    )
+                    if clear:
+                        moved = now[j].copy()
+                        moved[:3, :3] = (
+                            Rotation.from_euler("z", rng.uniform(0, 2 * math.pi)).as_matrix() @ moved[:3, :3]
+                        )
+                        moved[:2, 3] = xy
+                        now[j] = moved
+                        break
+            out[j].append(now[j])
     return out
 
 

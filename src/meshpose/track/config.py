@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from meshpose.coarse.mask_fit import MaskFitConfig
 from meshpose.track.matches import MatchConfig
 from meshpose.track.motion import MotionConfig
 
@@ -43,6 +44,11 @@ class TrackerConfig:
         detection_iou: with detections and an estimator, a tracked object whose projected box overlaps no
             detection of its object by this IoU is re-estimated from them in that frame (it drifted, or moved in
             the scene); 0: only lost tracks are.
+        detection_fit: with detections that have masks, each tracked pose is fitted to the mask of its detection
+            (:func:`~meshpose.coarse.mask_fit.fit_to_mask`) before it is judged and kept.
+        detection_mask_iou: with ``detection_fit``, a tracked object whose fitted silhouette overlaps its detection's
+            mask by less than this (the fit's occlusion-aware IoU) is re-estimated from the detections in that frame.
+        mask_fit: options of that fit (:class:`~meshpose.coarse.mask_fit.MaskFitConfig`).
         margin_frac: an object whose projected centre is farther than this fraction of its projected diameter
             outside the image has left it.
         min_depth_m: an object nearer than this (its centre's camera ``z``) has left the view.
@@ -100,6 +106,8 @@ class TrackerConfig:
     recover_budget_s: float | None = None
     estimate_hypotheses: int = 3
     detection_iou: float = 0.3
+    detection_fit: bool = True
+    detection_mask_iou: float = 0.5
     margin_frac: float = 0.25
     min_depth_m: float = 0.02
     motion: MotionConfig = field(default_factory=MotionConfig)
@@ -111,6 +119,7 @@ class TrackerConfig:
     scene_gain: float = 0.3
     scene_gate: tuple[float, float] = (0.3, 30.0)
     matches: MatchConfig = field(default_factory=MatchConfig)
+    mask_fit: MaskFitConfig = field(default_factory=MaskFitConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -133,13 +142,16 @@ class TrackerConfig:
             raise ValueError(f"TrackerConfig.scene_gate must be two positive bounds, got {self.scene_gate}")
         if not 0 <= self.detection_iou <= 1:
             raise ValueError(f"TrackerConfig.detection_iou must be in [0, 1], got {self.detection_iou}")
+        if not 0 <= self.detection_mask_iou <= 1:
+            raise ValueError(f"TrackerConfig.detection_mask_iou must be in [0, 1], got {self.detection_mask_iou}")
         if self.recover_budget_s is not None and self.recover_budget_s < 0:
             raise ValueError(f"TrackerConfig.recover_budget_s must be ≥ 0 (or None), got {self.recover_budget_s}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrackerConfig:
-        """From JSON-like options (``motion`` and ``matches`` dicts of :class:`~meshpose.track.motion.MotionConfig`
-        and :class:`~meshpose.track.matches.MatchConfig` fields).
+        """From JSON-like options (``motion``, ``matches`` and ``mask_fit`` dicts of
+        :class:`~meshpose.track.motion.MotionConfig`, :class:`~meshpose.track.matches.MatchConfig` and
+        :class:`~meshpose.coarse.mask_fit.MaskFitConfig` fields).
 
         Raises:
             ValueError: an unknown option.
@@ -153,6 +165,8 @@ class TrackerConfig:
             opts["motion"] = MotionConfig(**opts["motion"])
         if isinstance(opts.get("matches"), dict):
             opts["matches"] = MatchConfig(**opts["matches"])
+        if isinstance(opts.get("mask_fit"), dict):
+            opts["mask_fit"] = MaskFitConfig(**opts["mask_fit"])
         for key in ("scale_range_m", "scene_gate"):
             if key in opts:
                 a, b = opts[key]

@@ -17,6 +17,11 @@ each frame it tries to come back:
 The best is taken only when its score reaches :attr:`TrackerConfig.recover_threshold` (default: the score
 threshold); the track is then *recovered* and tracks on from there with its velocity reset.
 
+With detections (and an estimator) every frame checks the tracks against them: a tracked pose is fitted to its
+detection's mask (:attr:`TrackerConfig.detection_fit`), and a track that drifted off its detection, whose object was
+moved, or whose fitted silhouette disagrees with the mask is re-estimated at once; the re-estimate replaces the
+tracked pose only where the estimator's score prefers it (:meth:`Tracker._check_detections`).
+
 What the tracker owns is state across frames only. No GPU or GL state: the refiners own their renderers.
 """
 
@@ -35,7 +40,8 @@ import numpy as np
 import torch
 
 from meshpose.coarse.base import Estimator
-from meshpose.coarse.score import box_iou
+from meshpose.coarse.mask_fit import fit_to_mask, occluder_masks
+from meshpose.coarse.score import box_iou, score_hypotheses
 from meshpose.geometry.crop import object_box
 from meshpose.geometry.lie import interpolate_pose, perturb_pose, rotation_angle
 from meshpose.refine.base import Refiner
@@ -394,27 +400,66 @@ class Tracker:
     def _check_detections(
         self, obs: Observation, t: float, results: dict[int, TrackResult], detections: Sequence[Detection]
     ) -> None:
-        """A tracked object that went badly in this frame, or whose projected box overlaps no detection of its object
-        by ``detection_iou`` (it drifted off it, or the object moved), is re-estimated from the detections at once
-        rather than after ``lost_after`` frames."""
+        """Check each tracked object against the detections of its object in this frame.
+
+        With ``detection_fit`` and a detection mask, the tracked pose is first fitted to the mask of the detection its
+        projected box overlaps most (the estimator's mask fit: :func:`~meshpose.coarse.mask_fit.fit_to_mask`, the
+        other detections' masks as possible occluders) — the detector outlines the visible object to the pixel, the
+        tracked pose came from the previous frame. A track that went badly in this frame, whose projected box
+        overlaps no detection of its object by ``detection_iou`` (it drifted off, or the object was moved), or whose
+        fitted silhouette overlaps the mask by less than ``detection_mask_iou`` is re-estimated from the detections
+        at once rather than after ``lost_after`` frames; a re-estimate replaces a tracked pose only where the
+        estimator's own score (:func:`~meshpose.coarse.score.score_hypotheses`, against the detection) prefers it.
+        """
+        cfg = self.config
+        occluders = occluder_masks(detections) if cfg.detection_fit else [None] * len(detections)
         for tr in self._tracks:
             r = results.get(tr.track_id)
-            dets = [d for d in detections if d.obj_id == tr.model.obj_id]
-            if r is None or not dets or r.status == "lost":
+            mine = [(d, occ) for d, occ in zip(detections, occluders, strict=True) if d.obj_id == tr.model.obj_id]
+            if r is None or not mine or r.status == "lost":
                 continue
             try:
                 box = object_box(obs.camera, r.pose.reshape(), tr.model.points[:: max(1, len(tr.model.points) // 256)])
-                iou = max(box_iou(box, d.box_xyxy()) for d in dets)
+                ious = [box_iou(box, d.box_xyxy()) for d, _ in mine]
             except ValueError:  # reaches the camera plane (or NaN): no box to compare
-                iou = 0.0
-            if r.ok and iou >= self.config.detection_iou:
-                continue
+                ious = [0.0] * len(mine)
+            k = int(np.argmax(ious))
+            iou, (det, occ) = ious[k], mine[k]
             t0 = time.perf_counter()
+            tracked, mask_iou = r.pose, None
+            if cfg.detection_fit and r.ok and iou > 0 and det.mask is not None:
+                try:
+                    fit = fit_to_mask(obs, tr.model, det, r.pose.reshape(), occluders=occ, config=cfg.mask_fit)
+                    tracked, mask_iou = fit.pose, fit.iou
+                except ValueError as exc:  # (a pose the fit cannot start from: the tracked one stays)
+                    log.debug("track %d: the mask fit failed: %s", tr.track_id, exc)
+            info = {**r.info, "box_iou": iou} | ({} if mask_iou is None else {"mask_iou": mask_iou})
+            if r.ok and iou >= cfg.detection_iou and (mask_iou is None or mask_iou >= cfg.detection_mask_iou):
+                if mask_iou is not None:
+                    tr.last_good = tr.motion.pose = tracked.reshape().to(torch.float64)
+                    info["fitted"] = True
+                spent = time.perf_counter() - t0
+                results[tr.track_id] = dataclasses.replace(r, pose=tracked, time_s=r.time_s + spent, info=info)
+                continue
             tr.lost, tr.lost_frames = True, 0
-            res = self._recover(obs, tr, t, dets)  # (not from the drifted pose: it scored well where it is)
-            if res.status != "recovered":
-                res = dataclasses.replace(res, pose=r.pose)
-            info = {**r.info, **res.info, "redetected": True, "box_iou": iou}
+            res = self._recover(obs, tr, t, [d for d, _ in mine])  # (not from the drifted pose: it scored well there)
+            if res.status == "recovered" and r.ok and self.estimator is not None:
+                scores = score_hypotheses(obs, tr.model, det, [tracked.reshape(), res.pose.reshape()])
+                info["redetect_scores"] = (float(scores[0]), float(scores[1]))
+                if scores[0] > scores[1]:  # the tracked pose explains the detection better: keep tracking it
+                    tr.lost, tr.bad = False, 0
+                    tr.motion.reset(tracked, t)
+                    tr.last_good, tr.last_good_time = tracked.reshape().to(torch.float64), t
+                    res = dataclasses.replace(r, pose=tracked)
+            elif res.status != "recovered" and r.ok and iou >= cfg.detection_iou:
+                # only the fitted silhouette was doubtful (e.g. a hidden object) and nothing else explains the
+                # detection: the track goes on from its fitted pose
+                tr.lost, tr.lost_frames = False, 0
+                tr.last_good = tr.motion.pose = tracked.reshape().to(torch.float64)
+                res = dataclasses.replace(r, pose=tracked)
+            elif res.status != "recovered":
+                res = dataclasses.replace(res, pose=tracked)
+            info = {**info, **res.info, "redetected": True}
             results[tr.track_id] = dataclasses.replace(res, time_s=r.time_s + time.perf_counter() - t0, info=info)
 
     def _outside(self, obs: Observation, obj: ObjectModel, pose: Pose) -> str | None:
