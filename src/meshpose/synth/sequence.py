@@ -73,8 +73,9 @@ class SequenceConfig:
             tells a tracker how the camera moved when the objects themselves have little.
         relocate: with ``camera_jump_deg``, the probability that an object is picked up and put down elsewhere
             between two output frames (a new spot near the others, clear of them, turned about the vertical): the
-            objects of LM-O's sequence are moved like that — by its ground truth, between some frames one to four
-            objects move by 5–35 cm while the rest stand still — and a still-scene tracker must notice it.
+            objects of LM-O's sequence are moved like that — by its ground truth, between 36 of its 96 frame pairs one
+            to five objects move by 2–67 cm while the rest stand still (``benchmarks/scene_motion.py``) — and a
+            still-scene tracker must notice it.
         seed: seed of everything random.
     """
 
