@@ -175,7 +175,8 @@ def still_scenes(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     table, a hand-held camera turning ``--camera-jump-deg`` between frames; every object starts from its first
     frame's truth perturbed by ``--init-rot-deg`` / ``--init-trans-frac``; no reset (as the LM-O protocol).
     ``--relocate P``: each object is moved elsewhere on the table between two frames with probability ``P`` (as LM-O's
-    objects are); ``--gt-detections``: a perfect detector's visible masks each frame, with ``--estimator``."""
+    objects are); ``--distractors K``: K unannotated objects among them (clutter no detection outlines);
+    ``--gt-detections``: a perfect detector's visible masks each frame, with ``--estimator``."""
     ok = total = moved = ok_moved = 0
     times: list[float] = []
     jump = tuple(float(v) for v in (args.camera_jump_deg or "15,35").split(","))
@@ -195,6 +196,7 @@ def still_scenes(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             size_frac=(0.6, 0.8),
             table_m=8.0 * d_mean,
             relocate=args.relocate,
+            distractors=args.distractors,
         )
         seq = render_sequence(objs, cfg)
         inits = [
@@ -319,6 +321,7 @@ def main() -> None:
     p.add_argument("--estimator", default="picopose", help="with --gt-detections: the recovery's estimator")
     p.add_argument("--still", type=int, default=0, help="LM-O-like synthetic still-scene sequences (see still_scenes)")
     p.add_argument("--relocate", type=float, default=0.0, help="still scenes: probability an object is moved per frame")
+    p.add_argument("--distractors", type=int, default=0, help="still scenes: unannotated objects among the objects")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--per-frame",

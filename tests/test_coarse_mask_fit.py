@@ -75,6 +75,21 @@ def test_other_detections_count_as_possible_occluders() -> None:
     assert e_aware < e_blind, (e_aware, e_blind)
 
 
+def test_coverage_is_the_share_of_the_mask_the_silhouette_holds() -> None:
+    """A partly hidden object whose occluder no detection outlines: at the truth its silhouette holds its whole
+    modal mask (coverage ≈ 1) though the IoU' is well under 1; a diameter aside, it holds little of it."""
+    cam = make_camera()
+    (far, near), gt, _, seed = overlapping_pair_case(1, camera=cam)
+    obs = render_observation([far, near], gt, cam, seed=seed)
+    inst = get_default_renderer().render([far, near], gt.reshape(1, 2), cam).instance[0]
+    det = Detection(far.obj_id, mask_bbox(inst == 1), inst == 1)  # type: ignore[arg-type]
+    look = MaskFitConfig(max_iterations=1)  # the start pose's values only
+    (here, aside) = fit_many_to_mask(obs, far, det, [gt[0], _depth_and_shift(gt[0], 1.0, far.diameter)], config=look)
+    assert here.renders == aside.renders == 1 and here.iou == here.iou_start
+    assert here.coverage > 0.98 and here.iou < 0.95
+    assert aside.coverage < 0.3
+
+
 def test_bad_inputs_name_the_problem() -> None:
     cam = make_camera()
     obj, gt, _, seed = single_object_cases(1, camera=cam)[0]

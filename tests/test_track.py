@@ -312,6 +312,33 @@ def test_a_re_estimate_replaces_the_track_only_where_it_explains_the_detection_b
     assert r.status == "tracking" and _add_over_d(obj, r.pose, truth) < 0.1
 
 
+def test_the_coverage_test_does_not_re_estimate_an_object_hidden_by_undetected_clutter() -> None:
+    """An object partly hidden by something no detection outlines: its IoU' with its mask is under 1 at the truth
+    (a strict IoU' test re-estimates it), while its silhouette still holds the whole mask (the coverage test does
+    not)."""
+    (far, near), gt, _, seed = scenes.overlapping_pair_case(1, camera=scenes.make_camera())
+    cam = scenes.make_camera()
+    obs = scenes.render_observation([far, near], gt, cam, seed=seed)
+    from meshpose.geometry.crop import mask_bbox
+    from meshpose.render.gl import get_default_renderer
+    from meshpose.types import Detection
+
+    visible = get_default_renderer().render([far, near], gt.reshape(1, 2), cam).instance[0] == 1
+    dets = [Detection(far.obj_id, mask_bbox(visible), visible)]  # (no detection of the near object)
+    calls = {}
+    for name, opts in (
+        ("iou", {"detection_mask_iou": 0.97}),
+        ("cover", {"detection_mask_iou": 0.0, "detection_mask_cover": 0.9}),
+    ):
+        est = _WrongEstimator(gt[0])
+        tracker = Tracker(_HoldRefiner(), estimator=est, config=TrackerConfig(**opts))  # type: ignore[arg-type]
+        tracker.start([far], gt[0].reshape(1), frame=0)
+        (r,) = tracker.step(obs, dets, frame=1)
+        calls[name] = (est.calls, r)
+    assert calls["iou"][0] == 1 and calls["cover"][0] == 0
+    assert calls["cover"][1].status == "tracking" and _add_over_d(far, calls["cover"][1].pose, gt[0]) < 0.1
+
+
 def test_cli_track_a_still_scene_with_the_map_and_detections(tmp_path: Path) -> None:
     """`meshpose track` on a still scene seen by a jumping camera (objects on a textured table), with the scene-rigid
     match prediction and a detections file: every frame written, the objects followed."""

@@ -81,6 +81,20 @@ def test_still_scene_objects_can_be_moved_between_frames() -> None:
         SequenceConfig(relocate=1.5)
 
 
+def test_still_scene_distractors_are_rendered_but_not_annotated() -> None:
+    """``SequenceConfig.distractors``: unannotated objects among the annotated ones — drawn (the image changes), not
+    in the ground truth, and the annotated objects' visible masks lose what they hide."""
+    objs = list(scenes.objects())
+    base = {"width": 160, "height": 120, "frames": 3, "blur_samples": 1, "camera_jump_deg": (15.0, 25.0), "seed": 6}
+    plain = render_sequence(objs, SequenceConfig(**base))  # type: ignore[arg-type]
+    clutter = render_sequence(objs, SequenceConfig(**base, distractors=4))  # type: ignore[arg-type]
+    assert tuple(clutter.gt.batch_shape) == (3, len(objs))
+    assert float((clutter.gt.t - plain.gt.t).abs().max()) < 1e-9  # the same camera and objects
+    assert not np.array_equal(clutter.rgb[0], plain.rgb[0])
+    assert np.array_equal(clutter.masks, plain.masks)  # full silhouettes: the objects alone
+    assert (clutter.masks_visib <= plain.masks_visib).all()
+
+
 def test_match_prediction_where_velocity_fails_and_tracking_succeeds(jumping: SyntheticSequence) -> None:
     objs, gt = jumping.objects, jumping.gt
     feats = [detect_features(jumping.rgb[i]) for i in range(len(jumping))]

@@ -301,6 +301,7 @@ def test_scene_fusion_moves_part_way_and_ignores_outliers() -> None:
         ({"scene_gate": [0.3, -1]}, "scene_gate"),
         ({"detection_iou": 1.5}, "detection_iou"),
         ({"detection_mask_iou": -0.1}, "detection_mask_iou"),
+        ({"detection_mask_cover": 2}, "detection_mask_cover"),
         ({"recover_budget_s": -0.01}, "recover_budget_s"),
         ({"scale_range_m": [1.0, 0.5]}, "scale_range_m"),
     ],

@@ -88,12 +88,15 @@ class MaskFitResult:
         iou: its occlusion-aware IoU.
         iou_start: the given pose's.
         renders: batched renders spent.
+        coverage: the share of the mask's pixels that the fitted silhouette covers (1 for a pose whose silhouette
+            holds the whole mask — also that of an object partly hidden by something no detection outlines).
     """
 
     pose: Pose
     iou: float
     iou_start: float
     renders: int
+    coverage: float = float("nan")
 
 
 def occluder_masks(detections: Sequence[Detection]) -> list[np.ndarray | None]:
@@ -215,6 +218,9 @@ def fit_many_to_mask(
     drawn = [light_model(model, cfg.render_faces)]
     outputs = only_outputs(renderer, ("mask",))
 
+    area = max(int(mask.sum()), 1)
+    covered: dict[tuple[int, bytes], float] = {}  # (start, move) → coverage, for the moves evaluated
+
     def iou(moves: list[tuple[int, np.ndarray]]) -> np.ndarray:
         """IoU' of start pose ``k`` moved by ``p``, for every ``(k, p)``, in one batched render."""
         Rs, ts = zip(*(_moved(*starts[k], p, cam) for k, p in moves), strict=True)
@@ -222,6 +228,8 @@ def fit_many_to_mask(
         m = sil.mask
         inter = (m & mask).sum((1, 2))
         union = ((m & ~silent) | mask).sum((1, 2))
+        for (k, p), v in zip(moves, inter, strict=True):
+            covered[(k, p.tobytes())] = float(v) / area
         return np.asarray(inter / np.maximum(union, 1), np.float64)
 
     n = len(starts)
@@ -248,5 +256,5 @@ def fit_many_to_mask(
     out = []
     for k in range(n):
         R, t = _moved(*starts[k], p[k], cam)
-        out.append(MaskFitResult(Pose(R, t), best[k], float(start_iou[k]), renders[k]))
+        out.append(MaskFitResult(Pose(R, t), best[k], float(start_iou[k]), renders[k], covered[(k, p[k].tobytes())]))
     return out

@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -76,6 +77,9 @@ class SequenceConfig:
             objects of LM-O's sequence are moved like that — by its ground truth, between 36 of its 96 frame pairs one
             to five objects move by 2–67 cm while the rest stand still (``benchmarks/scene_motion.py``) — and a
             still-scene tracker must notice it.
+        distractors: with ``camera_jump_deg``, this many generated objects that are rendered but not annotated stand
+            among the objects (clear of them, about their size): they hide parts of the objects, and no detection
+            outlines them — as the unannotated clutter on LM-O's table.
         seed: seed of everything random.
     """
 
@@ -101,6 +105,7 @@ class SequenceConfig:
     camera_jump_frac: float = 1.0
     table_m: float = 0.0
     relocate: float = 0.0
+    distractors: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -263,6 +268,18 @@ def _static_scene(objects: list[ObjectModel], cfg: SequenceConfig, rng: np.rando
         cams.append(m)
     placements = _relocations(world_from_obj, [o.diameter for o in objects], ring, cfg, rng)
     out = [_StaticInWorld(cams, w, cfg.frame_step) for w in placements]
+    taken = [w[:2, 3] for w in world_from_obj]
+    for _ in range(cfg.distractors):  # unannotated clutter among the objects (first placements: they stay)
+        for _try in range(100):
+            r, a = (ring + 0.5 * d_max) * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
+            xy = np.array([r * math.cos(a), r * math.sin(a)])
+            if all(np.linalg.norm(xy - q) >= 0.8 * d_mean for q in taken):
+                break
+        m = np.eye(4)
+        m[:3, :3] = Rotation.random(random_state=rng).as_matrix()
+        m[:2, 3] = xy
+        taken.append(xy)
+        out.append(_StaticInWorld(cams, m, cfg.frame_step))
     if cfg.table_m > 0:  # its top just under the lowest point any object can reach
         table = np.eye(4)
         table[2, 3] = -0.5 * d_max - 0.01
@@ -302,6 +319,22 @@ def _relocations(
                         now[j] = moved
                         break
             out[j].append(now[j])
+    return out
+
+
+def _distractors(count: int, diameter: float, seed: int) -> list[ObjectModel]:
+    """``count`` generated objects scaled to ``diameter`` metres (clutter: rendered, never annotated)."""
+    import dataclasses
+
+    from meshpose.synth.novel import novel_mesh
+
+    out = []
+    for k in range(count):
+        obj = novel_mesh(100_000 + k, seed)
+        mesh = obj.mesh.copy()
+        extent = float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0]))
+        mesh.apply_scale(diameter / max(extent, 1e-9))
+        out.append(dataclasses.replace(obj, mesh=mesh).to_object_model(90_000 + k))
     return out
 
 
@@ -401,6 +434,12 @@ def render_sequence(objects: list[ObjectModel], config: SequenceConfig | None = 
         else _static_scene(objects, cfg, rng)
     )
     extra: list[tuple[ObjectModel, _Trajectory | _StaticInWorld]] = []  # rendered, not annotated
+    if cfg.camera_jump_deg is not None and cfg.distractors:
+        n = len(objects)
+        clutter = _distractors(cfg.distractors, float(np.mean([o.diameter for o in objects])), cfg.seed)
+        static = cast(list[_StaticInWorld], trajs)
+        extra += list(zip(clutter, static[n : n + cfg.distractors], strict=True))
+        trajs = static[:n] + static[n + cfg.distractors :]
     if len(trajs) > len(objects):
         extra.append((_table(cfg.table_m, rng), trajs[-1]))
         trajs = trajs[: len(objects)]

@@ -39,8 +39,8 @@ class TrackResult:
         message: the reason for people.
         time_s: seconds this frame cost the track (its share of the joint refinement plus its own recovery).
         info: diagnostics (``"recovery"``: what recovered it, ``"hypotheses"`` tried, ``"predicted"`` pose; with
-            detections ``"box_iou"``, ``"mask_iou"`` and ``"fitted"`` of the mask fit, ``"redetected"`` and the
-            ``"redetect_scores"`` of the tracked and the re-estimated pose…).
+            detections ``"box_iou"``, ``"mask_iou"``, ``"mask_cover"`` and ``"fitted"`` of the mask fit,
+            ``"redetected"`` and the ``"redetect_scores"`` of the tracked and the re-estimated pose…).
     """
 
     track_id: int

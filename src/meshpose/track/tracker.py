@@ -369,15 +369,18 @@ class Tracker:
             k = int(np.argmax(ious))
             iou, (det, occ) = ious[k], mine[k]
             t0 = time.perf_counter()
-            tracked, mask_iou = r.pose, None
+            tracked, mask_iou, cover = r.pose, None, 1.0
             if cfg.detection_fit and r.ok and iou > 0 and det.mask is not None:
                 try:
                     fit = fit_to_mask(obs, tr.model, det, r.pose.reshape(), occluders=occ, config=cfg.mask_fit)
-                    tracked, mask_iou = fit.pose, fit.iou
+                    tracked, mask_iou, cover = fit.pose, fit.iou, fit.coverage
                 except ValueError as exc:  # (a pose the fit cannot start from: the tracked one stays)
                     log.debug("track %d: the mask fit failed: %s", tr.track_id, exc)
-            info = {**r.info, "box_iou": iou} | ({} if mask_iou is None else {"mask_iou": mask_iou})
-            if r.ok and iou >= cfg.detection_iou and (mask_iou is None or mask_iou >= cfg.detection_mask_iou):
+            info = {**r.info, "box_iou": iou} | (
+                {} if mask_iou is None else {"mask_iou": mask_iou, "mask_cover": cover}
+            )
+            doubt = mask_iou is not None and (mask_iou < cfg.detection_mask_iou or cover < cfg.detection_mask_cover)
+            if r.ok and iou >= cfg.detection_iou and not doubt:
                 if mask_iou is not None:
                     tr.last_good = tr.motion.pose = tracked.reshape().to(torch.float64)
                     info["fitted"] = True
