@@ -350,8 +350,9 @@ class Tracker:
         other detections' masks as possible occluders) — the detector outlines the visible object to the pixel, the
         tracked pose came from the previous frame. A track that went badly in this frame, whose projected box
         overlaps no detection of its object by ``detection_iou`` (it drifted off, or the object was moved), or whose
-        fitted silhouette overlaps the mask by less than ``detection_mask_iou`` is re-estimated from the detections
-        at once rather than after ``lost_after`` frames; a re-estimate replaces a tracked pose only where the
+        fitted silhouette overlaps the mask by less than ``detection_mask_iou`` (or holds less than
+        ``detection_mask_cover`` of it) is re-estimated from the detections at once rather than after ``lost_after``
+        frames; a re-estimate replaces a tracked pose only where the
         estimator's own score (:func:`~meshpose.coarse.score.score_hypotheses`, against the detection) prefers it.
         """
         cfg = self.config
