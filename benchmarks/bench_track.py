@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from meshpose.coarse.gt_detections import detections_from_masks
 from meshpose.eval.metrics import add_or_adds
 from meshpose.geometry.lie import perturb_pose
 from meshpose.refine.registry import make_refiner
@@ -144,21 +145,6 @@ def _plain_novel(index: int, seed: int, obj_id: int) -> ObjectModel:
     return dataclasses.replace(obj, mesh=mesh).to_object_model(obj_id)
 
 
-def _sequence_detections(seq: Any, i: int) -> list[Any]:
-    """A perfect detector's detections in frame ``i`` of a synthetic sequence: each object's visible mask."""
-    from meshpose.coarse.base import MIN_MASK_PX
-    from meshpose.geometry.crop import mask_bbox
-    from meshpose.types import Detection
-
-    out = []
-    for j, obj in enumerate(seq.objects):
-        m = np.asarray(seq.masks_visib[i, j], bool)
-        box = mask_bbox(m)
-        if box is not None and int(m.sum()) >= MIN_MASK_PX:
-            out.append(Detection(obj_id=obj.obj_id, bbox=box, mask=m, score=1.0))
-    return out
-
-
 def _moved(seq: Any, i: int, j: int) -> bool:
     """Whether object ``j`` of a still-scene sequence was moved in the scene between frames ``i - 1`` and ``i``
     (its pose relative to the others' changed by more than 1 mm)."""
@@ -209,15 +195,17 @@ def still_scenes(args: argparse.Namespace, mode: str) -> dict[str, Any]:
 
             tracker.estimator = make_estimator(args.estimator)
         tracker.start(objs, Pose.stack(inits), frame=0)
+        ids = [o.obj_id for o in objs]
         for i in range(len(seq)):
-            dets = _sequence_detections(seq, i) if args.gt_detections else None
+            dets = detections_from_masks(ids, list(seq.masks_visib[i])) if args.gt_detections else None
             for j, r in enumerate(tracker.step(seq.observation(i), dets, frame=i)):
                 times.append(r.time_s)
                 err = _err(objs[j], r.pose, seq.gt[i][j])
                 ok += err < 0.1
                 total += 1
-                moved += i > 0 and _moved(seq, i, j)
-                ok_moved += i > 0 and _moved(seq, i, j) and err < 0.1
+                if i > 0 and _moved(seq, i, j):
+                    moved += 1
+                    ok_moved += err < 0.1
     ms = _ms(times)
     return {
         "success": ok / max(total, 1),

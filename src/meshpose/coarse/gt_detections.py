@@ -23,7 +23,14 @@ from meshpose.io.bop import BopDataset, BopFormatError
 from meshpose.render.base import Lighting, Renderer
 from meshpose.types import Detection, Pose
 
-__all__ = ["GtMaskSource", "all_gt_detections", "detections_from_gt", "iter_gt_detections", "mask_bbox"]
+__all__ = [
+    "GtMaskSource",
+    "all_gt_detections",
+    "detections_from_gt",
+    "detections_from_masks",
+    "iter_gt_detections",
+    "mask_bbox",
+]
 
 # ``mask_bbox`` lives in meshpose.geometry.crop (training and refiners use it too); re-exported here
 
@@ -102,13 +109,39 @@ def detections_from_gt(
         for i in range(len(gts)):
             if masks[i] is None:
                 masks[i] = instance == i + 1  # a new array: the renderer may recycle its output memory
+    kept = [m for m in masks if m is not None]
+    assert len(kept) == len(gts)
+    return detections_from_masks(
+        [g.obj_id for g in gts], kept, min_visib_px=min_visib_px, scene_id=scene_id, im_id=im_id
+    )
+
+
+def detections_from_masks(
+    obj_ids: Sequence[int],
+    masks: Sequence[np.ndarray],
+    *,
+    min_visib_px: int = MIN_MASK_PX,
+    scene_id: int = -1,
+    im_id: int = -1,
+) -> list[Detection]:
+    """A perfect detector's detections from known visible masks (a dataset's, or a synthetic frame's).
+
+    Args:
+        obj_ids: the object of each mask.
+        masks: ``(H, W)`` bool visible masks, one per object id.
+        min_visib_px: masks with fewer pixels are skipped, as a detector would miss them.
+        scene_id, im_id: recorded on each detection (``-1``: unknown).
+
+    Returns:
+        One :class:`~meshpose.types.Detection` per kept mask, in order: the mask, its tight box, score 1.
+    """
     out = []
-    for g, m in zip(gts, masks, strict=True):
-        assert m is not None
+    for obj_id, m in zip(obj_ids, masks, strict=True):
+        m = np.asarray(m, bool)
         box = mask_bbox(m)
         if box is None or int(m.sum()) < max(min_visib_px, 1):
             continue
-        out.append(Detection(obj_id=g.obj_id, bbox=box, mask=m, score=1.0, scene_id=scene_id, im_id=im_id))
+        out.append(Detection(obj_id=int(obj_id), bbox=box, mask=m, score=1.0, scene_id=scene_id, im_id=im_id))
     return out
 
 
