@@ -219,42 +219,40 @@ def fit_many_to_mask(
     outputs = only_outputs(renderer, ("mask",))
 
     area = max(int(mask.sum()), 1)
-    covered: dict[tuple[int, bytes], float] = {}  # (start, move) → coverage, for the moves evaluated
 
-    def iou(moves: list[tuple[int, np.ndarray]]) -> np.ndarray:
-        """IoU' of start pose ``k`` moved by ``p``, for every ``(k, p)``, in one batched render."""
+    def iou(moves: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """IoU' and coverage of start pose ``k`` moved by ``p``, for every ``(k, p)``, in one batched render."""
         Rs, ts = zip(*(_moved(*starts[k], p, cam) for k, p in moves), strict=True)
         sil = renderer.render(drawn, Pose(np.stack(Rs)[:, None], np.stack(ts)[:, None]), [cam] * len(moves), **outputs)
         m = sil.mask
         inter = (m & mask).sum((1, 2))
         union = ((m & ~silent) | mask).sum((1, 2))
-        for (k, p), v in zip(moves, inter, strict=True):
-            covered[(k, p.tobytes())] = float(v) / area
-        return np.asarray(inter / np.maximum(union, 1), np.float64)
+        return np.asarray(inter / np.maximum(union, 1), np.float64), np.asarray(inter / area, np.float64)
 
     n = len(starts)
     axes = [a for a in range(6) if a != 2 or cfg.fit_distance]
     first = np.array([cfg.shift_px, cfg.shift_px, cfg.log_depth, cfg.rotation_rad, cfg.rotation_rad, cfg.rotation_rad])
     p = [np.zeros(6) for _ in range(n)]
     step = [first.copy() for _ in range(n)]
-    start_iou = iou([(k, p[k]) for k in range(n)])
+    start_iou, start_cover = iou([(k, p[k]) for k in range(n)])
     best = [float(v) for v in start_iou]
+    cover = [float(v) for v in start_cover]  # the coverage of each search's best pose
     renders = [1] * n
     while True:
         going = [k for k in range(n) if renders[k] < cfg.max_iterations and step[k][0] >= cfg.min_shift_px]
         if not going:
             break
         cands = {k: [p[k] + sgn * step[k][a] * np.eye(6)[a] for a in axes for sgn in (1.0, -1.0)] for k in going}
-        vals = iou([(k, c) for k in going for c in cands[k]]).reshape(len(going), -1)
-        for row, k in zip(vals, going, strict=True):
+        vals, covs = (v.reshape(len(going), -1) for v in iou([(k, c) for k in going for c in cands[k]]))
+        for row, row_cover, k in zip(vals, covs, going, strict=True):
             renders[k] += 1
             j = int(np.argmax(row))
             if row[j] > best[k] + 1e-4:
-                best[k], p[k] = float(row[j]), cands[k][j]
+                best[k], cover[k], p[k] = float(row[j]), float(row_cover[j]), cands[k][j]
             else:
                 step[k] = step[k] / 2
     out = []
     for k in range(n):
         R, t = _moved(*starts[k], p[k], cam)
-        out.append(MaskFitResult(Pose(R, t), best[k], float(start_iou[k]), renders[k], covered[(k, p[k].tobytes())]))
+        out.append(MaskFitResult(Pose(R, t), best[k], float(start_iou[k]), renders[k], cover[k]))
     return out
