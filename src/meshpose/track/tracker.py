@@ -83,6 +83,11 @@ class _Track:
         rel = 0.0 if self.reference is None else cfg.relative_threshold * self.reference
         return max(cfg.score_threshold, rel)
 
+    def hold(self, pose: Pose) -> None:
+        """This frame's pose of the track becomes ``pose`` (a correction of the refined one: the scene fusion, the
+        mask fit); its time and velocity stay."""
+        self.last_good = self.motion.pose = pose.reshape().to(torch.float64)
+
 
 class Tracker:
     """Tracks objects through a sequence of frames, one observation at a time (a live camera or a dataset).
@@ -337,7 +342,7 @@ class Tracker:
             turn = math.degrees(float(rotation_angle(pred.R, refined.R)))
             gated = shift > cfg.scene_gate[0] or turn > cfg.scene_gate[1]
             pose = pred if gated else interpolate_pose(pred, refined, cfg.scene_gain)
-            tr.last_good = tr.motion.pose = pose
+            tr.hold(pose)
             results[tr.track_id] = dataclasses.replace(r, pose=pose, info={**r.info, "refined": r.pose, "gated": gated})
 
     def _check_detections(
@@ -383,7 +388,7 @@ class Tracker:
             doubt = mask_iou is not None and (mask_iou < cfg.detection_mask_iou or cover < cfg.detection_mask_cover)
             if r.ok and iou >= cfg.detection_iou and not doubt:
                 if mask_iou is not None:
-                    tr.last_good = tr.motion.pose = tracked.reshape().to(torch.float64)
+                    tr.hold(tracked)
                     info["fitted"] = True
                 spent = time.perf_counter() - t0
                 results[tr.track_id] = dataclasses.replace(r, pose=tracked, time_s=r.time_s + spent, info=info)
@@ -402,7 +407,7 @@ class Tracker:
                 # only the fitted silhouette was doubtful (e.g. a hidden object) and nothing else explains the
                 # detection: the track goes on from its fitted pose
                 tr.lost, tr.lost_frames = False, 0
-                tr.last_good = tr.motion.pose = tracked.reshape().to(torch.float64)
+                tr.hold(tracked)
                 res = dataclasses.replace(r, pose=tracked)
             elif res.status != "recovered":
                 res = dataclasses.replace(res, pose=tracked)
