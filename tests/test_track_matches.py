@@ -93,6 +93,8 @@ def test_still_scene_distractors_are_rendered_but_not_annotated() -> None:
     assert not np.array_equal(clutter.rgb[0], plain.rgb[0])
     assert np.array_equal(clutter.masks, plain.masks)  # full silhouettes: the objects alone
     assert (clutter.masks_visib <= plain.masks_visib).all()
+    with pytest.raises(ValueError, match="distractors"):
+        SequenceConfig(distractors=-1)
 
 
 def test_match_prediction_where_velocity_fails_and_tracking_succeeds(jumping: SyntheticSequence) -> None:

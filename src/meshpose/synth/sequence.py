@@ -111,6 +111,8 @@ class SequenceConfig:
     def __post_init__(self) -> None:
         if self.frames < 1 or self.frame_step < 1 or self.keyframe_every < 1 or self.blur_samples < 1:
             raise ValueError("SequenceConfig: frames, frame_step, keyframe_every and blur_samples must be ≥ 1")
+        if self.distractors < 0:
+            raise ValueError(f"SequenceConfig.distractors must be ≥ 0, got {self.distractors}")
         if not 0.0 <= self.relocate <= 1.0:
             raise ValueError(f"SequenceConfig.relocate must be a probability in [0, 1], got {self.relocate}")
         if not 0 < self.size_frac[0] <= self.size_frac[1]:
