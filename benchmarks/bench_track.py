@@ -28,7 +28,7 @@ import torch
 
 from meshpose.coarse.gt_detections import detections_from_masks
 from meshpose.eval.metrics import add_or_adds
-from meshpose.geometry.lie import perturb_pose
+from meshpose.geometry.lie import perturb_pose, rotation_angle
 from meshpose.refine.registry import make_refiner
 from meshpose.synth.novel import novel_object
 from meshpose.synth.sequence import SequenceConfig, render_sequence
@@ -43,11 +43,15 @@ def _err(obj: ObjectModel, est: Pose, gt: Pose) -> float:
 
 
 def _diagnostics(im_id: int, obj: ObjectModel, r: Any, gt: Pose, err: float) -> dict[str, Any]:
-    """One ``--per-frame`` row: the tracked pose's error and, where the tracker recorded them, the errors of the
-    pose it started the frame from (``predicted``) and of the refiner's pose before the scene fusion (``refined``),
-    all in object diameters."""
+    """One ``--per-frame`` row: the tracked pose's error (in object diameters; ``rot_deg`` its turn from the truth,
+    ``dt`` its camera-frame offset in diameters) and, where the tracker recorded them, the errors of the pose it
+    started the frame from (``predicted``) and of the refiner's pose before the scene fusion (``refined``)."""
     row: dict[str, Any] = {"im_id": int(im_id), "obj_id": obj.obj_id, "status": r.status, "score": float(r.score)}
     row["err"] = err
+    # where the error lies: the turn (degrees) and the camera-frame offset (x, y, z in diameters) to the truth
+    est, ref = r.pose.reshape(), gt.reshape()
+    row["rot_deg"] = math.degrees(float(rotation_angle(est.R.double().reshape(3, 3), ref.R.double().reshape(3, 3))))
+    row["dt"] = [float(v) / obj.diameter for v in (est.t.double() - ref.t.double()).reshape(3)]
     for key in ("predicted", "refined"):
         pose = r.info.get(key)
         if isinstance(pose, Pose):

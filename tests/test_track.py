@@ -89,16 +89,19 @@ def test_lost_then_recovered_and_reset() -> None:
 
 
 def test_a_recovery_budget_bounds_the_hypotheses_tried_in_a_frame() -> None:
+    """A time budget or a count cap bounds the hypotheses a lost track refines in a frame, nearest first."""
     obj = scenes.objects()[0]
     seq = render_sequence([obj], SequenceConfig(width=240, height=180, frames=3, seed=5))
     tried = {}
-    for budget in (None, 0.0):
-        tracker = Tracker(make_refiner("contour"), config=TrackerConfig(search_hypotheses=4, recover_budget_s=budget))
+    bounds = {"none": {}, "no time": {"recover_budget_s": 0.0}, "two": {"recover_max_tries": 2}}
+    for name, opts in bounds.items():
+        tracker = Tracker(make_refiner("contour"), config=TrackerConfig(search_hypotheses=4, **opts))  # type: ignore[arg-type]
         tracker.add(obj, seq.gt[0], frame=0, lost=True)  # lost from the start: every frame is a recovery
         (r,) = tracker.step(seq.observation(1), frame=1)
-        tried[budget] = r.info["tried"]
+        tried[name] = r.info["tried"]
         assert r.info["hypotheses"] == 5
-    assert tried == {None: 5, 0.0: 1}, tried  # with no time left, only the nearest hypothesis (the last pose)
+    # with no time left, only the nearest hypothesis (the last pose)
+    assert tried == {"none": 5, "no time": 1, "two": 2}, tried
 
 
 def test_bad_frames_are_reported_and_the_track_goes_on() -> None:

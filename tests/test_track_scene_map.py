@@ -303,6 +303,7 @@ def test_scene_fusion_moves_part_way_and_ignores_outliers() -> None:
         ({"detection_mask_iou": -0.1}, "detection_mask_iou"),
         ({"detection_mask_cover": 2}, "detection_mask_cover"),
         ({"recover_budget_s": -0.01}, "recover_budget_s"),
+        ({"recover_max_tries": 0}, "recover_max_tries"),
         ({"scale_range_m": [1.0, 0.5]}, "scale_range_m"),
     ],
 )

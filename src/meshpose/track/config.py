@@ -39,7 +39,9 @@ class TrackerConfig:
             hypothesis).
         recover_budget_s: stop trying a lost track's hypotheses in a frame once its recovery has taken this many
             seconds (``None``: try them all); the hypotheses go nearest first, so a budget trades the far ones
-            for a bounded frame time (``--fast``).
+            for a bounded frame time. The time depends on the machine's load, so results do too.
+        recover_max_tries: refine at most this many of a lost track's hypotheses in a frame, nearest first
+            (``None``: no cap) — the load-independent bound of ``--fast``.
         estimate_hypotheses: hypotheses asked of the estimator per detection when recovering from detections.
         detection_iou: with detections and an estimator, a tracked object whose projected box overlaps no
             detection of its object by this IoU is re-estimated from them in that frame (it drifted, or moved in
@@ -112,6 +114,7 @@ class TrackerConfig:
     search_iterations: int | None = None
     recover_every: int = 1
     recover_budget_s: float | None = None
+    recover_max_tries: int | None = None
     estimate_hypotheses: int = 3
     detection_iou: float = 0.3
     detection_fit: bool = True
@@ -155,6 +158,8 @@ class TrackerConfig:
             raise ValueError(f"TrackerConfig.detection_mask_iou must be in [0, 1], got {self.detection_mask_iou}")
         if not 0 <= self.detection_mask_cover <= 1:
             raise ValueError(f"TrackerConfig.detection_mask_cover must be in [0, 1], got {self.detection_mask_cover}")
+        if self.recover_max_tries is not None and self.recover_max_tries < 1:
+            raise ValueError(f"TrackerConfig.recover_max_tries must be ≥ 1 (or None), got {self.recover_max_tries}")
         if self.recover_budget_s is not None and self.recover_budget_s < 0:
             raise ValueError(f"TrackerConfig.recover_budget_s must be ≥ 0 (or None), got {self.recover_budget_s}")
 

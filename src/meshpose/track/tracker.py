@@ -509,6 +509,8 @@ class Tracker:
         t0 = time.perf_counter()
         tried = 0
         for h in hyps:
+            if cfg.recover_max_tries is not None and tried >= cfg.recover_max_tries:
+                break
             if tried and cfg.recover_budget_s is not None and time.perf_counter() - t0 > cfg.recover_budget_s:
                 break  # (the first hypothesis, the nearest, is always tried)
             if self._outside(obs, tr.model, h) is not None:
