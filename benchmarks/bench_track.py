@@ -56,7 +56,7 @@ def _diagnostics(im_id: int, obj: ObjectModel, r: Any, gt: Pose, err: float) -> 
         pose = r.info.get(key)
         if isinstance(pose, Pose):
             row[f"err_{key}"] = _err(obj, pose.reshape(), gt)
-    for key in ("prediction", "gated", "redetected", "fitted", "mask_iou", "box_iou", "redetect_scores"):
+    for key in ("prediction", "gated", "redetected", "fitted", "hidden", "mask_iou", "box_iou", "redetect_scores"):
         if key in r.info:
             row[key] = r.info[key]
     return row

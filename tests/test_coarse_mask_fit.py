@@ -9,9 +9,9 @@ import pytest
 
 from meshpose.coarse import make_estimator
 from meshpose.coarse.gt_detections import mask_bbox
-from meshpose.coarse.mask_fit import MaskFitConfig, fit_many_to_mask, fit_to_mask, occluder_masks
+from meshpose.coarse.mask_fit import MaskFitConfig, fit_many_to_mask, fit_to_mask, occluder_masks, silhouette_area
 from meshpose.render.gl import get_default_renderer
-from meshpose.types import Detection, Pose
+from meshpose.types import Camera, Detection, Pose
 from support.scenes import (
     add_error,
     make_camera,
@@ -88,6 +88,22 @@ def test_coverage_is_the_share_of_the_mask_the_silhouette_holds() -> None:
     assert here.renders == aside.renders == 1 and here.iou == here.iou_start
     assert here.coverage > 0.98 and here.iou < 0.95
     assert aside.coverage < 0.3
+
+
+@pytest.mark.parametrize("case", [0, 1, 2])
+def test_the_silhouette_area_is_that_of_a_full_image_render(case: int) -> None:
+    """The whole silhouette's area from a small crop of the projected box agrees with the pixels of a render of the
+    whole image to a few percent, also where the object reaches out of the image (it is not clipped)."""
+    cam = make_camera()
+    obj, gt, _, _ = single_object_cases(3, camera=cam)[case]
+    full = int(get_default_renderer().render([obj], gt.reshape(1, 1), cam).mask.sum())
+    assert abs(silhouette_area(cam, obj, gt) - full) < 0.04 * full
+    R, t = gt.numpy()
+    edge = Pose(R, t + np.array([t[2] * (cam.width - cam.cx) / cam.K[0, 0], 0.0, 0.0]))  # centre on the right edge
+    wide = Camera.from_fxfycxcy(cam.K[0, 0], cam.K[1, 1], cam.cx, cam.cy, width=2 * cam.width, height=cam.height)
+    whole = int(get_default_renderer().render([obj], edge.reshape(1, 1), wide).mask.sum())  # nothing cut off
+    inside = int(get_default_renderer().render([obj], edge.reshape(1, 1), cam).mask.sum())
+    assert inside < 0.8 * whole and abs(silhouette_area(cam, obj, edge) - whole) < 0.04 * whole
 
 
 def test_bad_inputs_name_the_problem() -> None:

@@ -297,6 +297,48 @@ def test_a_tracked_pose_is_fitted_to_its_detection_mask() -> None:
     assert _add_over_d(obj, fitted.pose, truth) < 0.5 * _add_over_d(obj, held.pose, truth)
 
 
+def test_a_mostly_hidden_object_is_not_re_estimated_from_the_part_that_shows() -> None:
+    """A detection whose mask holds a sliver of the object (here: its left tenth, the rest hidden by
+    something no detection outlines) and a frame that went badly: the tracker does not re-estimate the object from
+    the sliver (``reestimate_min_visible``) and reports its prediction; with the gate off it takes the estimator's
+    (wrong) pose."""
+    from meshpose.geometry.crop import mask_bbox
+    from meshpose.types import Detection
+
+    obj = scenes.objects()[0]
+    cam = scenes.make_camera(320, 240)
+    truth = scenes.look_at_pose(0.45, np.random.default_rng(1), (10.0, -5.0), cam)
+    obs, (det,) = _masked_frame(obj, truth, cam, seed=5)
+    cols = np.flatnonzero(det.mask.any(0))
+    sliver = det.mask.copy()
+    sliver[:, cols[0] + max(1, int(0.1 * len(cols))) :] = False  # the left 10 % of its width shows
+    dets = [Detection(obj.obj_id, mask_bbox(sliver), sliver)]
+    out = {}
+    for need in (0.0, 0.15):
+        est = _WrongEstimator(truth)
+        tracker = Tracker(_FailRefiner(), estimator=est, config=TrackerConfig(reestimate_min_visible=need))  # type: ignore[arg-type]
+        tracker.start([obj], truth.reshape(1), frame=0)
+        (r,) = tracker.step(obs, dets, frame=1)
+        out[need] = (r, est.calls)
+    (taken, calls_off), (held, calls_on) = out[0.0], out[0.15]
+    assert calls_off == 1 and _add_over_d(obj, taken.pose, truth) > 0.2
+    assert calls_on == 0 and held.info.get("hidden") and _add_over_d(obj, held.pose, truth) < 0.05
+
+
+class _FailRefiner(_HoldRefiner):
+    """A stand-in refiner whose first call fails (a frame that went badly) and whose later calls hold the poses."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def refine(self, obs: Observation, objects: list, init: Pose, iterations: int | None = None):  # type: ignore[no-untyped-def]
+        res = super().refine(obs, objects, init, iterations)
+        self.calls += 1
+        if self.calls == 1:
+            res.info.failure[:] = ["hidden"] * len(objects)
+        return res
+
+
 def test_a_re_estimate_replaces_the_track_only_where_it_explains_the_detection_better() -> None:
     """A re-estimation (forced here: ``detection_mask_iou`` 1) whose pose the estimator's own score ranks below the
     tracked one leaves the track on its tracked (fitted) pose."""

@@ -304,6 +304,7 @@ def test_scene_fusion_moves_part_way_and_ignores_outliers() -> None:
         ({"detection_mask_cover": 2}, "detection_mask_cover"),
         ({"recover_budget_s": -0.01}, "recover_budget_s"),
         ({"recover_max_tries": 0}, "recover_max_tries"),
+        ({"reestimate_min_visible": 1.5}, "reestimate_min_visible"),
         ({"scale_range_m": [1.0, 0.5]}, "scale_range_m"),
     ],
 )

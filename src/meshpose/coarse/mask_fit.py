@@ -32,12 +32,12 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from meshpose.coarse.score import SCORE_CROP, detection_crop_box
-from meshpose.geometry.crop import crop_image
+from meshpose.geometry.crop import crop_image, object_box
 from meshpose.mesh.model import light_model
 from meshpose.render.base import Renderer, only_outputs
 from meshpose.types import Camera, Detection, ObjectModel, Observation, Pose
 
-__all__ = ["MaskFitConfig", "MaskFitResult", "fit_many_to_mask", "fit_to_mask", "occluder_masks"]
+__all__ = ["MaskFitConfig", "MaskFitResult", "fit_many_to_mask", "fit_to_mask", "occluder_masks", "silhouette_area"]
 
 
 @dataclass(frozen=True)
@@ -256,3 +256,44 @@ def fit_many_to_mask(
         R, t = _moved(*starts[k], p[k], cam)
         out.append(MaskFitResult(Pose(R, t), best[k], float(start_iou[k]), renders[k], cover[k]))
     return out
+
+
+def silhouette_area(
+    camera: Camera,
+    model: ObjectModel,
+    pose: Pose,
+    *,
+    renderer: Renderer | None = None,
+    size: int = 64,
+    render_faces: int = 1000,
+) -> float:
+    """The area in image pixels of the object's whole silhouette at ``pose`` (alone, nothing in front of it, not
+    clipped by the image): what a detection's mask of it would hold if it were fully visible.
+
+    Drawn in a ``size × size`` crop of its projected box from a decimated mesh, so it is accurate to a few percent
+    (a pixel of the crop's outline), which is what a visible share needs.
+
+    Args:
+        camera: the image's camera.
+        model: the object.
+        pose: single ``cam_from_obj`` pose, in front of the camera.
+        renderer: renders the silhouette (default: this thread's GL renderer).
+        size: side of the crop, pixels.
+        render_faces: the mesh is decimated to at most this many faces (0: as it is).
+
+    Raises:
+        ValueError: a pose with points at or behind the camera, or NaNs.
+    """
+    if renderer is None:
+        from meshpose.render.gl import get_default_renderer
+
+        renderer = get_default_renderer()
+    box = object_box(camera, pose.reshape(), model.points)
+    w, h = max(box[2] - box[0], 1.0), max(box[3] - box[1], 1.0)
+    pad = 0.05 * max(w, h)  # (points are a sample of the surface: the outline may reach a little beyond them)
+    box = box + np.array([-pad, -pad, pad, pad])
+    cam = camera.crop(box, size, size)
+    sil = renderer.render(
+        [light_model(model, render_faces)], pose.reshape(1, 1), [cam], **only_outputs(renderer, ("mask",))
+    )
+    return float(sil.mask.sum()) * float(box[2] - box[0]) * float(box[3] - box[1]) / (size * size)

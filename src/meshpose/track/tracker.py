@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from meshpose.coarse.base import Estimator
-from meshpose.coarse.mask_fit import fit_to_mask, occluder_masks
+from meshpose.coarse.mask_fit import fit_to_mask, occluder_masks, silhouette_area
 from meshpose.coarse.score import box_iou, score_hypotheses
 from meshpose.geometry.crop import object_box
 from meshpose.geometry.lie import interpolate_pose, perturb_pose, rotation_angle
@@ -385,6 +385,15 @@ class Tracker:
             info = {**r.info, "box_iou": iou} | (
                 {} if mask_iou is None else {"mask_iou": mask_iou, "mask_cover": cover}
             )
+            if self._too_hidden(obs, tr.model, det, tracked):  # too little of it shows to re-estimate it from
+                info["hidden"] = True
+                if r.ok and mask_iou is not None:
+                    tr.hold(tracked)
+                    info["fitted"] = True
+                spent = time.perf_counter() - t0
+                pose = tracked if r.ok else r.pose
+                results[tr.track_id] = dataclasses.replace(r, pose=pose, time_s=r.time_s + spent, info=info)
+                continue
             doubt = mask_iou is not None and (mask_iou < cfg.detection_mask_iou or cover < cfg.detection_mask_cover)
             if r.ok and iou >= cfg.detection_iou and not doubt:
                 if mask_iou is not None:
@@ -498,7 +507,8 @@ class Tracker:
         obj_id = tr.model.obj_id
         if (tr.lost_frames - 1) % cfg.recover_every:
             return TrackResult(tr.track_id, obj_id, tr.last_good, 0.0, "lost", LOST, "lost (no recovery this frame)")
-        dets = [d for d in (detections or ()) if d.obj_id == obj_id]
+        base = tr.last_good if guess is None else guess
+        dets = [d for d in (detections or ()) if d.obj_id == obj_id and not self._too_hidden(obs, tr.model, d, base)]
         source = "detections" if dets and self.estimator is not None else "search"
         if source == "detections":
             hyps = ([] if guess is None else [guess]) + self._detection_hypotheses(obs, tr, dets)
@@ -537,6 +547,18 @@ class Tracker:
         msg = f"lost since {tr.lost_frames} frame(s); best {source} hypothesis scored {score:.3f} (need {need:.3f})"
         where = guess if guess is not None and cfg.scene_rigid else tr.last_good  # a still object moves with the camera
         return TrackResult(tr.track_id, obj_id, where, score, "lost", LOST, msg, info=info)
+
+    def _too_hidden(self, obs: Observation, model: ObjectModel, det: Detection, pose: Pose) -> bool:
+        """Whether the detection's mask holds less than ``reestimate_min_visible`` of the object's whole silhouette
+        at ``pose`` (the object mostly hidden: a re-estimate from the part that shows is a guess)."""
+        need = self.config.reestimate_min_visible
+        if need <= 0 or det.mask is None:
+            return False
+        try:
+            full = silhouette_area(obs.camera, model, pose.reshape())
+        except ValueError:  # (a pose reaching the camera plane: no silhouette to compare with)
+            return False
+        return full > 0 and float(det.mask.sum()) < need * full
 
     def _search_hypotheses(self, tr: _Track, t: float, base: Pose) -> list[Pose]:
         """``base`` and ``search_hypotheses`` copies of it turned and shifted by the search radii."""
