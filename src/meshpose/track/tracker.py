@@ -359,6 +359,7 @@ class Tracker:
         ``detection_mask_cover`` of it) is re-estimated from the detections at once rather than after ``lost_after``
         frames; a re-estimate replaces a tracked pose only where the
         estimator's own score (:func:`~meshpose.coarse.score.score_hypotheses`, against the detection) prefers it.
+        A detection that shows less than ``reestimate_min_visible`` of the object is never re-estimated from.
         """
         cfg = self.config
         occluders = occluder_masks(detections) if cfg.detection_fit else [None] * len(detections)
@@ -508,8 +509,9 @@ class Tracker:
         if (tr.lost_frames - 1) % cfg.recover_every:
             return TrackResult(tr.track_id, obj_id, tr.last_good, 0.0, "lost", LOST, "lost (no recovery this frame)")
         base = tr.last_good if guess is None else guess
-        dets = [d for d in (detections or ()) if d.obj_id == obj_id and not self._too_hidden(obs, tr.model, d, base)]
-        source = "detections" if dets and self.estimator is not None else "search"
+        dets = [d for d in (detections or ()) if d.obj_id == obj_id] if self.estimator is not None else []
+        dets = [d for d in dets if not self._too_hidden(obs, tr.model, d, base)]
+        source = "detections" if dets else "search"
         if source == "detections":
             hyps = ([] if guess is None else [guess]) + self._detection_hypotheses(obs, tr, dets)
         else:
