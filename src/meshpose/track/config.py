@@ -63,7 +63,8 @@ class TrackerConfig:
             it to re-estimate it from: the track goes on from its (fitted) pose, and a lost track searches around
             its prediction instead (0: always re-estimate). Generated moved-object scenes (``--fast``, sets A / B,
             then with 3 unannotated objects among them): 0 gave 0.853 / 0.782 / 0.769 / 0.667, 0.15 (the default)
-            0.844 / 0.773 / 0.778 / 0.720, 0.25 0.844 / 0.756 / 0.764 / 0.720 — the cluttered scenes gain.
+            0.844 / 0.773 / 0.778 / 0.720, 0.25 0.844 / 0.756 / 0.764 / 0.720 — the cluttered scenes gain; the
+            default mode gave the same with 0 and 0.15 (0.858 / 0.787 / 0.849 / 0.724).
         mask_fit: options of that fit (:class:`~meshpose.coarse.mask_fit.MaskFitConfig`).
         margin_frac: an object whose projected centre is farther than this fraction of its projected diameter
             outside the image has left it.
