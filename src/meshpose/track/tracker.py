@@ -386,22 +386,19 @@ class Tracker:
             info = {**r.info, "box_iou": iou} | (
                 {} if mask_iou is None else {"mask_iou": mask_iou, "mask_cover": cover}
             )
-            if self._too_hidden(obs, tr.model, det, tracked):  # too little of it shows to re-estimate it from
-                info["hidden"] = True
+            doubt = mask_iou is not None and (mask_iou < cfg.detection_mask_iou or cover < cfg.detection_mask_cover)
+            keep = r.ok and iou >= cfg.detection_iou and not doubt
+            # (asked only of a track about to be re-estimated: too little of it shows to re-estimate it from)
+            hidden = not keep and self._too_hidden(obs, tr.model, det, tracked)
+            if keep or hidden:
+                if hidden:
+                    info["hidden"] = True
                 if r.ok and mask_iou is not None:
                     tr.hold(tracked)
                     info["fitted"] = True
                 spent = time.perf_counter() - t0
                 pose = tracked if r.ok else r.pose
                 results[tr.track_id] = dataclasses.replace(r, pose=pose, time_s=r.time_s + spent, info=info)
-                continue
-            doubt = mask_iou is not None and (mask_iou < cfg.detection_mask_iou or cover < cfg.detection_mask_cover)
-            if r.ok and iou >= cfg.detection_iou and not doubt:
-                if mask_iou is not None:
-                    tr.hold(tracked)
-                    info["fitted"] = True
-                spent = time.perf_counter() - t0
-                results[tr.track_id] = dataclasses.replace(r, pose=tracked, time_s=r.time_s + spent, info=info)
                 continue
             tr.lost, tr.lost_frames = True, 0
             res = self._recover(obs, tr, t, [d for d, _ in mine])  # (not from the drifted pose: it scored well there)
