@@ -21,14 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from meshpose.io.bop import BopDataset
-from meshpose.types import Pose
-
-
-def _matrix(pose: Pose) -> np.ndarray:
-    R, t = (np.asarray(a, np.float64) for a in pose.numpy())
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = R.reshape(3, 3), t.reshape(3)
-    return m
 
 
 def _deviations(before: dict[int, np.ndarray], after: dict[int, np.ndarray]) -> dict[int, float]:
@@ -56,7 +48,7 @@ def main() -> None:
     ds = BopDataset(args.dataset, args.split)
     scene = ds.scene_ids[0] if args.scene is None else args.scene
     frames = ds.image_ids(scene)
-    poses = [{g.obj_id: _matrix(g.pose) for g in ds.gt(scene, im)} for im in frames]
+    poses = [{g.obj_id: g.pose.reshape().matrix().double().numpy() for g in ds.gt(scene, im)} for im in frames]
     events = []
     for i in range(1, len(frames)):
         dev = _deviations(poses[i - 1], poses[i])

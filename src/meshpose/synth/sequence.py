@@ -272,11 +272,7 @@ def _static_scene(objects: list[ObjectModel], cfg: SequenceConfig, rng: np.rando
     out = [_StaticInWorld(cams, w, cfg.frame_step) for w in placements]
     taken = [w[:2, 3] for w in world_from_obj]
     for _ in range(cfg.distractors):  # unannotated clutter among the objects (first placements: they stay)
-        for _try in range(100):
-            r, a = (ring + 0.5 * d_max) * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
-            xy = np.array([r * math.cos(a), r * math.sin(a)])
-            if all(np.linalg.norm(xy - q) >= 0.8 * d_mean for q in taken):
-                break
+        xy, _found = _clear_spot(rng, ring + 0.5 * d_max, taken, [0.8 * d_mean] * len(taken), tries=100)
         m = np.eye(4)
         m[:3, :3] = Rotation.random(random_state=rng).as_matrix()
         m[:2, 3] = xy
@@ -304,24 +300,30 @@ def _relocations(
     for _ in range(1, cfg.frames):
         for j in range(len(now)):
             if cfg.relocate > 0 and rng.uniform() < cfg.relocate:
-                for _try in range(50):
-                    r, a = reach * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
-                    xy = np.array([r * math.cos(a), r * math.sin(a)])
-                    clear = all(
-                        np.linalg.norm(now[k][:2, 3] - xy) >= 0.5 * (diameters[j] + diameters[k])
-                        for k in range(len(now))
-                        if k != j
-                    )
-                    if clear:
-                        moved = now[j].copy()
-                        moved[:3, :3] = (
-                            Rotation.from_euler("z", rng.uniform(0, 2 * math.pi)).as_matrix() @ moved[:3, :3]
-                        )
-                        moved[:2, 3] = xy
-                        now[j] = moved
-                        break
+                others = [k for k in range(len(now)) if k != j]
+                gaps = [0.5 * (diameters[j] + diameters[k]) for k in others]
+                xy, found = _clear_spot(rng, reach, [now[k][:2, 3] for k in others], gaps, tries=50)
+                if found:
+                    moved = now[j].copy()
+                    moved[:3, :3] = Rotation.from_euler("z", rng.uniform(0, 2 * math.pi)).as_matrix() @ moved[:3, :3]
+                    moved[:2, 3] = xy
+                    now[j] = moved
             out[j].append(now[j])
     return out
+
+
+def _clear_spot(
+    rng: np.random.Generator, reach: float, centres: list[np.ndarray], gaps: list[float], *, tries: int
+) -> tuple[np.ndarray, bool]:
+    """A random table spot ``(x, y)`` (uniform over the disc of radius ``reach`` metres) at least ``gaps[k]`` from
+    each of ``centres[k]``, and whether one was found in ``tries`` draws (if not, the last draw)."""
+    xy = np.zeros(2)
+    for _ in range(tries):
+        r, a = reach * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
+        xy = np.array([r * math.cos(a), r * math.sin(a)])
+        if all(np.linalg.norm(xy - q) >= g for q, g in zip(centres, gaps, strict=True)):
+            return xy, True
+    return xy, False
 
 
 def _distractors(count: int, diameter: float, seed: int) -> list[ObjectModel]:
