@@ -149,6 +149,19 @@ def _plain_novel(index: int, seed: int, obj_id: int) -> ObjectModel:
     return dataclasses.replace(obj, mesh=mesh).to_object_model(obj_id)
 
 
+def _write_rows(path: Path, tag: str, rows: list[dict[str, Any]]) -> None:
+    """``--per-frame``: the rows as JSON lines, ``tag`` added to the file's stem."""
+    path.with_name(f"{path.stem}_{tag}{path.suffix}").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _dataset_objects(root: Path) -> list[ObjectModel]:
+    """Every object model of a BOP dataset (its meshes with their own colours; nothing of its images or poses)."""
+    from meshpose.io.bop import BopDataset
+
+    ds = BopDataset(root, "test")
+    return [ds.object(k) for k in ds.object_ids]
+
+
 def _moved(seq: Any, i: int, j: int) -> bool:
     """Whether object ``j`` of a still-scene sequence was moved in the scene between frames ``i - 1`` and ``i``
     (its pose relative to the others' changed by more than 1 mm)."""
@@ -169,12 +182,18 @@ def still_scenes(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     ``--gt-detections``: a perfect detector's visible masks each frame, with ``--estimator``."""
     ok = total = moved = ok_moved = 0
     times: list[float] = []
+    rows: list[dict[str, Any]] = []
     jump = tuple(float(v) for v in (args.camera_jump_deg or "15,35").split(","))
     gen = torch.Generator().manual_seed(args.seed)
+    meshes = _dataset_objects(args.still_meshes) if args.still_meshes is not None else None
     for s in range(args.still):
-        objs = [
-            _plain_novel(args.first_object + args.objects * s + j, args.object_seed, j + 1) for j in range(args.objects)
-        ]
+        if meshes is None:
+            objs = [
+                _plain_novel(args.first_object + args.objects * s + j, args.object_seed, j + 1)
+                for j in range(args.objects)
+            ]
+        else:  # the dataset's meshes in turn, --objects of them per scene
+            objs = [meshes[(args.objects * s + j) % len(meshes)] for j in range(min(args.objects, len(meshes)))]
         d_mean = float(np.mean([o.diameter for o in objs]))
         cfg = SequenceConfig(
             width=args.width,
@@ -205,11 +224,15 @@ def still_scenes(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             for j, r in enumerate(tracker.step(seq.observation(i), dets, frame=i)):
                 times.append(r.time_s)
                 err = _err(objs[j], r.pose, seq.gt[i][j])
+                if args.per_frame is not None:  # (im_id: scene × 1000 + frame)
+                    rows.append(_diagnostics(1000 * s + i, objs[j], r, seq.gt[i][j], err))
                 ok += err < 0.1
                 total += 1
                 if i > 0 and _moved(seq, i, j):
                     moved += 1
                     ok_moved += err < 0.1
+    if args.per_frame is not None:
+        _write_rows(args.per_frame, f"still_{mode}", rows)
     ms = _ms(times)
     return {
         "success": ok / max(total, 1),
@@ -262,8 +285,7 @@ def bop_sequence(args: argparse.Namespace, mode: str) -> dict[str, Any]:
                 if args.per_frame is not None:
                     rows.append(_diagnostics(im_id, o, r, gt, err))
     if args.per_frame is not None:
-        out = args.per_frame.with_name(f"{args.per_frame.stem}_{mode}{args.per_frame.suffix}")
-        out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        _write_rows(args.per_frame, mode, rows)
     return {
         "scene": scene,
         "frames": len(frames),
@@ -312,6 +334,12 @@ def main() -> None:
     )
     p.add_argument("--estimator", default="picopose", help="with --gt-detections: the recovery's estimator")
     p.add_argument("--still", type=int, default=0, help="LM-O-like synthetic still-scene sequences (see still_scenes)")
+    p.add_argument(
+        "--still-meshes",
+        type=Path,
+        default=None,
+        help="still scenes: a BOP dataset whose meshes (not its images or poses) are the objects",
+    )
     p.add_argument("--relocate", type=float, default=0.0, help="still scenes: probability an object is moved per frame")
     p.add_argument("--distractors", type=int, default=0, help="still scenes: unannotated objects among the objects")
     p.add_argument("--threads", type=int, default=None)
@@ -319,8 +347,8 @@ def main() -> None:
         "--per-frame",
         type=Path,
         default=None,
-        help="BOP sequences: write one JSON line per object and frame (errors of the prediction, the refined and "
-        "the tracked pose) to this path, the mode's name added to its stem",
+        help="BOP and still sequences: write one JSON line per object and frame (errors of the prediction, the refined "
+        "and the tracked pose) to this path, the mode's name added to its stem",
     )
     args = p.parse_args()
     if args.threads:

@@ -357,6 +357,72 @@ def test_a_re_estimate_replaces_the_track_only_where_it_explains_the_detection_b
     assert r.status == "tracking" and _add_over_d(obj, r.pose, truth) < 0.1
 
 
+class _TwoHypothesesEstimator(_WrongEstimator):
+    """A stand-in estimator with two hypotheses per detection, scored alike: the truth turned by 90° first, then the
+    truth turned by 3°."""
+
+    def estimate(self, obs, objects, detections, *, hypotheses=1):  # type: ignore[no-untyped-def]
+        from meshpose.types import EstimateResult, PoseEstimate
+
+        self.calls += 1
+        d = objects[0].diameter
+        poses = [scenes.perturb(self.truth, deg, 0.0, d, seed=3) for deg in (90.0, 3.0)]
+        return [EstimateResult(x.obj_id, [PoseEstimate(x.obj_id, p, 0.9, 0.0) for p in poses]) for x in detections]
+
+
+def test_a_recovery_from_detections_takes_the_hypothesis_that_fits_the_mask() -> None:
+    """A lost track recovering from a detection with a mask: of two refined hypotheses that pass the score test
+    alike, the one whose silhouette fits the mask is taken (fitted to it); ranked by score alone, the first (turned
+    by 90°) would be."""
+    from meshpose.track.recovery import rank_by_mask
+
+    obj = scenes.objects()[0]
+    cam = scenes.make_camera(320, 240)
+    truth = scenes.look_at_pose(0.45, np.random.default_rng(1), (10.0, -5.0), cam)
+    obs, dets = _masked_frame(obj, truth, cam, seed=5)
+    out = {}
+    for rank in ("score", "mask"):
+        tracker = Tracker(
+            _HoldRefiner(),  # type: ignore[arg-type]
+            estimator=_TwoHypothesesEstimator(truth),  # type: ignore[arg-type]
+            config=TrackerConfig(recover_rank=rank, reestimate_min_visible=0.0),  # type: ignore[arg-type]
+        )
+        tracker.add(obj, truth, frame=0, lost=True)
+        (out[rank],) = tracker.step(obs, dets, frame=1)
+    assert out["score"].status == out["mask"].status == "recovered"
+    assert _add_over_d(obj, out["score"].pose, truth) > 0.3
+    assert _add_over_d(obj, out["mask"].pose, truth) < 0.05 and out["mask"].info["mask_iou"] > 0.95
+    # a candidate no detection of its object outlines is ranked last, unfitted
+    away = Pose(truth.R, truth.t + torch.tensor([0.3, 0.0, 0.0], dtype=truth.t.dtype))
+    ranked = rank_by_mask(obs, obj, [away.reshape(), truth.reshape()], dets)
+    assert [r.index for r in ranked] == [1, 0] and ranked[1].iou == -1.0 and ranked[0].iou > 0.95
+
+
+def test_a_track_whose_mask_fit_falls_below_its_running_fit_is_re_estimated() -> None:
+    """The object turns in the scene while the stand-in refiner holds the old pose: the old pose's fitted IoU' is
+    still above ``detection_mask_iou`` but well below the track's running fit (``detection_mask_drop``), so the
+    object is re-estimated and the estimate that fits the mask better replaces it; with the test off the track
+    keeps the old pose."""
+    obj = scenes.objects()[0]
+    cam = scenes.make_camera(320, 240)
+    before = scenes.look_at_pose(0.45, np.random.default_rng(1), (10.0, -5.0), cam)
+    after = scenes.perturb(before, 90.0, 0.0, obj.diameter, seed=4)
+    frames = [_masked_frame(obj, p, cam, seed=5) for p in (before, after)]
+    out = {}
+    for drop in (0.0, 0.05):
+        est = _TwoHypothesesEstimator(after)
+        cfg = TrackerConfig(detection_mask_drop=drop, reestimate_min_visible=0.0)
+        tracker = Tracker(_HoldRefiner(), estimator=est, config=cfg)  # type: ignore[arg-type]
+        tracker.start([obj], before.reshape(1), frame=0)
+        first = tracker.step(*frames[0], frame=1)[0]
+        second = tracker.step(*frames[1], frame=2)[0]
+        out[drop] = (first, second, est.calls)
+    (first, held, calls_off), (_, redone, calls_on) = out[0.0], out[0.05]
+    assert first.info["mask_iou"] > 0.95 and 0.5 < held.info["mask_iou"] < 0.9  # (the case: a fit that stays > 0.5)
+    assert calls_off == 0 and _add_over_d(obj, held.pose, after) > 0.2
+    assert calls_on == 1 and redone.info.get("redetected") and _add_over_d(obj, redone.pose, after) < 0.05
+
+
 def test_the_coverage_test_does_not_re_estimate_an_object_hidden_by_undetected_clutter() -> None:
     """An object partly hidden by something no detection outlines: its IoU' with its mask is under 1 at the truth
     (a strict IoU' test re-estimates it), while its silhouette still holds the whole mask (the coverage test does

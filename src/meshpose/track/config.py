@@ -40,6 +40,16 @@ class TrackerConfig:
         recover_budget_s: stop trying a lost track's hypotheses in a frame once its recovery has taken this many
             seconds (``None``: try them all); the hypotheses go nearest first, so a budget trades the far ones
             for a bounded frame time. The time depends on the machine's load, so results do too.
+        recover_rank: how a recovery from detections chooses among its refined hypotheses whose score passes:
+            ``"mask"`` — each is fitted to its detection's mask (:func:`~meshpose.track.recovery.rank_by_mask`) and
+            the best fit is taken, fitted; also a re-estimate then replaces a tracked pose only when it fits the
+            mask better than the tracked pose's fit; ``"score"`` — the refiner's highest score (and the estimator's
+            score against the detection decides a re-estimate). Without masks both are ``"score"``. Chosen on the
+            generated moved-object scenes (``bench_track.py --still 3 --objects 5 --frames 15 --relocate 0.1
+            --gt-detections``; sets A / B of generated objects, and L: the LM-O *meshes* with 3 unannotated objects
+            among them, ``--still-meshes ../shared/data/lmo --distractors 3``), success ``"score"`` → ``"mask"``:
+            default mode 0.858 → 0.880 / 0.787 → 0.804 / 0.853 → 0.867, ``--fast`` (run in pairs) 0.849 → 0.853 /
+            0.751 → 0.764 / 0.836 → 0.836.
         recover_max_tries: refine at most this many of a lost track's hypotheses in a frame, nearest first
             (``None``: no cap) — the load-independent bound of ``--fast``.
         estimate_hypotheses: hypotheses asked of the estimator per detection when recovering from detections.
@@ -58,6 +68,9 @@ class TrackerConfig:
             0.5 (the default) 0.853 / 0.787, coverage < 0.5 instead 0.836 / 0.787; with 3 unannotated objects among
             them (``--distractors 3``) 0.756 / 0.684 against 0.773 / 0.702 — a wash overall, so not the default; an
             option for cluttered scenes (``{"detection_mask_iou": 0, "detection_mask_cover": 0.5}``).
+        detection_mask_drop: with ``detection_fit``, a tracked object whose fitted IoU' falls more than this below
+            its running mean over the track's kept frames (rate ``reference_rate``) is re-estimated too — a track
+            that turned onto a pose whose outline nearly matches (0: off).
         reestimate_min_visible: a detection whose mask holds less than this share of the object's whole
             silhouette (at the tracked pose, :func:`~meshpose.coarse.mask_fit.silhouette_area`) shows too little of
             it to re-estimate it from: the track goes on from its (fitted) pose, and a lost track searches around
@@ -122,11 +135,13 @@ class TrackerConfig:
     recover_every: int = 1
     recover_budget_s: float | None = None
     recover_max_tries: int | None = None
+    recover_rank: Literal["score", "mask"] = "mask"
     estimate_hypotheses: int = 3
     detection_iou: float = 0.3
     detection_fit: bool = True
     detection_mask_iou: float = 0.5
     detection_mask_cover: float = 0.0
+    detection_mask_drop: float = 0.0
     reestimate_min_visible: float = 0.15
     margin_frac: float = 0.25
     min_depth_m: float = 0.02
@@ -156,6 +171,8 @@ class TrackerConfig:
             raise ValueError(
                 "TrackerConfig: need 0 < scale_range_m[0] < scale_range_m[1], scale_ratio > 1, scale_objects ≥ 0"
             )
+        if self.recover_rank not in ("score", "mask"):
+            raise ValueError(f"TrackerConfig.recover_rank must be 'score' or 'mask', got {self.recover_rank!r}")
         if self.prediction not in ("velocity", "matches"):
             raise ValueError(f"TrackerConfig.prediction must be 'velocity' or 'matches', got {self.prediction!r}")
         if not (self.scene_gate[0] > 0 and self.scene_gate[1] > 0):
@@ -164,6 +181,8 @@ class TrackerConfig:
             raise ValueError(f"TrackerConfig.detection_iou must be in [0, 1], got {self.detection_iou}")
         if not 0 <= self.detection_mask_iou <= 1:
             raise ValueError(f"TrackerConfig.detection_mask_iou must be in [0, 1], got {self.detection_mask_iou}")
+        if not 0 <= self.detection_mask_drop <= 1:
+            raise ValueError(f"TrackerConfig.detection_mask_drop must be in [0, 1], got {self.detection_mask_drop}")
         if not 0 <= self.reestimate_min_visible <= 1:
             raise ValueError(
                 f"TrackerConfig.reestimate_min_visible must be in [0, 1], got {self.reestimate_min_visible}"

@@ -10,7 +10,9 @@ score under :attr:`TrackerConfig.score_threshold`, a refiner failure, or an obje
 each frame it tries to come back:
 
 * with detections of its object in the frame and an estimator: coarse poses from each detection, each refined
-  alone, the best by the refiner's score;
+  alone; of those whose score passes, the one whose silhouette fits its detection's mask best
+  (:func:`~meshpose.track.recovery.rank_by_mask`, :attr:`TrackerConfig.recover_rank`), fitted to it — or, without
+  masks, the best by the refiner's score;
 * otherwise: a wider search around the last good pose (that pose and :attr:`TrackerConfig.search_hypotheses`
   perturbed copies of it, each refined alone, the best by score).
 
@@ -20,7 +22,8 @@ threshold); the track is then *recovered* and tracks on from there with its velo
 With detections (and an estimator) every frame checks the tracks against them: a tracked pose is fitted to its
 detection's mask (:attr:`TrackerConfig.detection_fit`), and a track that drifted off its detection, whose object was
 moved, or whose fitted silhouette disagrees with the mask is re-estimated at once; the re-estimate replaces the
-tracked pose only where the estimator's score prefers it (:meth:`Tracker._check_detections`).
+tracked pose only where it fits the mask better (without masks: where the estimator's score prefers it;
+:meth:`Tracker._check_detections`).
 
 What the tracker owns is state across frames only. No GPU or GL state: the refiners own their renderers.
 """
@@ -40,14 +43,15 @@ import numpy as np
 import torch
 
 from meshpose.coarse.base import Estimator
-from meshpose.coarse.mask_fit import fit_to_mask, occluder_masks, silhouette_area
+from meshpose.coarse.mask_fit import fit_to_mask, occluder_masks
 from meshpose.coarse.score import box_iou, score_hypotheses
 from meshpose.geometry.crop import object_box
-from meshpose.geometry.lie import interpolate_pose, perturb_pose, rotation_angle
+from meshpose.geometry.lie import interpolate_pose, rotation_angle
 from meshpose.refine.base import Refiner
 from meshpose.track.config import TrackerConfig
 from meshpose.track.matches import MatchPredictor, PredictionSource
 from meshpose.track.motion import ConstantVelocity
+from meshpose.track.recovery import rank_by_mask, search_hypotheses, too_hidden
 from meshpose.track.result import (
     BAD_FRAME,
     LOST,
@@ -77,11 +81,17 @@ class _Track:
     lost: bool = False
     lost_frames: int = 0
     reference: float | None = None
+    fit_reference: float | None = None  # running mean of the fitted IoU' of its kept frames
 
     def threshold(self, cfg: TrackerConfig) -> float:
         """The score under which a frame of this track is bad."""
         rel = 0.0 if self.reference is None else cfg.relative_threshold * self.reference
         return max(cfg.score_threshold, rel)
+
+    def note_fit(self, iou: float | None, rate: float) -> None:
+        """Fold this frame's fitted IoU' of the track's pose into its running mean (``None``: no fit)."""
+        if iou is not None:
+            self.fit_reference = iou if self.fit_reference is None else (1 - rate) * self.fit_reference + rate * iou
 
     def hold(self, pose: Pose) -> None:
         """This frame's pose of the track becomes ``pose`` (a correction of the refined one: the scene fusion, the
@@ -259,6 +269,7 @@ class Tracker:
             t0 = time.perf_counter()
             guess = from_matches[tr.track_id][0] if tr.track_id in from_matches else None
             res = self._recover(obs, tr, t, detections, guess)
+            tr.note_fit(res.info.get("mask_iou") if res.status == "recovered" else None, self.config.reference_rate)
             results[tr.track_id] = dataclasses.replace(res, time_s=time.perf_counter() - t0)
         if self._matcher is not None:  # this frame anchors its good tracks; the match stage's cost is shared
             # Scene-rigid: a frame the matches predicted nothing in (not the first frame) anchors nothing — its poses
@@ -356,9 +367,10 @@ class Tracker:
         tracked pose came from the previous frame. A track that went badly in this frame, whose projected box
         overlaps no detection of its object by ``detection_iou`` (it drifted off, or the object was moved), or whose
         fitted silhouette overlaps the mask by less than ``detection_mask_iou`` (or holds less than
-        ``detection_mask_cover`` of it) is re-estimated from the detections at once rather than after ``lost_after``
-        frames; a re-estimate replaces a tracked pose only where the
-        estimator's own score (:func:`~meshpose.coarse.score.score_hypotheses`, against the detection) prefers it.
+        ``detection_mask_cover`` of it, or falls ``detection_mask_drop`` below the track's running fitted IoU') is
+        re-estimated from the detections at once rather than after ``lost_after`` frames; a re-estimate replaces a
+        tracked pose only where it fits the mask better (``recover_rank="mask"``) or else where the estimator's own
+        score (:func:`~meshpose.coarse.score.score_hypotheses`, against the detection) prefers it.
         A detection that shows less than ``reestimate_min_visible`` of the object is never re-estimated from.
         """
         cfg = self.config
@@ -386,38 +398,48 @@ class Tracker:
             info = {**r.info, "box_iou": iou} | (
                 {} if mask_iou is None else {"mask_iou": mask_iou, "mask_cover": cover}
             )
-            doubt = mask_iou is not None and (mask_iou < cfg.detection_mask_iou or cover < cfg.detection_mask_cover)
+            doubt = mask_iou is not None and (
+                mask_iou < cfg.detection_mask_iou
+                or cover < cfg.detection_mask_cover
+                or (cfg.detection_mask_drop > 0 and mask_iou < (tr.fit_reference or 0.0) - cfg.detection_mask_drop)
+            )
             keep = r.ok and iou >= cfg.detection_iou and not doubt
             # (asked only of a track about to be re-estimated: too little of it shows to re-estimate it from)
-            hidden = not keep and self._too_hidden(obs, tr.model, det, tracked)
+            hidden = not keep and too_hidden(obs.camera, tr.model, det, tracked, cfg.reestimate_min_visible)
             if keep or hidden:
                 if hidden:
                     info["hidden"] = True
                 if r.ok and mask_iou is not None:
                     tr.hold(tracked)
+                    tr.note_fit(mask_iou, cfg.reference_rate)
                     info["fitted"] = True
                 spent = time.perf_counter() - t0
                 pose = tracked if r.ok else r.pose
                 results[tr.track_id] = dataclasses.replace(r, pose=pose, time_s=r.time_s + spent, info=info)
                 continue
             tr.lost, tr.lost_frames = True, 0
-            res = self._recover(obs, tr, t, [d for d, _ in mine])  # (not from the drifted pose: it scored well there)
+            res = self._recover(obs, tr, t, detections)  # (not from the drifted pose: it scored well there)
+            final_iou = res.info.get("mask_iou") if res.status == "recovered" else None
             if res.status == "recovered" and r.ok and self.estimator is not None:
-                scores = score_hypotheses(obs, tr.model, det, [tracked.reshape(), res.pose.reshape()])
+                if mask_iou is not None and "mask_iou" in res.info:  # both fitted to the mask: the better fit
+                    scores = np.array([mask_iou, float(res.info["mask_iou"])])
+                else:
+                    scores = score_hypotheses(obs, tr.model, det, [tracked.reshape(), res.pose.reshape()])
                 info["redetect_scores"] = (float(scores[0]), float(scores[1]))
                 if scores[0] > scores[1]:  # the tracked pose explains the detection better: keep tracking it
                     tr.lost, tr.bad = False, 0
                     tr.motion.reset(tracked, t)
                     tr.last_good, tr.last_good_time = tracked.reshape().to(torch.float64), t
-                    res = dataclasses.replace(r, pose=tracked)
+                    res, final_iou = dataclasses.replace(r, pose=tracked), mask_iou
             elif res.status != "recovered" and r.ok and iou >= cfg.detection_iou:
                 # only the fitted silhouette was doubtful (e.g. a hidden object) and nothing else explains the
                 # detection: the track goes on from its fitted pose
                 tr.lost, tr.lost_frames = False, 0
                 tr.hold(tracked)
-                res = dataclasses.replace(r, pose=tracked)
+                res, final_iou = dataclasses.replace(r, pose=tracked), mask_iou
             elif res.status != "recovered":
                 res = dataclasses.replace(res, pose=tracked)
+            tr.note_fit(final_iou, cfg.reference_rate)
             info = {**info, **res.info, "redetected": True}
             results[tr.track_id] = dataclasses.replace(res, time_s=r.time_s + time.perf_counter() - t0, info=info)
 
@@ -507,14 +529,14 @@ class Tracker:
             return TrackResult(tr.track_id, obj_id, tr.last_good, 0.0, "lost", LOST, "lost (no recovery this frame)")
         base = tr.last_good if guess is None else guess
         dets = [d for d in (detections or ()) if d.obj_id == obj_id] if self.estimator is not None else []
-        dets = [d for d in dets if not self._too_hidden(obs, tr.model, d, base)]
+        dets = [d for d in dets if not too_hidden(obs.camera, tr.model, d, base, cfg.reestimate_min_visible)]
         source = "detections" if dets else "search"
         if source == "detections":
             hyps = ([] if guess is None else [guess]) + self._detection_hypotheses(obs, tr, dets)
         else:
             hyps = self._search_hypotheses(tr, t, tr.last_good if guess is None else guess)
         iters = cfg.search_iterations
-        best: tuple[float, Pose] | None = None
+        found: list[tuple[float, Pose]] = []
         t0 = time.perf_counter()
         tried = 0
         for h in hyps:
@@ -530,11 +552,18 @@ class Tracker:
             except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
                 log.debug("track %d: a recovery hypothesis failed: %s", tr.track_id, exc)
                 continue
-            score = float(np.asarray(res.score)[0])
-            if res.info.failure[0] is None and (best is None or score > best[0]):
-                best = (score, res.pose[0])
-        info = {"recovery": source, "hypotheses": len(hyps), "tried": tried}
+            if res.info.failure[0] is None:
+                found.append((float(np.asarray(res.score)[0]), res.pose[0]))
+        info: dict[str, Any] = {"recovery": source, "hypotheses": len(hyps), "tried": tried}
         need = tr.threshold(cfg) if cfg.recover_threshold is None else cfg.recover_threshold
+        best = max(found, key=lambda f: f[0]) if found else None
+        passed = [f for f in found if f[0] >= need]
+        if source == "detections" and cfg.recover_rank == "mask" and passed:
+            # (the refiner's score qualifies a hypothesis; the fit of its silhouette to the mask chooses)
+            top = rank_by_mask(obs, tr.model, [p for _, p in passed], detections or (), cfg.mask_fit)[0]
+            if top.iou >= 0:
+                best = (passed[top.index][0], top.pose)
+                info["mask_iou"] = top.iou
         if best is not None and best[0] >= need:
             tr.lost, tr.bad = False, 0
             tr.motion.reset(best[1], t)
@@ -547,29 +576,12 @@ class Tracker:
         where = guess if guess is not None and cfg.scene_rigid else tr.last_good  # a still object moves with the camera
         return TrackResult(tr.track_id, obj_id, where, score, "lost", LOST, msg, info=info)
 
-    def _too_hidden(self, obs: Observation, model: ObjectModel, det: Detection, pose: Pose) -> bool:
-        """Whether the detection's mask holds less than ``reestimate_min_visible`` of the object's whole silhouette
-        at ``pose`` (the object mostly hidden: a re-estimate from the part that shows is a guess)."""
-        need = self.config.reestimate_min_visible
-        if need <= 0 or det.mask is None:
-            return False
-        try:
-            full = silhouette_area(obs.camera, model, pose.reshape())
-        except ValueError:  # (a pose reaching the camera plane: no silhouette to compare with)
-            return False
-        return full > 0 and float(det.mask.sum()) < need * full
-
     def _search_hypotheses(self, tr: _Track, t: float, base: Pose) -> list[Pose]:
         """``base`` and ``search_hypotheses`` copies of it turned and shifted by the search radii."""
         cfg = self.config
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + tr.track_id * 7919 + int(t) % 1_000_003)
-        hyps = [base]
-        for k in range(cfg.search_hypotheses):
-            # Alternate the full radius with half of it: a pose found near the last one is the likelier.
-            scale = 1.0 if k % 2 == 0 else 0.5
-            rot = math.radians(cfg.search_rot_deg * scale)
-            hyps.append(perturb_pose(base, rot, cfg.search_trans_frac * scale * tr.model.diameter, gen))
-        return hyps
+        seed = cfg.seed * 1_000_003 + tr.track_id * 7919 + int(t) % 1_000_003
+        trans = cfg.search_trans_frac * tr.model.diameter
+        return search_hypotheses(base, cfg.search_hypotheses, cfg.search_rot_deg, trans, seed)
 
     def _detection_hypotheses(self, obs: Observation, tr: _Track, dets: list[Detection]) -> list[Pose]:
         """The estimator's hypotheses from the detections of the track's object (best first per detection)."""
