@@ -70,7 +70,10 @@ class TrackerConfig:
             option for cluttered scenes (``{"detection_mask_iou": 0, "detection_mask_cover": 0.5}``).
         detection_mask_drop: with ``detection_fit``, a tracked object whose fitted IoU' falls more than this below
             its running mean over the track's kept frames (rate ``reference_rate``) is re-estimated too — a track
-            that turned onto a pose whose outline nearly matches (0: off).
+            that turned onto a pose whose outline nearly matches (0: off). Generated moved-object scenes (as for
+            ``recover_rank``; sets A / B / L), 0 → 0.05: default mode 0.880 → 0.898 / 0.804 → 0.804 / 0.867 →
+            0.876; ``--fast`` (pairs) 0.867 → 0.889 / 0.782 → 0.773 / 0.836 → 0.827 — nothing gained there for the
+            re-estimations it costs, so ``--fast`` turns it off.
         reestimate_min_visible: a detection whose mask holds less than this share of the object's whole
             silhouette (at the tracked pose, :func:`~meshpose.coarse.mask_fit.silhouette_area`) shows too little of
             it to re-estimate it from: the track goes on from its (fitted) pose, and a lost track searches around
@@ -141,7 +144,7 @@ class TrackerConfig:
     detection_fit: bool = True
     detection_mask_iou: float = 0.5
     detection_mask_cover: float = 0.0
-    detection_mask_drop: float = 0.0
+    detection_mask_drop: float = 0.05
     reestimate_min_visible: float = 0.15
     margin_frac: float = 0.25
     min_depth_m: float = 0.02
