@@ -37,7 +37,15 @@ from meshpose.mesh.model import light_model
 from meshpose.render.base import Renderer, only_outputs
 from meshpose.types import Camera, Detection, ObjectModel, Observation, Pose
 
-__all__ = ["MaskFitConfig", "MaskFitResult", "fit_many_to_mask", "fit_to_mask", "occluder_masks", "silhouette_area"]
+__all__ = [
+    "MaskFitConfig",
+    "MaskFitResult",
+    "fit_many_to_mask",
+    "fit_to_mask",
+    "occluder_mask",
+    "occluder_masks",
+    "silhouette_area",
+]
 
 
 @dataclass(frozen=True)
@@ -99,22 +107,23 @@ class MaskFitResult:
     coverage: float = float("nan")
 
 
+def occluder_mask(detections: Sequence[Detection], i: int) -> np.ndarray | None:
+    """The union of the masks of every detection but the ``i``-th (``(H, W)`` bool): where detection ``i``'s object
+    may be hidden; ``None`` when no other detection has a mask."""
+    acc: np.ndarray | None = None
+    for j, d in enumerate(detections):
+        if j == i or d.mask is None:
+            continue
+        if acc is None:
+            acc = np.zeros(d.mask.shape, bool)
+        if d.mask.shape == acc.shape:
+            acc |= d.mask
+    return acc
+
+
 def occluder_masks(detections: Sequence[Detection]) -> list[np.ndarray | None]:
-    """Per detection, the union of the *other* detections' masks (``(H, W)`` bool), or ``None`` when no other
-    detection has a mask."""
-    masks = [d.mask for d in detections]
-    out: list[np.ndarray | None] = []
-    for i in range(len(detections)):
-        acc: np.ndarray | None = None
-        for j, m in enumerate(masks):
-            if j == i or m is None:
-                continue
-            if acc is None:
-                acc = np.zeros(m.shape, bool)
-            if m.shape == acc.shape:
-                acc |= m
-        out.append(acc)
-    return out
+    """:func:`occluder_mask` of every detection."""
+    return [occluder_mask(detections, i) for i in range(len(detections))]
 
 
 def _moved(R: np.ndarray, t: np.ndarray, p: np.ndarray, cam: Camera) -> tuple[np.ndarray, np.ndarray]:

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from meshpose.coarse.mask_fit import MaskFitConfig, fit_many_to_mask, occluder_masks, silhouette_area
+from meshpose.coarse.mask_fit import MaskFitConfig, fit_many_to_mask, occluder_mask, silhouette_area
 from meshpose.coarse.score import box_iou
 from meshpose.geometry.crop import object_box
 from meshpose.geometry.lie import perturb_pose
 from meshpose.types import Camera, Detection, ObjectModel, Observation, Pose
 
-__all__ = ["MaskRanked", "rank_by_mask", "search_hypotheses", "too_hidden"]
+__all__ = ["MaskRanked", "detection_overlaps", "rank_by_mask", "search_hypotheses", "too_hidden"]
 
 
 def search_hypotheses(base: Pose, count: int, rot_deg: float, trans_m: float, seed: int) -> list[Pose]:
@@ -62,6 +62,16 @@ class MaskRanked:
     pose: Pose
 
 
+def detection_overlaps(camera: Camera, model: ObjectModel, pose: Pose, detections: Sequence[Detection]) -> list[float]:
+    """IoU of the box of ``model`` projected at ``pose`` (from a sample of ≤ ~256 of its points) with each
+    detection's box; all 0 for a pose that reaches the camera plane (or is not finite): no box to compare."""
+    try:
+        box = object_box(camera, pose.reshape(), model.points[:: max(1, len(model.points) // 256)])
+    except ValueError:
+        return [0.0] * len(detections)
+    return [box_iou(box, d.box_xyxy()) for d in detections]
+
+
 def rank_by_mask(
     obs: Observation,
     model: ObjectModel,
@@ -85,22 +95,17 @@ def rank_by_mask(
         no detection of their object to fit to, or that cannot be fitted, come last with ``iou = -1``.
     """
     dets = list(detections)
-    occ = occluder_masks(dets)
     mine = [k for k, d in enumerate(dets) if d.obj_id == model.obj_id and d.mask is not None]
-    points = model.points[:: max(1, len(model.points) // 256)]
     by_det: dict[int, list[int]] = {}
     for c, pose in enumerate(candidates):
-        try:
-            box = object_box(obs.camera, pose.reshape(), points)
-        except ValueError:  # (reaches the camera plane)
-            continue
-        ious = [box_iou(box, dets[k].box_xyxy()) for k in mine]
+        ious = detection_overlaps(obs.camera, model, pose, [dets[k] for k in mine])
         if ious and max(ious) > 0:
             by_det.setdefault(mine[int(np.argmax(ious))], []).append(c)
     ranked = {c: MaskRanked(c, -1.0, candidates[c].reshape()) for c in range(len(candidates))}
     for k, cs in by_det.items():
+        occ = occluder_mask(dets, k)
         try:
-            fits = fit_many_to_mask(obs, model, dets[k], [candidates[c] for c in cs], occluders=occ[k], config=config)
+            fits = fit_many_to_mask(obs, model, dets[k], [candidates[c] for c in cs], occluders=occ, config=config)
         except ValueError:
             continue
         for c, fit in zip(cs, fits, strict=True):

@@ -44,14 +44,13 @@ import torch
 
 from meshpose.coarse.base import Estimator
 from meshpose.coarse.mask_fit import fit_to_mask, occluder_masks
-from meshpose.coarse.score import box_iou, score_hypotheses
-from meshpose.geometry.crop import object_box
+from meshpose.coarse.score import score_hypotheses
 from meshpose.geometry.lie import interpolate_pose, rotation_angle
 from meshpose.refine.base import Refiner
 from meshpose.track.config import TrackerConfig
 from meshpose.track.matches import MatchPredictor, PredictionSource
 from meshpose.track.motion import ConstantVelocity
-from meshpose.track.recovery import rank_by_mask, search_hypotheses, too_hidden
+from meshpose.track.recovery import detection_overlaps, rank_by_mask, search_hypotheses, too_hidden
 from meshpose.track.result import (
     BAD_FRAME,
     LOST,
@@ -81,7 +80,7 @@ class _Track:
     lost: bool = False
     lost_frames: int = 0
     reference: float | None = None
-    fit_reference: float | None = None  # running mean of the fitted IoU' of its kept frames
+    fit_reference: float | None = None  # running mean of the fitted IoU' of the poses it ended its frames on
 
     def threshold(self, cfg: TrackerConfig) -> float:
         """The score under which a frame of this track is bad."""
@@ -380,11 +379,7 @@ class Tracker:
             mine = [(d, occ) for d, occ in zip(detections, occluders, strict=True) if d.obj_id == tr.model.obj_id]
             if r is None or not mine or r.status == "lost":
                 continue
-            try:
-                box = object_box(obs.camera, r.pose.reshape(), tr.model.points[:: max(1, len(tr.model.points) // 256)])
-                ious = [box_iou(box, d.box_xyxy()) for d, _ in mine]
-            except ValueError:  # reaches the camera plane (or NaN): no box to compare
-                ious = [0.0] * len(mine)
+            ious = detection_overlaps(obs.camera, tr.model, r.pose, [d for d, _ in mine])
             k = int(np.argmax(ious))
             iou, (det, occ) = ious[k], mine[k]
             t0 = time.perf_counter()
@@ -413,9 +408,8 @@ class Tracker:
                     tr.hold(tracked)
                     tr.note_fit(mask_iou, cfg.reference_rate)
                     info["fitted"] = True
-                spent = time.perf_counter() - t0
-                pose = tracked if r.ok else r.pose
-                results[tr.track_id] = dataclasses.replace(r, pose=pose, time_s=r.time_s + spent, info=info)
+                spent = time.perf_counter() - t0  # (tracked is r.pose unless the frame went well and was fitted)
+                results[tr.track_id] = dataclasses.replace(r, pose=tracked, time_s=r.time_s + spent, info=info)
                 continue
             tr.lost, tr.lost_frames = True, 0
             res = self._recover(obs, tr, t, detections)  # (not from the drifted pose: it scored well there)
@@ -534,7 +528,7 @@ class Tracker:
         if source == "detections":
             hyps = ([] if guess is None else [guess]) + self._detection_hypotheses(obs, tr, dets)
         else:
-            hyps = self._search_hypotheses(tr, t, tr.last_good if guess is None else guess)
+            hyps = self._search_hypotheses(tr, t, base)
         iters = cfg.search_iterations
         found: list[tuple[float, Pose]] = []
         t0 = time.perf_counter()
