@@ -23,17 +23,13 @@ that is what moves a silhouette). Which object's motion a pixel follows:
 The chain rule through the blur is ``∂L/∂F = G * (ρ'(‖r‖) r / ‖r‖)``, so ``∂L/∂δ_k = −Σ_x (∂L/∂F(x))ᵀ ∇F(x) J_u(x)``
 over the pixels that follow object ``k``.
 
-Speed (:func:`crop_losses`, the path of the refiner): the descriptors of every crop of one render are sampled in
-one sparse trilinear gather (:class:`~meshpose.refine.abstract.field.FieldSet`), the observation's terms are
-computed once per level (:class:`CropTarget`), the owners come from shifted slices, the image gradients are taken
-at the owner pixels only (:func:`_image_gradient`) and the pixel motions are pulled back to the poses one run of
-pixels per object, without forming Jacobians (:func:`_pull_back`); an evaluation that takes no step skips the
-gradients (``want=set()``). Plain numpy/scipy/OpenCV: no torch parallel region, so the numbers do not depend on
-the thread count, and they equal the per-object computation written out plainly (the tests keep one) up to
-float32 rounding. First 5 LM-O images (8 objects each), one thread, 2 shared cores (``OMP_NUM_THREADS=1 python
-benchmarks/bench_abstract_speed.py --dataset ../shared/data/lmo --images 5 --threads 1``), alternating with the
-previous code on a quiet machine: 3.14 → 2.93 s per image (LightDR 1.84 → 1.68 s, render ≈ 1.0 s), the same poses
-(under the load of another job the gain looked twice as large: 3.06 → 2.61 s).
+Speed (:func:`crop_losses`, the refiner's path): every crop of a render is sampled in one sparse trilinear gather
+(:class:`~meshpose.refine.abstract.field.FieldSet`), the observation's terms are computed once per level and window
+(:class:`CropTarget`), the owners come from shifted slices of the objects' bounding box, the image gradients are
+taken at the owner pixels only (:func:`_image_gradient`), grouped by object and pulled back to the poses one run per
+object without forming Jacobians (:func:`_pull_back`); an evaluation that takes no step skips the gradients
+(``want=set()``). Plain numpy/scipy/OpenCV (no torch parallel region); the numbers equal the per-object computation
+written out plainly (the tests keep one) up to float32 rounding. Timings: ``docs/abstract.md``.
 """
 
 from __future__ import annotations
@@ -97,15 +93,17 @@ def _owners(label: np.ndarray, z: np.ndarray, occlusion_aware: bool) -> tuple[np
     h, w = label.shape
     owner = label.astype(np.int32)
     best = z.copy()
-    index = np.arange(h * w, dtype=np.int64).reshape(h, w)
+    on = label > 0
+    index = np.arange(h * w, dtype=np.int32 if h * w < 2**31 else np.int64).reshape(h, w)
     src = index.copy()
     for tgt, nb in _SHIFTS:
-        nl, nz, own = label[nb], z[nb], label[tgt]
-        cand = (nl > 0) & (nl != own) & (nz < best[tgt])
+        cand = np.not_equal(label[nb], label[tgt])
+        cand &= on[nb]
+        cand &= np.less(z[nb], best[tgt])
         if not occlusion_aware:
-            cand &= own == 0
-        np.copyto(owner[tgt], nl, where=cand, casting="unsafe")
-        np.copyto(best[tgt], nz, where=cand)
+            cand &= label[tgt] == 0
+        np.copyto(owner[tgt], label[nb], where=cand, casting="unsafe")
+        np.copyto(best[tgt], z[nb], where=cand)
         np.copyto(src[tgt], index[nb], where=cand)
     return owner, src
 
@@ -131,6 +129,7 @@ def pixel_owners(
     lab = np.asarray(instance)
     z = np.where(lab > 0, np.asarray(depth, dtype=np.float64), np.inf)
     owner, src = _owners(lab, z, occlusion_aware)
+    src = src.astype(np.int64)
     w = lab.shape[1]
     return owner, src // w, src % w
 
@@ -173,6 +172,19 @@ class CropTarget:
         self.obs_norm = np.linalg.norm(self.observed, axis=-1) * self.valid  # ‖O‖ where valid: ‖r‖ for F = 0
         self.obs_rho = _rho(self.obs_norm, self.huber)
         self.obs_rho_sum = self.obs_rho.sum()
+        self._window_key: tuple[int, int, int, int] | None = None
+        self._window_terms: tuple[np.ndarray, bool, float] = (self.neg_observed, True, 0.0)
+
+    def window_terms(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, bool, float]:
+        """In the window ``r0:r1, c0:c1``: ``−O`` (contiguous, not to be changed), whether every pixel is valid,
+        ``Σ ρ(‖O‖)`` outside it. Kept for the last window asked (a crop's rarely changes between evaluations)."""
+        key = (r0, r1, c0, c1)
+        if key != self._window_key:
+            neg = np.ascontiguousarray(self.neg_observed[r0:r1, c0:c1])
+            outside = float(self.obs_rho_sum - self.obs_rho[r0:r1, c0:c1].sum())
+            self._window_key = key
+            self._window_terms = (neg, bool(self.valid[r0:r1, c0:c1].all()), outside)
+        return self._window_terms
 
 
 class CropLoss:
@@ -236,6 +248,7 @@ def _pull_back(
     t: np.ndarray,
     centers: np.ndarray,
     K: np.ndarray,
+    c_cam: np.ndarray | None = None,
 ) -> np.ndarray:
     """Image-space gradients pulled back to every object's centred pose increment: per object ``j``,
     ``Σ_m (a_u, a_v)_m · J_u(P_m)`` over its pixels, with ``J_u`` of
@@ -251,6 +264,7 @@ def _pull_back(
         t: ``(N, 3)`` translations, metres.
         centers: ``(N, 3)`` object-frame centres of the increments, metres.
         K: ``(3, 3)`` the camera's intrinsics.
+        c_cam: ``(N, 3)`` the centres in the camera frame, ``R_j c_j + t_j`` (computed here if not given).
 
     Returns:
         ``(N, 6)`` float64 (0 for objects without pixels).
@@ -280,19 +294,24 @@ def _pull_back(
     v = av.astype(np.float64) * iz  # a_v / z
     w = np.empty((6, m))  # per pixel: w = aᵀ ∂u/∂P (rows 0-2), P × w (rows 3-5)
     np.multiply(u, fx, out=w[0])
-    np.add(u * s, v * fy, out=w[1])
-    np.multiply(u * (fx * x + s * y) + v * (fy * y), -iz, out=w[2])
+    skew = s != 0.0  # without skew (the crops' cameras) the same numbers, less the zero terms
+    w[1] = u * s + v * fy if skew else v * fy
+    np.multiply(u * (fx * x + s * y if skew else fx * x) + v * (fy * y), -iz, out=w[2])
     np.subtract(y * w[2], P[2] * w[1], out=w[3])
     np.subtract(P[2] * w[0], x * w[2], out=w[4])
     np.subtract(x * w[1], y * w[0], out=w[5])
     sums = np.add.reduceat(w, bounds[present], axis=1).T  # (objects present, 6)
-    c_cam = np.einsum("nij,nj->ni", R[present], centers[present]) + t[present]  # the increments' centres
+    c = (np.einsum("nij,nj->ni", R, centers) + t if c_cam is None else c_cam)[present]  # the increments' centres
+    (cx, cy, cz), (sx, sy, sz) = c.T, sums[:, :3].T
     out[present, :3] = sums[:, :3]
-    out[present, 3:] = sums[:, 3:] - np.cross(c_cam, sums[:, :3])  # Σ (P − c) × w = Σ P × w − c × Σ w
+    # Σ (P − c) × w = Σ P × w − c × Σ w (the cross product written out: np.cross's own operations, less overhead)
+    out[present, 3:] = sums[:, 3:] - np.stack([cy * sz - cz * sy, cz * sx - cx * sz, cx * sy - cy * sx], 1)
     return out
 
 
-def _image_gradient(F: np.ndarray, adj: np.ndarray, pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _image_gradient(
+    F: np.ndarray, adj: np.ndarray, pix: np.ndarray, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """``adj · ∂F/∂u`` and ``adj · ∂F/∂v`` at some pixels: the central differences of :func:`_central_difference`
     (one-sided at the image's edges) taken at those pixels only.
 
@@ -300,21 +319,25 @@ def _image_gradient(F: np.ndarray, adj: np.ndarray, pix: np.ndarray) -> tuple[np
         F: ``(H, W, D)`` float32 image.
         adj: ``(H, W, D)`` float32 image (``∂L/∂F``).
         pix: ``(M,)`` row-major flat indices of the pixels.
+        scale: ``adj`` is taken times this (float32, at the pixels only).
 
     Returns:
         ``(a_u, a_v)``: ``(M,)`` float32 each, the numbers of
-        ``einsum("hwd,hwd->hw", adj, _central_difference(F, axis)).reshape(-1)[pix]``.
+        ``einsum("hwd,hwd->hw", scale * adj, _central_difference(F, axis)).reshape(-1)[pix]``.
     """
     h, w, d = F.shape
     flat = F.reshape(-1, d)
     a = np.take(adj.reshape(-1, d), pix, axis=0)
+    if scale != 1.0:
+        np.multiply(a, np.float32(scale), out=a)
     out = []
-    for pos, size, step in ((pix % w, w, 1), (pix // w, h, w)):
-        inner_lo, inner_hi = pos > 0, pos < size - 1
-        diff = np.take(flat, pix + step * inner_hi, axis=0)  # F[x + 1] − F[x − 1], clipped to the image
-        diff -= np.take(flat, pix - step * inner_lo, axis=0)
+    row, col = np.divmod(pix, w)
+    for pos, size, step in ((col, w, 1), (row, h, w)):
+        inner = bool(len(pos)) and pos.min() > 0 and pos.max() < size - 1  # no pixel on the image's edges
+        diff = np.take(flat, pix + step * (True if inner else pos < size - 1), axis=0)  # F[x + 1] − F[x − 1],
+        diff -= np.take(flat, pix - step * (True if inner else pos > 0), axis=0)  # clipped to the image
         diff *= np.float32(0.5)
-        edge = np.flatnonzero(~(inner_lo & inner_hi))
+        edge = np.zeros(0, np.intp) if inner else np.flatnonzero((pos == 0) | (pos == size - 1))
         if len(edge):
             diff[edge] *= np.float32(2.0)  # one-sided at the edges (halving and doubling are exact)
         out.append(np.einsum("md,md->m", a, diff))
@@ -339,7 +362,8 @@ def _central_difference(img: np.ndarray, axis: int) -> np.ndarray:
 
 @dataclass
 class _Window:
-    """One crop's processed window and the object pixels in it."""
+    """One crop's processed window, the object pixels in it and the objects' bounding box grown by a pixel
+    (``box``: outside it no pixel follows an object)."""
 
     r0: int
     r1: int
@@ -347,6 +371,7 @@ class _Window:
     c1: int
     obj: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # window-flat indices
     full: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # crop-flat indices
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # rows a0:a1, columns b0:b1 of the window
 
 
 def _window(instance: np.ndarray, target: CropTarget) -> _Window | None:
@@ -358,12 +383,14 @@ def _window(instance: np.ndarray, target: CropTarget) -> _Window | None:
     cols = np.flatnonzero(on.any(0))
     h, w = instance.shape
     m = math.ceil(3.0 * max(target.render_sigma, target.sigma)) + 3
-    r0, r1 = max(int(rows[0]) - m, 0), min(int(rows[-1]) + m + 1, h)
-    c0, c1 = max(int(cols[0]) - m, 0), min(int(cols[-1]) + m + 1, w)
+    top, bottom, left, right = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    r0, r1 = max(top - m, 0), min(bottom + m + 1, h)
+    c0, c1 = max(left - m, 0), min(right + m + 1, w)
     obj = np.flatnonzero(on[r0:r1, c0:c1])
     ww = c1 - c0
     full = (obj // ww + r0) * w + (obj % ww + c0)
-    return _Window(r0, r1, c0, c1, obj, full)
+    box = (max(top - 1, r0) - r0, min(bottom + 2, r1) - r0, max(left - 1, c0) - c0, min(right + 2, c1) - c0)
+    return _Window(r0, r1, c0, c1, obj, full, box)
 
 
 def crop_losses(
@@ -405,8 +432,8 @@ def crop_losses(
     pts, objs, rows, starts = [], [], [], [0]
     for b, win in enumerate(windows):
         if win is not None:
-            pts.append(xyz[b].reshape(-1, 3)[win.full])
-            objs.append(instance[b].reshape(-1)[win.full].astype(np.int64) - 1)
+            pts.append(np.take(xyz[b].reshape(-1, 3), win.full, axis=0))
+            objs.append(np.take(instance[b].reshape(-1), win.full).astype(np.int64) - 1)
             rows.append(win.obj + starts[-1])
         starts.append(starts[-1] + (0 if win is None else (win.r1 - win.r0) * (win.c1 - win.c0)))
     desc = (
@@ -415,6 +442,7 @@ def crop_losses(
         else np.zeros((0, fields.dim), np.float32)
     )
     out = []
+    c_cam = np.einsum("nij,nj->ni", R, centers) + t  # the increments' centres, camera frame
     for b, win in enumerate(windows):
         tg = targets[b]
         if win is None:
@@ -422,7 +450,9 @@ def crop_losses(
             continue
         F = desc[starts[b] : starts[b + 1]].reshape(win.r1 - win.r0, win.c1 - win.c0, fields.dim)
         out.append(
-            _one_crop(xyz[b], instance[b], depth[b], tg, Ks[b], win, F, R, t, centers, gain, want, occlusion_aware)
+            _one_crop(
+                xyz[b], instance[b], depth[b], tg, Ks[b], win, F, R, t, centers, gain, want, occlusion_aware, c_cam
+            )
         )
     return out
 
@@ -441,53 +471,58 @@ def _one_crop(
     gain: tuple[float, float] | None,
     want: set[int] | None,
     occlusion_aware: bool,
+    c_cam: np.ndarray,
 ) -> CropLoss:
     """The loss and gradients of one crop, given its rendered descriptors ``F`` in the window."""
     r0, r1, c0, c1 = win.r0, win.r1, win.c0, win.c1
     ww = c1 - c0
     w = instance.shape[1]
     rs = tg.render_sigma
-    outside_sum = float(tg.obs_rho_sum - tg.obs_rho[r0:r1, c0:c1].sum())
+    neg_ov, all_valid, outside_sum = tg.window_terms(r0, r1, c0, c1)
     Fb = blur(F, rs)
-    neg_ov = tg.neg_observed[r0:r1, c0:c1]
-    all_valid = bool(tg.valid[r0:r1, c0:c1].all())
     fv = Fb if all_valid else Fb * tg.validf[r0:r1, c0:c1, None]  # G*F on the valid pixels
     g = 1.0
     if gain is not None:  # least squares over the valid pixels (where G*F = 0 they add nothing)
         ff = float(np.dot(fv.reshape(-1), fv.reshape(-1)))
         if ff > 1e-12:
-            fo = -float(np.dot(Fb.reshape(-1), np.ascontiguousarray(neg_ov).reshape(-1)))
-            g = float(np.clip(fo / ff, gain[0], gain[1]))
+            fo = -float(np.dot(Fb.reshape(-1), neg_ov.reshape(-1)))
+            g = min(max(fo / ff, float(gain[0])), float(gain[1]))  # np.clip's numbers, without its overhead
     r = cv2.scaleAdd(fv, g, neg_ov).reshape(fv.shape)  # r = (g G*F − G*O) on the valid pixels, else 0
     dist = np.sqrt(np.einsum("hwd,hwd->hw", r, r))
     rho = _rho(dist, tg.huber)
     loss = float(rho.sum()) + outside_sum
-    if np.isfinite(tg.huber):
-        psi = np.where(dist <= tg.huber, 1.0, tg.huber / np.maximum(dist, 1e-12)).astype(np.float32)
-        np.multiply(r, psi[..., None], out=r)
-    adj = blur(r, rs)  # ∂(n L)/∂F = g G * (ψ r)
-    if g != 1.0:
-        np.multiply(adj, np.float32(g), out=adj)
     if want is not None and not want:  # the loss only
         return CropLoss(loss / tg.n, {}, tg, (r0, r1, c0, c1), Fb, g, dist)
-    # ∂(n L)/∂F · ∇F at the pixels that follow an object (central differences, one-sided at the window's edges)
-    z = np.where(instance[r0:r1, c0:c1] > 0, depth[r0:r1, c0:c1], np.float32(np.inf))
-    owner, src = _owners(instance[r0:r1, c0:c1], z, occlusion_aware)
-    pix = np.flatnonzero(owner)
-    own = owner.reshape(-1)[pix].astype(np.intp) - 1
+    # ∂(n L)/∂F · ∇F at the pixels that follow an object (central differences, one-sided at the window's edges); the
+    # owners are decided in the objects' bounding box grown by a pixel (outside it no pixel has an object neighbour)
+    a0, a1, b0, b1 = r0 + win.box[0], r0 + win.box[1], c0 + win.box[2], c0 + win.box[3]
+    lab = instance[a0:a1, b0:b1]
+    z = np.where(lab > 0, depth[a0:a1, b0:b1], np.float32(np.inf))
+    owner, src = _owners(lab, z, occlusion_aware)
+    sub = np.flatnonzero(owner)
+    own = owner.reshape(-1)[sub] - 1
     if want is not None:
         wanted = np.zeros(len(R), bool)
         wanted[list(want)] = True
         sel = wanted[own]
-        pix, own = pix[sel], own[sel]
+        sub, own = sub[sel], own[sel]
     grads: dict[int, np.ndarray] = {}
-    if len(pix):
-        au, av = _image_gradient(F, adj, pix)
+    if len(sub):
+        if np.any(own[1:] < own[:-1]):  # one run of pixels per object (stable: raster order within a run)
+            order = np.argsort(own.astype(np.int16 if len(R) < 2**15 else np.intp), kind="stable")
+            sub, own = sub[order], own[order]
+        bw = b1 - b0
+        pix = (sub // bw + win.box[0]) * ww + sub % bw + win.box[2]  # window-flat
+        if np.isfinite(tg.huber):
+            psi = np.where(dist <= tg.huber, 1.0, tg.huber / np.maximum(dist, 1e-12)).astype(np.float32)
+            np.multiply(r, psi[..., None], out=r)
+        adj = blur(r, rs)  # ∂(n L)/∂F = g G * (ψ r), the gain applied at the pixels only (the same numbers)
+        au, av = _image_gradient(F, adj, pix, g)
         keep = (np.abs(au) + np.abs(av)) > 0
         j = own[keep]
-        s = src.reshape(-1)[pix[keep]]
-        X = xyz.reshape(-1, 3)[(s // ww + r0) * w + s % ww + c0]
-        G = _pull_back(au[keep], av[keep], X, j, R, t, centers, K)
+        s_row, s_col = np.divmod(np.take(src.reshape(-1), sub[keep]), bw)
+        X = np.take(xyz.reshape(-1, 3), (s_row + a0) * w + (s_col + b0), axis=0)
+        G = _pull_back(au[keep], av[keep], X, j, R, t, centers, K, c_cam)
         grads = {int(k): -G[k] / tg.n for k in np.flatnonzero(np.bincount(j, minlength=len(R)))}
     return CropLoss(loss / tg.n, grads, tg, (r0, r1, c0, c1), Fb, g, dist)
 

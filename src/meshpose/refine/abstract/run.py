@@ -93,6 +93,8 @@ class AbstractRun:
         self.diam = np.array([o.diameter for o in objects])
         self.priors = [PosePrior(self.R0[i], self.t0[i], self.centers[i], o.diameter) for i, o in enumerate(objects)]
         self.loss_log: list[list[float]] = []
+        # the renderer is asked for xyz, depth and instance only (decided once: it inspects the renderer's signature)
+        self._render_kwargs = only_outputs(renderer, ("xyz", "depth", "instance"))
         self._check_initial()
 
     # --- setup --------------------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ class AbstractRun:
                 self.drawn,
                 Pose(torch.as_tensor(Rs), torch.as_tensor(ts)),
                 [crops[i].crop.camera for i in order],
-                **only_outputs(self.renderer, ("xyz", "depth", "instance")),
+                **self._render_kwargs,
             )
         with self.timer("lightdr"):
             shown = [
