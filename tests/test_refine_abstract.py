@@ -250,3 +250,12 @@ def test_missing_weights_is_a_clear_error(tmp_path: Path) -> None:
     r = AbstractRefiner(AbstractConfig(weights=str(tmp_path / "nope.pt")))
     with pytest.raises(RefinerError, match="nope.pt"):
         _ = r.extractor
+    with pytest.raises(RefinerError, match="package:nope"):
+        _ = AbstractRefiner(AbstractConfig(weights="package:nope")).extractor
+
+
+def test_weights_specs_name_the_shipped_network() -> None:
+    """``"package"`` is the shipped network, as for the other learned presets (not a file called ``package``)."""
+    shipped = AbstractRefiner(AbstractConfig()).extractor
+    named = AbstractRefiner(AbstractConfig(weights="package")).extractor
+    assert named.digest == shipped.digest

@@ -38,7 +38,8 @@ class NetExtractor:
     """A :class:`DescriptorExtractor` over a trained :class:`~meshpose.nets.descriptor.DescriptorNet`.
 
     Args:
-        weights: ``model.pt`` of ``meshpose train abstract``; ``None``: the weights shipped with meshpose.
+        weights: a weights spec: a file (``model.pt`` of ``meshpose train abstract``), ``None`` / ``"package"``
+            (the weights shipped with meshpose) or ``"package:NAME"``.
         batch: images per forward pass.
 
     Raises:
@@ -46,16 +47,20 @@ class NetExtractor:
     """
 
     def __init__(self, weights: str | Path | None = None, batch: int = 16) -> None:
-        from meshpose.nets.descriptor import default_descriptor_weights, load_descriptor_net
+        from meshpose.nets.checkpoint import resolve_weights
+        from meshpose.nets.descriptor import METHOD, load_descriptor_net
 
-        path = Path(weights) if weights is not None else default_descriptor_weights()
-        if path is None:
-            raise RefinerError(
-                "abstract: no descriptor network weights are shipped; train them with `meshpose train abstract` "
-                "and pass weights=PATH/model.pt"
-            )
+        try:
+            path = resolve_weights(weights, METHOD)
+        except ValueError as exc:
+            raise RefinerError(f"abstract: {exc}") from exc
         if not path.is_file():
-            raise RefinerError(f"abstract: descriptor weights {path} do not exist")
+            if weights is None:
+                raise RefinerError(
+                    "abstract: no descriptor network weights are shipped; train them with `meshpose train abstract` "
+                    "and pass weights=PATH/model.pt"
+                )
+            raise RefinerError(f"abstract: descriptor weights {weights} ({path}) do not exist")
         try:
             self.net = load_descriptor_net(path)
         except Exception as exc:  # any unreadable file is a clear input error
