@@ -259,3 +259,14 @@ def test_weights_specs_name_the_shipped_network() -> None:
     shipped = AbstractRefiner(AbstractConfig()).extractor
     named = AbstractRefiner(AbstractConfig(weights="package")).extractor
     assert named.digest == shipped.digest
+
+
+def test_foreground_gate() -> None:
+    from meshpose.refine.abstract.run import gate_descriptors
+
+    desc = np.ones((1, 2, 2, 3), np.float32)
+    fg = np.array([[[0.0, 0.25], [0.5, 1.0]]], np.float32)
+    assert np.allclose(gate_descriptors(desc, fg)[..., 0], fg)  # the plain product
+    assert np.allclose(gate_descriptors(desc, fg, 0.5)[..., 0], [[[0.0, 0.5], [1.0, 1.0]]])
+    with pytest.raises(ValueError, match="fg_gate_full"):
+        AbstractConfig(fg_gate_full=0.0)

@@ -13,9 +13,9 @@ __all__ = ["AbstractConfig"]
 class AbstractConfig:
     """Options of the ``abstract`` refiner (abstract render-and-compare).
 
-    The optimiser's defaults (block-wise AdaGrad, ``lr``, ``huber``, no foreground gating) were chosen on held-out
-    generated objects (GL scenes of ``novel:6000-6011`` and photoreal scenes of ``novel:6200-6230``), never on real
-    ground truth.
+    The optimiser's defaults (block-wise AdaGrad, ``lr``, ``huber``) were chosen on held-out generated objects (GL
+    scenes of ``novel:6000-6011`` and photoreal scenes of ``novel:6200-6230``), the foreground gate on those and on
+    photoreal synthetic scenes of LM-O's meshes with distractors (docs/abstract.md), never on real ground truth.
 
     Args:
         weights: the descriptor network (``model.pt`` of ``meshpose train abstract``); ``None``: the shipped one.
@@ -48,6 +48,8 @@ class AbstractConfig:
         lighting: shading of the fusion views (what the network was trained to see in renders).
         fg_gate: multiply the observed descriptors by the network's foreground probability, so that what it calls
             background is compared as the background descriptor 0 whatever descriptor it gave it.
+        fg_gate_full: with ``fg_gate``, the gate is ``min(p / fg_gate_full, 1)`` of the foreground probability
+            ``p``: pixels at or above it keep their descriptors whole (1: the plain product ``p · descriptor``).
         score_tol: a pixel counts as explained (score) when its descriptor difference is under this.
         min_visible_px: fewer visible pixels than this in the crop makes the object a failure.
         max_step_deg: largest rotation of one step, degrees (a safety clamp; AdaGrad steps are ≤ ``lr``).
@@ -76,7 +78,8 @@ class AbstractConfig:
     fusion_voxels: int = 5000
     fusion_fill: float = 0.8
     lighting: Lighting = field(default_factory=Lighting)
-    fg_gate: bool = False
+    fg_gate: bool = True
+    fg_gate_full: float = 0.5
     score_tol: float = 0.5
     min_visible_px: int = 20
     max_step_deg: float = 10.0
@@ -92,6 +95,8 @@ class AbstractConfig:
                 raise ValueError(f"AbstractConfig.{name} needs one value per level ({n}), got {getattr(self, name)}")
         if any(int(s) < 16 or int(s) % 8 for s in self.crop_sizes):
             raise ValueError(f"AbstractConfig.crop_sizes must be multiples of 8 and ≥ 16 px, got {self.crop_sizes}")
+        if not 0.0 < self.fg_gate_full <= 1.0:
+            raise ValueError(f"AbstractConfig.fg_gate_full must be in (0, 1], got {self.fg_gate_full}")
         if any(int(k) < 0 for k in self.iterations):
             raise ValueError(f"AbstractConfig.iterations must be ≥ 0, got {self.iterations}")
         if not self.padding >= 1.0:

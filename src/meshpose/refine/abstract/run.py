@@ -33,7 +33,7 @@ from meshpose.refine.views import CropView, cut_crop
 from meshpose.render.base import Renderer, only_outputs
 from meshpose.types import Failure, FailureCode, ObjectModel, Observation, Pose, RefineResult, se3_exp
 
-__all__ = ["AbstractRun"]
+__all__ = ["AbstractRun", "gate_descriptors"]
 
 
 @dataclass
@@ -44,6 +44,20 @@ class _Crop:
     crop: CropView
     target: CropTarget
     hidden: list[int]
+
+
+def gate_descriptors(desc: np.ndarray, fg: np.ndarray, full: float = 1.0) -> np.ndarray:
+    """Observed descriptors gated by the foreground head: ``desc · min(fg / full, 1)``.
+
+    Args:
+        desc: ``(..., H, W, D)`` descriptors.
+        fg: ``(..., H, W)`` foreground probabilities in [0, 1].
+        full: the probability at and above which a pixel keeps its descriptor whole (``1``: ``desc · fg``).
+
+    Returns:
+        ``(..., H, W, D)`` float32: what the network calls background goes towards the background descriptor 0.
+    """
+    return np.asarray(desc * np.minimum(fg / float(full), 1.0)[..., None], dtype=np.float32)
 
 
 class AbstractRun:
@@ -126,7 +140,7 @@ class AbstractRun:
         with self.timer("descriptors"):
             desc, fg = self.extractor(np.stack([c.rgb for c in crops.values()]))
         if self.cfg.fg_gate:  # the background's descriptor is 0: gate the observation by the foreground head
-            desc = desc * fg[..., None]
+            desc = gate_descriptors(desc, fg, self.cfg.fg_gate_full)
         out: dict[int, _Crop] = {}
         for (i, crop), d in zip(crops.items(), desc, strict=True):
             own_box = self.scene.projected_box(i, self.R, self.t, crop.camera)
