@@ -76,3 +76,39 @@ def test_checkpoint_loads_the_same_network(tmp_path: Path) -> None:
 def test_default_weights_are_the_shipped_file_or_none() -> None:
     path = default_descriptor_weights()
     assert path is None or (path.is_file() and path.parts[-3:] == ("weights", "abstract", "model.pt"))
+
+
+def test_xfeat_variant_reads_the_frozen_pretrained_backbone(tmp_path: Path) -> None:
+    """``xfeat=True``: same outputs, XFeat's features change them, XFeat is frozen and not in the checkpoint."""
+    from meshpose.coarse.picopose.features import load_xfeat
+
+    cfg = DescriptorNetConfig(**(TINY.to_dict() | {"xfeat": True}))
+    torch.manual_seed(0)
+    net = DescriptorNet(cfg)
+    assert set(net.state_dict()) == set(DescriptorNet(TINY).state_dict())  # XFeat is not saved
+    assert net.lat16.weight.shape[1] == 16 + 64 and net.lat[0].weight.shape[1] == 16 + 64
+    x = torch.rand(2, 3, 48, 72)
+    net.train()
+    desc, fg = net(x)
+    assert desc.shape == (2, 8, 48, 72) and fg.shape == (2, 1, 48, 72)
+    desc.square().mean().backward()
+    backbone = net._xfeat[0]
+    assert all(p.grad is None and not p.requires_grad for p in backbone.parameters())
+    assert not backbone.training  # its batch-norm statistics stay the pretrained ones
+    reference = load_xfeat()
+    assert all(
+        torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), reference.state_dict().values(), strict=True)
+    )
+    # the decoder sees XFeat: zeroing its lateral columns changes the output
+    net.eval()
+    with torch.no_grad():
+        before = net(x)[0]
+        net.lat16.weight[:, 16:] = 0
+        net.lat[0].weight[:, 16:] = 0
+        assert not torch.allclose(before, net(x)[0])
+    path = save_checkpoint(
+        tmp_path / "model.pt", Checkpoint(net.state_dict(), cfg.to_dict(), Provenance.now("abstract"))
+    )
+    loaded = load_descriptor_net(path)
+    with torch.no_grad():
+        assert loaded.config.xfeat and torch.allclose(net(x)[0], loaded(x)[0], atol=1e-6)

