@@ -80,7 +80,7 @@ def test_default_weights_are_the_shipped_file_or_none() -> None:
 
 def test_xfeat_variant_reads_the_frozen_pretrained_backbone(tmp_path: Path) -> None:
     """``xfeat=True``: same outputs, XFeat's features change them, XFeat is frozen and not in the checkpoint."""
-    from meshpose.coarse.picopose.features import load_xfeat
+    from meshpose.nets.xfeat import load_xfeat
 
     cfg = DescriptorNetConfig(**(TINY.to_dict() | {"xfeat": True}))
     torch.manual_seed(0)

