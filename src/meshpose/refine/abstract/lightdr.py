@@ -334,8 +334,9 @@ def _image_gradient(
     row, col = np.divmod(pix, w)
     for pos, size, step in ((col, w, 1), (row, h, w)):
         inner = bool(len(pos)) and pos.min() > 0 and pos.max() < size - 1  # no pixel on the image's edges
-        diff = np.take(flat, pix + step * (True if inner else pos < size - 1), axis=0)  # F[x + 1] − F[x − 1],
-        diff -= np.take(flat, pix - step * (True if inner else pos > 0), axis=0)  # clipped to the image
+        up, down = (1, 1) if inner else (pos < size - 1, pos > 0)  # the neighbours' offsets, clipped to the image
+        diff = np.take(flat, pix + step * up, axis=0)  # F[x + 1] − F[x − 1]
+        diff -= np.take(flat, pix - step * down, axis=0)
         diff *= np.float32(0.5)
         edge = np.zeros(0, np.intp) if inner else np.flatnonzero((pos == 0) | (pos == size - 1))
         if len(edge):
