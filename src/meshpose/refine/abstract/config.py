@@ -24,7 +24,8 @@ class AbstractConfig:
         padding: crop box size relative to the box that just fits the object (``≥ 1``).
         render_faces: crops are drawn from render meshes decimated to at most this many faces (0: as they are).
         lr: AdaGrad step size of the first iteration of a level, per coordinate: radians for the rotation,
-            object diameters for the translation of the object's centre.
+            object diameters for the translation of the object's centre; one value for every level, or one per
+            level (:meth:`level_lr`).
         lr_decay: the step size is multiplied by this after every iteration.
         lr_trans: the translation's step size relative to ``lr``.
         adagrad_blocks: accumulate the squared gradient per block (translation, rotation) instead of per coordinate:
@@ -62,7 +63,7 @@ class AbstractConfig:
     iterations: tuple[int, ...] = (25, 25)
     padding: float = 1.4
     render_faces: int = 3000
-    lr: float = 2e-2
+    lr: float | tuple[float, ...] = 2e-2
     lr_decay: float = 0.99
     lr_trans: float = 1.0
     adagrad_blocks: bool = True
@@ -101,10 +102,20 @@ class AbstractConfig:
             raise ValueError(f"AbstractConfig.iterations must be ≥ 0, got {self.iterations}")
         if not self.padding >= 1.0:
             raise ValueError(f"AbstractConfig.padding must be ≥ 1, got {self.padding}")
-        if not (self.lr > 0 and 0 < self.lr_decay <= 1):
-            raise ValueError(f"AbstractConfig: lr must be > 0 and lr_decay in (0, 1], got {self.lr}, {self.lr_decay}")
+        lrs = [self.lr] if isinstance(self.lr, int | float) else list(self.lr)
+        if len(lrs) not in (1, n) or not all(float(x) > 0 for x in lrs) or not 0 < self.lr_decay <= 1:
+            raise ValueError(
+                f"AbstractConfig: lr must be > 0 (one value, or one per level: {n}) and lr_decay in (0, 1], "
+                f"got {self.lr}, {self.lr_decay}"
+            )
         if self.fusion_views < 1 or self.fusion_voxels < 8 or self.fusion_size % 8:
             raise ValueError(
                 "AbstractConfig: fusion_views ≥ 1, fusion_voxels ≥ 8 and fusion_size a multiple of 8 are required, "
                 f"got {self.fusion_views}, {self.fusion_voxels}, {self.fusion_size}"
             )
+
+    def level_lr(self, level: int) -> float:
+        """AdaGrad's first step size at crop level ``level`` (``lr``, or its entry for that level)."""
+        if isinstance(self.lr, int | float):
+            return float(self.lr)
+        return float(self.lr[level] if len(self.lr) > 1 else self.lr[0])

@@ -277,7 +277,7 @@ class AbstractRun:
             if last and li > 0:  # the initial poses compete at the finest level
                 self._record(crops, self._evaluate(crops, level, self.R0, self.t0, False), self.R0, self.t0)
             G = np.zeros((self.n, 6))
-            lr = cfg.lr
+            lr = cfg.level_lr(level)
             for _ in range(count):
                 losses = self._evaluate(crops, level, self.R, self.t)
                 self._record(crops, losses, self.R, self.t)
