@@ -19,6 +19,7 @@ from tests.support import scenes
 from tests.support.real_data import LMO
 from tests.support.scenes import add_error, make_camera, objects, overlapping_pair_case, single_object_cases
 
+from meshpose.geometry.lie import rotation_angle
 from meshpose.mesh import make_object_model
 from meshpose.nets.checkpoint import package_weights_path
 from meshpose.refine.abstract import AbstractConfig, AbstractRefiner
@@ -289,8 +290,7 @@ def test_step_size_per_level(tmp_path: Path) -> None:
     for iterations, expected in (((1, 0), 0.01), ((0, 1), 0.03)):
         cfg = AbstractConfig(lr=(0.01, 0.03), iterations=iterations, cache_dir=str(tmp_path))
         res = AbstractRefiner(cfg, extractor=LabExtractor()).refine(obs, [obj], init.reshape(-1))
-        R0, R1 = (p.numpy()[0][0] for p in res.history[:2])
-        angle = np.arccos(np.clip((np.trace(R1 @ R0.T) - 1.0) / 2.0, -1.0, 1.0))
+        angle = float(rotation_angle(res.history[0].R[0], res.history[1].R[0]))
         assert angle == pytest.approx(expected, rel=1e-3), iterations
 
 
@@ -301,20 +301,11 @@ def test_step_size_per_level(tmp_path: Path) -> None:
 def test_known_object_weights_refine_rendered_scenes_of_their_objects(tmp_path: Path) -> None:
     """``package:lmo`` (descriptors of LM-O's objects) loads and, from 15° / 10 % d, refines rendered LM-O objects:
     most end closer, the median error halves."""
-    from meshpose.synth import resolve_objects
-
     assert package_weights_path("abstract", "lmo").stat().st_size < 50e6
     ref = make_refiner("abstract", weights="package:lmo", cache_dir=str(tmp_path))
-    cam = make_camera(320, 240)
-    objs = resolve_objects(str(LMO), 0)
-    rng = np.random.default_rng(3)
     before, after = [], []
-    for i in range(6):
-        obj = objs[i % len(objs)]
-        gt = scenes.look_at_pose(float(rng.uniform(0.45, 0.65)) * obj.diameter / 0.15, rng, (0.0, 0.0), cam)
-        init = scenes.perturb(gt, 15.0, 0.1, obj.diameter, 300 + i)
-        obs = scenes.render_observation([obj], gt.reshape(1), cam, seed=300 + i)
-        res = ref.refine(Observation(rgb=obs.rgb, camera=obs.camera), [obj], init.reshape(1))
+    for obj, gt, init, obs in scenes.rendered_cases(str(LMO), 6, seed=3):
+        res = ref.refine(obs, [obj], init.reshape(1))
         before.append(add_error(obj, init, gt) / obj.diameter)
         after.append(add_error(obj, res.pose[0], gt) / obj.diameter)
     before_a, after_a = np.array(before), np.array(after)

@@ -12,7 +12,6 @@ from meshpose.nets.deeprm import DeepRMNet, DeepRMOutput, RecurrentState, load_d
 from meshpose.refine.base import RefinerError
 from meshpose.refine.deeprm import DeepRMConfig, DeepRMRefiner, NoWeightsError
 from meshpose.refine.registry import available_methods, make_refiner
-from meshpose.synth import resolve_objects
 from meshpose.types import Observation, Pose
 from support import scenes
 from support.real_data import LMO
@@ -23,17 +22,7 @@ HELD_OUT = "novel:5000-5006"
 
 
 def _cases(n: int, seed: int, rot_deg: float = 15.0, trans_frac: float = 0.1, objects: str = HELD_OUT) -> list[tuple]:
-    cam = scenes.make_camera(320, 240)
-    objs = resolve_objects(objects, 0)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        obj = objs[i % len(objs)]
-        gt = scenes.look_at_pose(float(rng.uniform(0.45, 0.65)) * obj.diameter / 0.15, rng, (0.0, 0.0), cam)
-        init = scenes.perturb(gt, rot_deg, trans_frac, obj.diameter, seed * 100 + i)
-        obs = scenes.render_observation([obj], gt.reshape(1), cam, seed=seed * 100 + i)
-        out.append((obj, gt, init, obs))
-    return out
+    return scenes.rendered_cases(objects, n, seed, rot_deg=rot_deg, trans_frac=trans_frac, with_depth=False)
 
 
 class Recorder(torch.nn.Module):

@@ -133,6 +133,33 @@ def single_object_cases(
     return out
 
 
+def rendered_cases(
+    objects_spec: str,
+    n: int,
+    seed: int,
+    *,
+    rot_deg: float = 15.0,
+    trans_frac: float = 0.1,
+    with_depth: bool = False,
+) -> list[tuple[ObjectModel, Pose, Pose, Observation]]:
+    """``n`` single-object scenes ``(object, gt_pose, init_pose, observation)`` of the objects ``objects_spec``
+    names (``novel:A-B``, a mesh folder or a BOP dataset; cycled), centred in a 320×240 camera at a distance that
+    scales with the object's diameter, the init exactly ``rot_deg`` and ``trans_frac`` diameters off."""
+    from meshpose.synth import resolve_objects
+
+    cam = make_camera(320, 240)
+    objs = resolve_objects(objects_spec, 0)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        obj = objs[i % len(objs)]
+        gt = look_at_pose(float(rng.uniform(0.45, 0.65)) * obj.diameter / 0.15, rng, (0.0, 0.0), cam)
+        init = perturb(gt, rot_deg, trans_frac, obj.diameter, seed * 100 + i)
+        obs = render_observation([obj], gt.reshape(1), cam, seed=seed * 100 + i, with_depth=with_depth)
+        out.append((obj, gt, init, obs))
+    return out
+
+
 def overlapping_pair_case(
     seed: int = 0, *, camera: Camera | None = None, rot_deg: float = 15.0, trans_frac: float = 0.1
 ) -> tuple[tuple[ObjectModel, ObjectModel], Pose, Pose, int]:

@@ -102,8 +102,8 @@ class AbstractConfig:
             raise ValueError(f"AbstractConfig.iterations must be ≥ 0, got {self.iterations}")
         if not self.padding >= 1.0:
             raise ValueError(f"AbstractConfig.padding must be ≥ 1, got {self.padding}")
-        lrs = [self.lr] if isinstance(self.lr, int | float) else list(self.lr)
-        if len(lrs) not in (1, n) or not all(float(x) > 0 for x in lrs) or not 0 < self.lr_decay <= 1:
+        lrs = self._lrs()
+        if len(lrs) not in (1, n) or not all(x > 0 for x in lrs) or not 0 < self.lr_decay <= 1:
             raise ValueError(
                 f"AbstractConfig: lr must be > 0 (one value, or one per level: {n}) and lr_decay in (0, 1], "
                 f"got {self.lr}, {self.lr_decay}"
@@ -114,8 +114,11 @@ class AbstractConfig:
                 f"got {self.fusion_views}, {self.fusion_voxels}, {self.fusion_size}"
             )
 
+    def _lrs(self) -> list[float]:
+        """``lr`` as a list: one value for every level, or one per level."""
+        return [float(self.lr)] if isinstance(self.lr, int | float) else [float(x) for x in self.lr]
+
     def level_lr(self, level: int) -> float:
         """AdaGrad's first step size at crop level ``level`` (``lr``, or its entry for that level)."""
-        if isinstance(self.lr, int | float):
-            return float(self.lr)
-        return float(self.lr[level] if len(self.lr) > 1 else self.lr[0])
+        lrs = self._lrs()
+        return lrs[level] if len(lrs) > 1 else lrs[0]
