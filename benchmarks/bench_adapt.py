@@ -1,11 +1,12 @@
-"""``meshpose adapt genflow`` benchmark: ADD(-S)@0.1d of ``genflow`` before and after self-supervised adaptation.
+"""``meshpose adapt`` benchmark: ADD(-S)@0.1d of a learned refiner (``--method genflow`` or ``abstract``) before and
+after self-supervised adaptation.
 
 Protocol (issue 20): adapt on the images of ``--dataset`` with ``im_id`` in ``--adapt-range`` (unlabeled: ``adapt``
 never reads their poses), then measure on the images in ``--test-range``: every ground-truth pose there is
 perturbed exactly ``--rot-deg`` / ``--trans-frac`` (``meshpose perturb``'s draw over the whole dataset, seed
-``--seed``, then kept for the test images), refined by ``genflow`` with the shipped weights (before) and with the
-adapted ``RUN/model.pt`` (after), and scored by ADD(-S) recall at 0.1·d (``meshpose eval``). RGB by default (LM-O
-here has no depth).
+``--seed``, then kept for the test images), refined by the method with the weights the run starts from (before:
+the config's ``init_weights``, default the shipped ones) and with the adapted ``RUN/model.pt`` (after), and scored
+by ADD(-S) recall at 0.1·d (``meshpose eval``). RGB by default (LM-O here has no depth).
 
 Detections: ``--detections gt`` stands in for a detector — the visible masks and boxes of the adapt images'
 ground truth (:func:`meshpose.coarse.gt_detections.detections_from_gt`), written to ``OUT_DIR/dets_gt.json``
@@ -16,6 +17,8 @@ settings and the figures. Example (the full run; the lead runs it)::
 
     python benchmarks/bench_adapt.py --dataset ../shared/data/lmo --detections gt --steps 300 \\
         --out-dir /work/runs/adapt_lmo --out benchmarks/results/adapt_lmo.json
+    python benchmarks/bench_adapt.py --method abstract --dataset ../shared/data/lmo --detections gt --steps 1000 \\
+        --config '{"init_weights": "package:lmo"}' --out-dir /work/runs/adapt_abs --out abstract_lmo.json
 
 A tiny check that it runs: ``--steps 2 --max-adapt-images 3 --max-test-images 2 --config '{"val_every": 1}'``.
 """
@@ -65,6 +68,7 @@ def _score(ds: BopDataset, path: Path) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", default="genflow", choices=("genflow", "abstract"), help="the refiner to adapt")
     ap.add_argument("--dataset", type=Path, default=Path("../shared/data/lmo"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--detections", default="gt", help="detections JSON with masks, or gt (stand-in, see above)")
@@ -107,7 +111,7 @@ def main() -> None:
     cfg: dict[str, Any] = json.loads(args.config) if args.config else {}
     if args.no_depth:
         cfg["use_depth"] = False
-    adapt_cmd = [*base, "adapt", "genflow", "--images", str(args.dataset), "--detections", str(dets_path),
+    adapt_cmd = [*base, "adapt", args.method, "--images", str(args.dataset), "--detections", str(dets_path),
                  "--out", str(run), "--split", args.split, "--images-range", adapt_range, "--steps", str(args.steps),
                  *threads]  # fmt: skip
     if cfg:
@@ -125,9 +129,10 @@ def main() -> None:
     figures: dict[str, Any] = {"init": _score(ds, inits)}
     commands = {"adapt": shlex.join(adapt_cmd)}
     times = {"adapt_s": t_adapt}
-    for name, weights in (("before", None), ("after", str(run / "model.pt"))):
-        res = out_dir / f"genflow_{name}.csv"
-        cmd = [*base, "refine", str(args.dataset), "--inits", str(inits), "--method", "genflow", "--out", str(res),
+    start = cfg.get("init_weights")
+    for name, weights in (("before", start if start != "package" else None), ("after", str(run / "model.pt"))):
+        res = out_dir / f"{args.method}_{name}.csv"
+        cmd = [*base, "refine", str(args.dataset), "--inits", str(inits), "--method", args.method, "--out", str(res),
                "--split", args.split, *threads]  # fmt: skip
         if weights:
             cmd += ["--config", json.dumps({"weights": weights})]
@@ -140,7 +145,7 @@ def main() -> None:
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     vals = [r for r in log if r.get("event") == "val"]
     summary = {
-        "benchmark": "adapt genflow",
+        "benchmark": f"adapt {args.method}",
         "command": shlex.join(sys.argv),
         "commands": commands,
         "settings": {

@@ -4,17 +4,21 @@ memory, for the test's own measurement only."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from meshpose.coarse.gt_detections import detections_from_gt
+from meshpose.geometry.lie import perturb_pose
 from meshpose.io.bop import BopDataset
 from meshpose.io.detections import write_detections
 from meshpose.synth import SceneConfig, SynthConfig, synthesize
-from meshpose.types import Detection, Pose
+from meshpose.types import Detection, EstimateResult, ObjectModel, Observation, Pose, PoseEstimate
 
 #: per image, in detection order: (the detection's mask, the true pose of its instance)
 Truth = dict[tuple[int, int], list[tuple[np.ndarray, Pose]]]
@@ -78,3 +82,41 @@ def make_unlabeled(
         for name in ("scene_gt.json", "scene_gt_info.json"):
             (scene / name).unlink(missing_ok=True)  # from here on, nothing can read a pose
     return Unlabeled(root, split, path, truth)
+
+
+class NearTruth:
+    """A stand-in coarse estimator: the true pose of the detection (found by its mask) turned by 4° and moved by
+    3 % of the diameter — a good estimate, not the label."""
+
+    name = "near-truth"
+    modality: Literal["rgb", "rgbd"] = "rgb"
+
+    def __init__(self, truth: dict[tuple[int, int], list[tuple[np.ndarray, Pose]]]) -> None:
+        self.truth = truth
+        self.calls = 0
+
+    def estimate(
+        self, obs: Observation, objects: Sequence[ObjectModel], detections: Sequence[Detection], *, hypotheses: int = 1
+    ) -> list[EstimateResult]:
+        self.calls += 1
+        gen = torch.Generator().manual_seed(self.calls)
+        diam = {o.obj_id: o.diameter for o in objects}
+        out = []
+        for d in detections:
+            pose = next(p for m, p in self.truth[(d.scene_id, d.im_id)] if np.array_equal(m, np.asarray(d.mask)))
+            near = perturb_pose(pose, math.radians(4.0), 0.03 * diam[d.obj_id], gen)
+            out.append(EstimateResult(d, [PoseEstimate(d.obj_id, near, 1.0, 0.0)]))
+        return out
+
+
+class Identity:
+    """A stand-in refiner that keeps the pose (the pseudo poses of these tests are the estimator's)."""
+
+    name = "identity"
+    modality: Literal["rgb", "rgbd"] = "rgb"
+
+    def refine(self, obs: Observation, objects: Sequence[ObjectModel], init: Pose, **_: Any) -> Any:
+        from meshpose.refine.base import StageTimer, make_result
+
+        n = len(objects)
+        return make_result([init, init], np.ones(n), timer=StageTimer(), converged=np.ones(n, bool), failure=[None] * n)

@@ -26,7 +26,7 @@ def _range(text: str | None) -> tuple[int, int] | None:
 
 
 def adapt(
-    method: Annotated[str, typer.Argument(help="Learned refiner to adapt (genflow).")],
+    method: Annotated[str, typer.Argument(help="Learned refiner to adapt: genflow or abstract.")],
     images: Annotated[Path, typer.Option(help="The user's BOP dataset: images, cameras and meshes (no labels).")],
     detections: Annotated[Path, typer.Option(help="BOP default-detections JSON with masks (COCO RLE).")],
     out: Annotated[
@@ -36,7 +36,10 @@ def adapt(
     split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
     config: Annotated[
         str | None,
-        typer.Option(help='Adaptation options as JSON (AdaptConfig fields), e.g. \'{"lr": 1e-5, "val_share": 0.3}\'.'),
+        typer.Option(
+            help="Adaptation options as JSON (AdaptConfig fields; abstract: AbstractAdaptConfig), "
+            'e.g. \'{"lr": 1e-5, "val_share": 0.3}\'.'
+        ),
     ] = None,
     steps: Annotated[int | None, typer.Option(min=0, help="Total optimiser steps (on --resume, a new length).")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps in this call.")] = None,
@@ -53,10 +56,11 @@ def adapt(
     threads: Threads = None,
     verbose: Verbose = False,
 ) -> None:
-    """Adapt a learned refiner to your camera and lighting from unlabeled images: pseudo poses from picopose + the
-    refiner itself + contour (cached), then training toward them (the refiner's own flow and pose loss) and by
-    self-supervised render-and-compare (colour + mask IoU, + geometry with depth), confident detections first, a
-    held-out share of the images choosing best.pt.
+    """Adapt a learned refiner to your camera and lighting from unlabeled images: pseudo poses from picopose +
+    genflow + contour (cached), then training toward them — genflow: its own flow and pose loss and self-supervised
+    render-and-compare (colour + mask IoU, + geometry with depth), confident detections first; abstract: its
+    descriptor loss on pairs whose frame A is your image at its confident pseudo poses, mixed with synthetic scenes
+    of your meshes — a held-out share of the images choosing best.pt.
     Ground-truth poses are never read. Use the result with ``--config '{"weights": "OUT/model.pt"}'``."""
     setup_logging(verbose)
     from meshpose.run.adapt import adapt as run_adapt
@@ -65,6 +69,17 @@ def adapt(
         log.info("pseudo poses: %d/%d (scene %d image %d)", done, total, key[0], key[1])
 
     def show(step: int, stats: dict[str, float]) -> None:
+        if "pos_dist" in stats:  # abstract: the descriptor loss
+            log.info(
+                "step %d loss %.4f pos %.3f neg %.3f hard_ok %.3f %.2f items/s",
+                step,
+                stats.get("loss", float("nan")),
+                stats.get("pos_dist", float("nan")),
+                stats.get("neg_dist", float("nan")),
+                stats.get("hard_ok", float("nan")),
+                stats.get("items_per_s", float("nan")),
+            )
+            return
         log.info(
             "step %d loss %.5f start→last %.5f→%.5f iou %.3f %.2f items/s",
             step,

@@ -1,16 +1,19 @@
 """``meshpose adapt``: self-supervised adaptation of a learned refiner to the user's unlabeled images.
 
-What a run does (:func:`adapt`), for ``genflow`` (the one method supported so far):
+What a run does (:func:`adapt`), for ``genflow`` (:mod:`meshpose.train.adapt`) and ``abstract``
+(:mod:`meshpose.train.adapt_abstract`):
 
 1. open the user's BOP dataset (``--images``) and refuse it when its split holds no images; read the detections
    (``--detections``) and keep those with a mask of an object the dataset has a mesh of — a file with none is refused;
    ``images_range`` keeps the images with ``im_id`` in ``[A, B)``;
 2. compute the **pseudo poses** once: per image, the ``picopose`` estimate of each detection refined by the teacher
-   ``pseudo_refine`` (default ``genflow+contour``, ``genflow`` at the *starting* weights) and scored by the
+   ``pseudo_refine`` (default ``genflow+contour``; a member that is the adapted method runs at the *starting*
+   weights, the others at their defaults) and scored by the
    render-and-compare score (the ``meshpose estimate --refine …`` per-image job,
    :func:`~meshpose.run.estimate_job.process_estimate`). They are cached in ``RUN/pseudo_poses.json``
    after every image, so a stopped run goes on where it was;
-3. adapt the network (:func:`meshpose.train.adapt.train_adapt`) — resumable with ``resume``.
+3. adapt the network (:func:`meshpose.train.adapt.train_adapt`,
+   :func:`meshpose.train.adapt_abstract.train_adapt_abstract`) — resumable with ``resume``.
 
 Nothing reads a ground-truth pose: the dataset is read through its cameras, images and meshes only.
 """
@@ -36,6 +39,7 @@ from meshpose.run.estimate_job import (
     PackedDetection,
     process_estimate,
 )
+from meshpose.train.abstract_config import AbstractAdaptConfig
 from meshpose.train.adapt_config import AdaptConfig, PseudoPose
 from meshpose.train.loop import LoopResult
 
@@ -46,13 +50,19 @@ __all__ = [
     "adapt_config",
     "check_images",
     "compute_pseudo_poses",
+    "teacher_config",
     "usable_detections",
 ]
 
 log = logging.getLogger(__name__)
 
-#: methods ``meshpose adapt`` can adapt
-SUPPORTED = ("genflow",)
+#: methods ``meshpose adapt`` can adapt, and the options class of their runs
+CONFIGS: dict[str, type[AdaptConfig] | type[AbstractAdaptConfig]] = {
+    "genflow": AdaptConfig,
+    "abstract": AbstractAdaptConfig,
+}
+SUPPORTED = tuple(CONFIGS)
+AnyAdaptConfig = AdaptConfig | AbstractAdaptConfig
 #: the pseudo-pose cache of a run folder
 PSEUDO_FILE = "pseudo_poses.json"
 
@@ -117,13 +127,31 @@ def usable_detections(
     return out
 
 
-def _pseudo_settings(cfg: AdaptConfig, estimator_config: dict[str, Any]) -> dict[str, Any]:
+def teacher_config(method: str, pseudo_refine: str, init_weights: str | None) -> dict[str, Any]:
+    """The ``--config`` of the teacher ``pseudo_refine`` (a preset or chain): the member that is the adapted
+    ``method`` runs ``init_weights`` (``None`` or ``"package"``: its default weights), the others their defaults.
+
+    Example:
+        >>> teacher_config("genflow", "genflow+contour", "runs/gf/model.pt")
+        {'genflow': {'weights': 'runs/gf/model.pt'}}
+        >>> teacher_config("abstract", "genflow+contour", "package:lmo")
+        {}
+    """
+    members = pseudo_refine.split("+")
+    if method not in members or init_weights in (None, "package"):
+        return {}
+    weights = {"weights": init_weights}
+    return weights if len(members) == 1 else {method: weights}
+
+
+def _pseudo_settings(method: str, cfg: AnyAdaptConfig, estimator_config: dict[str, Any]) -> dict[str, Any]:
     """What the pseudo poses depend on (a cache made with other settings is refused)."""
+    teacher_weights = cfg.init_weights if method in cfg.pseudo_refine.split("+") else None
     return {
         "dataset": str(Path(cfg.data).resolve()),
         "split": cfg.split,
         "detections": str(Path(cfg.detections).resolve()),
-        "init_weights": cfg.init_weights,
+        "init_weights": teacher_weights,
         "use_depth": cfg.use_depth,
         "estimator": "picopose",
         "estimator_config": estimator_config,
@@ -132,7 +160,7 @@ def _pseudo_settings(cfg: AdaptConfig, estimator_config: dict[str, Any]) -> dict
 
 
 def compute_pseudo_poses(
-    cfg: AdaptConfig,
+    cfg: AnyAdaptConfig,
     run: Path,
     todo: dict[ImageKey, list[int]],
     *,
@@ -140,11 +168,12 @@ def compute_pseudo_poses(
     refiner: Refiner | None = None,
     estimator_config: dict[str, Any] | None = None,
     progress: Callable[[int, int, ImageKey], None] | None = None,
+    method: str = "genflow",
 ) -> list[PseudoPose]:
     """The pseudo poses of the detections ``todo`` (image → detection indices), cached in ``run/pseudo_poses.json``.
 
-    Each detection's ``picopose`` estimate is refined by ``cfg.pseudo_refine`` (``genflow`` with ``cfg.init_weights``,
-    alone or in a chain) and scored by the
+    Each detection's ``picopose`` estimate is refined by ``cfg.pseudo_refine`` (a member that is the adapted
+    ``method`` with ``cfg.init_weights``: :func:`teacher_config`) and scored by the
     render-and-compare score; a detection that gives no pose is left out (logged). Images already in the cache are
     not recomputed.
 
@@ -153,15 +182,16 @@ def compute_pseudo_poses(
         run: the run folder.
         todo: the detections to use, by image.
         estimator: a ready coarse estimator instead of ``picopose`` (tests).
-        refiner: a ready refiner instead of ``genflow`` at ``cfg.init_weights`` (tests).
+        refiner: a ready refiner instead of ``cfg.pseudo_refine`` (tests).
         estimator_config: ``picopose`` options.
         progress: called as ``progress(done, total, key)`` after each image.
+        method: the adapted method (``"genflow"`` or ``"abstract"``).
 
     Raises:
         ValueError: the cache was made with other settings.
     """
     est_cfg = dict(estimator_config or {})
-    settings = _pseudo_settings(cfg, est_cfg)
+    settings = _pseudo_settings(method, cfg, est_cfg)
     path = run / PSEUDO_FILE
     poses: list[PseudoPose] = []
     done: set[ImageKey] = set()
@@ -177,11 +207,7 @@ def compute_pseudo_poses(
     left = [k for k in keys if k not in done]
     if left:
         run.mkdir(parents=True, exist_ok=True)
-        weights = cfg.init_weights if cfg.init_weights not in (None, "package") else None
-        members = cfg.pseudo_refine.split("+")
-        if "genflow" not in members:
-            raise ValueError(f"pseudo_refine {cfg.pseudo_refine!r} must run genflow (the network being adapted)")
-        ref_cfg: dict[str, Any] = {"weights": weights} if len(members) == 1 else {"genflow": {"weights": weights}}
+        ref_cfg = teacher_config(method, cfg.pseudo_refine, cfg.init_weights)
         spec = EstimateSpec(
             dataset=cfg.data,
             split=cfg.split,
@@ -231,24 +257,27 @@ def adapt_config(
     split: str = "test",
     options: dict[str, Any] | None = None,
     images_range: tuple[int, int] | None = None,
-) -> AdaptConfig:
-    """The options of a new run: the defaults, ``options`` (``--config`` JSON: fields of
-    :class:`~meshpose.train.adapt_config.AdaptConfig`, ``net`` excepted) and the command's arguments.
+    method: str = "genflow",
+) -> AnyAdaptConfig:
+    """The options of a new run of ``method``: the defaults, ``options`` (``--config`` JSON: fields of
+    :class:`~meshpose.train.adapt_config.AdaptConfig` or
+    :class:`~meshpose.train.adapt_abstract.AbstractAdaptConfig`, ``net`` excepted) and the command's arguments.
 
     Raises:
         ValueError: unknown options.
     """
+    config_class = CONFIGS[method]
     opts = dict(options or {})
-    fields = {f.name for f in dataclasses.fields(AdaptConfig)}
+    fields = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(opts) - fields) + (["net"] if "net" in opts else [])
     if unknown:
         raise ValueError(f"unknown adapt option(s) {unknown} (the network's sizes come from its weights)")
-    base = AdaptConfig().to_dict()
+    base = config_class().to_dict()
     base.update(opts)
     base.update(data=str(Path(images).resolve()), detections=str(Path(detections).resolve()), split=split)
     if images_range is not None:
         base["images_range"] = list(images_range)
-    return AdaptConfig.from_dict(base)
+    return config_class.from_dict(base)
 
 
 def adapt(
@@ -272,13 +301,14 @@ def adapt(
     """Adapt ``method``'s network to the images of a BOP dataset from their detections, without labels.
 
     Args:
-        method: the learned preset (``"genflow"``).
+        method: the learned preset (``"genflow"`` or ``"abstract"``).
         images: the user's BOP dataset (images, cameras, meshes; ground truth is never read).
         detections: a BOP default-detections JSON with masks.
         out: the run folder (``pseudo_poses.json``, ``last.pt``, ``best.pt``, ``model.pt``, ``config.json``,
             ``train_log.jsonl``).
         split: the dataset's split.
-        options: :class:`~meshpose.train.adapt_config.AdaptConfig` fields (a new run only).
+        options: :class:`~meshpose.train.adapt_config.AdaptConfig` (``abstract``:
+            :class:`~meshpose.train.adapt_abstract.AbstractAdaptConfig`) fields (a new run only).
         steps: the run's total length (overrides ``options``; on resume, a new length).
         max_steps: stop after this many steps in this call.
         resume: continue the run in ``out`` (its saved options are used; ``images``, ``detections`` and
@@ -295,22 +325,21 @@ def adapt(
             or bad options.
         FileExistsError: ``out`` holds a run and ``resume`` is false.
     """
-    from meshpose.train.adapt import train_adapt
-
     if method not in SUPPORTED:
         raise ValueError(f"adapt: method '{method}' is not supported yet (supported: {', '.join(SUPPORTED)})")
     run = Path(out)
     saved = run / "config.json"
     if (run / "last.pt").is_file() and not resume:
         raise FileExistsError(f"{run} already holds a run: pass --resume to continue it or use a new folder")
+    cfg: AnyAdaptConfig
     if resume and saved.is_file():
-        cfg = AdaptConfig.from_dict(json.loads(saved.read_text()))
+        cfg = CONFIGS[method].from_dict(json.loads(saved.read_text()))
         if Path(cfg.data).resolve() != Path(images).resolve():
             raise ValueError(f"--resume: {run} adapts to {cfg.data}, not {images}")
         if Path(cfg.detections).resolve() != Path(detections).resolve():
             raise ValueError(f"--resume: {run} uses the detections {cfg.detections}, not {detections}")
     else:
-        cfg = adapt_config(images, detections, split=split, options=options, images_range=images_range)
+        cfg = adapt_config(images, detections, split=split, options=options, images_range=images_range, method=method)
     if steps is not None:
         cfg = dataclasses.replace(cfg, steps=steps)
     ds = BopDataset(cfg.data, cfg.split)
@@ -327,7 +356,16 @@ def adapt(
         refiner=refiner,
         estimator_config=estimator_config,
         progress=pseudo_progress,
+        method=method,
     )
     if not pseudo:
         raise ValueError(f"no detection of {cfg.data} gave a pseudo pose: nothing to adapt to")
+    if isinstance(cfg, AbstractAdaptConfig):
+        from meshpose.train.adapt_abstract import train_adapt_abstract
+
+        return train_adapt_abstract(
+            cfg, run, pseudo, resume=resume, steps=steps, max_steps=max_steps, progress=progress
+        )
+    from meshpose.train.adapt import train_adapt
+
     return train_adapt(cfg, run, pseudo, resume=resume, steps=steps, max_steps=max_steps, progress=progress)

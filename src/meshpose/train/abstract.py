@@ -60,6 +60,7 @@ __all__ = [
     "AbstractTrainConfig",
     "abstract_losses",
     "load_descriptor_net",
+    "pair_batches",
     "train_abstract",
     "validate_pairs",
 ]
@@ -211,8 +212,11 @@ def _groups(items: Iterator[dict[str, Any]], n: int) -> Iterator[list[dict[str, 
         yield [next(items) for _ in range(n)]
 
 
-def _batches(cfg: AbstractTrainConfig, rank: int, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
-    stream = AbstractPairStream(cfg, rank, start_step)
+def pair_batches(
+    cfg: AbstractTrainConfig, stream: AbstractPairStream, rank: int, start_step: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The training batches of a pair stream from ``start_step`` on (``cfg.workers`` data processes or none), each
+    collated at its step's crop side (:func:`_step_size`)."""
     if cfg.workers > 0:
         groups: Iterator[list[dict[str, Any]]] = iter(
             torch.utils.data.DataLoader(
@@ -265,7 +269,7 @@ def train_abstract(
             METHOD,
             with_weights(DescriptorNet(cfg.net), start),
             cfg.net.to_dict(),
-            data=lambda start, rank: _batches(cfg, rank, start),
+            data=lambda start, rank: pair_batches(cfg, AbstractPairStream(cfg, rank, start), rank, start),
             loss=lambda m, batch: abstract_losses(m, batch, cfg),
             to_device=batch_to_device,
             validate=lazy_validation(lambda: validation_pairs(cfg), lambda m, val: validate_pairs(m, val, cfg)),

@@ -1,4 +1,5 @@
-"""Options of a ``meshpose train abstract`` run (the descriptor network): :class:`AbstractTrainConfig`."""
+"""Options of a ``meshpose train abstract`` run (the descriptor network), :class:`AbstractTrainConfig`, and of a
+``meshpose adapt abstract`` run, :class:`AbstractAdaptConfig`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from meshpose.nets.descriptor import DescriptorNet, DescriptorNetConfig
+from meshpose.train.adapt_config import check_images_range, images_range_from_json
 from meshpose.train.common import TrainOptions
 
-__all__ = ["AbstractTrainConfig"]
+__all__ = ["AbstractAdaptConfig", "AbstractTrainConfig"]
 
 
 def _no_distractors() -> dict[str, Any]:
@@ -108,3 +110,65 @@ class AbstractTrainConfig(TrainOptions):
             raise ValueError(f"distance_range must be a positive range, got {self.distance_range}")
         if self.positives < 1 or self.negatives < 1:
             raise ValueError("need positives ≥ 1 and negatives ≥ 1")
+
+
+def _known_object_scenes() -> dict[str, Any]:
+    return {"distractors_per_scene": [2, 6]}
+
+
+@dataclass(frozen=True)
+class AbstractAdaptConfig(AbstractTrainConfig):
+    """A ``meshpose adapt abstract`` run: the options of :class:`~meshpose.train.abstract_config.AbstractTrainConfig`
+    (``data`` is the user's BOP dataset, whose meshes also make the synthetic scenes; ``batch_size`` pairs per step)
+    and these.
+
+    Args:
+        split: the dataset's split.
+        detections: the detections file (BOP default-detections JSON with masks).
+        images_range: use only images with ``im_id`` in ``[A, B)`` (``None``: all).
+        use_depth: the teacher uses the images' depth when they have it (the descriptors see colour only).
+        init_weights: the descriptor weights to adapt (``"package"``, ``"package:lmo"``, a ``model.pt``).
+        pseudo_refine: the refiner (or chain) that turns each detection's ``picopose`` estimate into its pseudo
+            pose — the teacher (an ``abstract`` member runs ``init_weights``; the others their defaults).
+        pseudo_share: the best-scored share of the pseudo poses (of the training images) that are items.
+        min_score: pseudo poses scored below this are never items.
+        real_share: share of the draws (of ``views_per_scene`` views each) taken from the user's images; the others
+            are synthetic scenes of the same meshes.
+        val_share: share of the user's *images* kept out of training; their items choose ``best.pt``.
+
+    The synthetic scenes have 2–6 distractors (``scene``): for known objects, anything else is background.
+    """
+
+    data: str = ""
+    steps: int = 1000
+    lr: float = 5e-4
+    warmup: int = 50
+    val_every: int = 250
+    val_items: int = 64
+    split: str = "test"
+    detections: str = ""
+    images_range: tuple[int, int] | None = None
+    use_depth: bool = True
+    init_weights: str | None = "package"
+    pseudo_refine: str = "genflow+contour"
+    pseudo_share: float = 0.5
+    min_score: float = 0.0
+    real_share: float = 0.5
+    val_share: float = 0.2
+    scene: dict[str, Any] = field(default_factory=_known_object_scenes)
+
+    given_frames: ClassVar[str | None] = "adapt abstract"
+    tuple_options: ClassVar[tuple[str, ...]] = ("image_size", "padding", "distance_range")
+
+    def check(self) -> None:
+        super().check()
+        for name in ("pseudo_share", "real_share", "val_share"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} is a share in [0, 1], got {getattr(self, name)}")
+        if self.pseudo_share <= 0.0:
+            raise ValueError("pseudo_share must be > 0 (the run needs items)")
+        check_images_range(self.images_range)
+
+    @classmethod
+    def convert(cls, d: dict[str, Any]) -> dict[str, Any]:
+        return images_range_from_json(d)

@@ -451,7 +451,7 @@ def train_adapt(
             objects.diameters,
             objects.meshes,
         )
-        validate: Callable[[torch.nn.Module, int], dict[str, Any]] = lambda m, s: {}  # noqa: E731
+        validate: Callable[[torch.nn.Module, int], dict[str, Any]] | None = None
         if data.val:
             validate = lazy_validation(data.validation_batches, lambda m, b: validate_adapt(m, b, cfg, objects))
         elif cfg.val_every:
@@ -466,7 +466,5 @@ def train_adapt(
             to_device=batch_to_device,
             validate=validate,
         )
-        if not data.val:
-            task.validate = None
         loop = loop_config(cfg, val_metric="val_loss", higher_is_better=False)
         return train_loop(task, loop, run, resume_from=ck, max_steps=max_steps, progress=progress, ctx=ctx)

@@ -11,7 +11,7 @@ import numpy as np
 from meshpose.nets.genflow import STRIDE, GenFlowNetConfig
 from meshpose.train.common import TrainOptions
 
-__all__ = ["AdaptConfig", "PseudoPose"]
+__all__ = ["AdaptConfig", "PseudoPose", "check_images_range", "images_range_from_json"]
 
 
 @dataclass(frozen=True)
@@ -179,11 +179,21 @@ class AdaptConfig(TrainOptions):
             raise ValueError("need batch_size ≥ 1, iterations ≥ 1, steps ≥ 0, 0 < gamma ≤ 1")
         if self.pseudo_weight < 0 or self.pose_weight < 0:
             raise ValueError("pseudo_weight and pose_weight must be ≥ 0")
-        if self.images_range is not None and not self.images_range[0] < self.images_range[1]:
-            raise ValueError(f"images_range [A, B) needs A < B, got {self.images_range}")
+        check_images_range(self.images_range)
 
     @classmethod
     def convert(cls, d: dict[str, Any]) -> dict[str, Any]:
-        if d.get("images_range") is not None:
-            d["images_range"] = tuple(int(v) for v in d["images_range"])
-        return d
+        return images_range_from_json(d)
+
+
+def check_images_range(images_range: tuple[int, int] | None) -> None:
+    """Refuse an empty ``[A, B)`` range of image ids (``None``: all images)."""
+    if images_range is not None and not images_range[0] < images_range[1]:
+        raise ValueError(f"images_range [A, B) needs A < B, got {images_range}")
+
+
+def images_range_from_json(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (a run's saved options) with its ``images_range`` list read back as a tuple of ints."""
+    if d.get("images_range") is not None:
+        d["images_range"] = tuple(int(v) for v in d["images_range"])
+    return d

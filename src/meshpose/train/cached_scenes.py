@@ -10,8 +10,9 @@ Only synthetic data belong here: the ground truth read is that of scenes the pro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +20,9 @@ from meshpose.geometry.crop import mask_bbox
 from meshpose.io.bop import BopDataset, BopFormatError
 from meshpose.render.base import Lighting
 from meshpose.synth import SyntheticSample
-from meshpose.types import ObjectModel, Pose
+from meshpose.types import Camera, ObjectModel, Pose
 
-__all__ = ["cached_sample", "cached_views", "open_cached"]
+__all__ = ["cached_sample", "cached_views", "open_cached", "view_from_masks"]
 
 
 def open_cached(spec: str) -> BopDataset:
@@ -53,38 +54,76 @@ def cached_sample(ds: BopDataset, scene_id: int, im_id: int, objects: dict[int, 
     """
     obs = ds.observation(scene_id, im_id)
     gts = ds.gt(scene_id, im_id)
-    h, w = obs.rgb.shape[:2]
     vis = []
     for g in gts:
         m = ds.mask_visib(scene_id, im_id, g.gt_id)
         if m is None:
             raise BopFormatError(f"{ds.scene_path(scene_id)}: image {im_id} has no mask_visib/ for gt {g.gt_id}")
         vis.append(m)
-    masks_visib = np.stack(vis) if vis else np.zeros((0, h, w), bool)
+    return view_from_masks(
+        obs.rgb,
+        obs.depth,
+        obs.camera,
+        [g.obj_id for g in gts],
+        [objects[g.obj_id] for g in gts],
+        Pose.stack([g.pose for g in gts]) if gts else Pose.identity((0,)),
+        vis,
+        [g.visib_fract if g.visib_fract is not None else 1.0 for g in gts],
+        {"renderer": "cached", "source": f"{ds.root}:{ds.split}", "scene_id": scene_id, "im_id": im_id},
+    )
+
+
+def view_from_masks(
+    rgb: np.ndarray,
+    depth: np.ndarray | None,
+    camera: Camera,
+    obj_ids: Sequence[int],
+    objects: Sequence[ObjectModel],
+    poses: Pose,
+    masks_visib: Sequence[np.ndarray],
+    visib_fract: Sequence[float],
+    info: dict[str, Any],
+) -> SyntheticSample:
+    """A training view from an image, its instances' poses and their visible masks (the fields the item makers
+    read; the full silhouettes are the visible masks, ``bbox_obj`` and ``px_count_all`` come from them).
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8.
+        depth: ``(H, W)`` metres (0 = missing) or ``None``.
+        camera: the image's camera.
+        obj_ids: the ``N`` instances' object ids.
+        objects: their models.
+        poses: ``(N,)`` ``cam_from_obj``.
+        masks_visib: ``N`` ``(H, W)`` bool visible masks (a later mask wins where two overlap in the instance map).
+        visib_fract: ``(N,)`` visible fractions (the item makers skip instances under their ``min_visib``).
+        info: the view's ``info``.
+    """
+    h, w = rgb.shape[:2]
+    vis = [np.asarray(m, bool) for m in masks_visib]
+    stacked = np.stack(vis) if vis else np.zeros((0, h, w), bool)
     instance = np.zeros((h, w), np.int32)
     for i, m in enumerate(vis):
         instance[m] = i + 1
-    px = masks_visib.reshape(len(vis), -1).sum(1)
+    px = stacked.reshape(len(vis), -1).sum(1)
     boxes = [mask_bbox(m) for m in vis]
     bbox = np.array([b if b is not None else np.zeros(4) for b in boxes], np.float64).reshape(len(vis), 4)
-    depth = obs.depth
     return SyntheticSample(
-        rgb=obs.rgb,
+        rgb=rgb,
         depth=depth,
         depth_clean=depth if depth is not None else np.zeros((h, w), np.float32),
-        camera=obs.camera,
-        obj_ids=np.array([g.obj_id for g in gts], np.int64),
-        objects=tuple(objects[g.obj_id] for g in gts),
-        poses=Pose.stack([g.pose for g in gts]) if gts else Pose.identity((0,)),
-        masks=masks_visib,
-        masks_visib=masks_visib,
+        camera=camera,
+        obj_ids=np.array(list(obj_ids), np.int64),
+        objects=tuple(objects),
+        poses=poses,
+        masks=stacked,
+        masks_visib=stacked,
         px_count_all=px,
         bbox_obj=bbox,
-        visib_fract=np.array([g.visib_fract if g.visib_fract is not None else 1.0 for g in gts], np.float64),
+        visib_fract=np.array(list(visib_fract), np.float64),
         instance=instance,
         cam_from_world=Pose.identity(()),
         lighting=Lighting(),
-        info={"renderer": "cached", "source": f"{ds.root}:{ds.split}", "scene_id": scene_id, "im_id": im_id},
+        info=info,
     )
 
 

@@ -337,12 +337,12 @@ def method_task(
     data: Callable[[int, int], Iterator[B]],
     loss: Callable[[torch.nn.Module, B], tuple[torch.Tensor, dict[str, float]]],
     to_device: Callable[[B, torch.device], B],
-    validate: Callable[[torch.nn.Module, int], dict[str, Any]],
+    validate: Callable[[torch.nn.Module, int], dict[str, Any]] | None,
     make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None,
 ) -> TrainTask[B]:
     """The :class:`~meshpose.train.loop.TrainTask` of a run with options ``cfg``: ``net`` (its config as a dict
-    ``net_config``), the data spec and the options are saved with the weights; ``validate`` runs when
-    ``cfg.val_every``; the optimiser is :func:`adamw`'s unless ``make_optimizer`` is given."""
+    ``net_config``), the data spec and the options are saved with the weights; ``validate`` (``None``: nothing to
+    validate on) runs when ``cfg.val_every``; the optimiser is :func:`adamw`'s unless ``make_optimizer`` is given."""
     return TrainTask(
         method=method,
         model=net,
@@ -351,7 +351,7 @@ def method_task(
         data=data,
         loss=loss,
         to_device=to_device,
-        validate=validate if cfg.val_every else None,
+        validate=validate if cfg.val_every and validate is not None else None,
         data_spec=cfg.data,
         run_config=cfg.to_dict(),
     )
@@ -477,13 +477,17 @@ class SceneStream(torch.utils.data.IterableDataset):
         """The items drawn from one synthetic view."""
         raise NotImplementedError
 
-    def __iter__(self) -> Iterator[Any]:
-        cfg = self.cfg
+    def stream_rng(self) -> np.random.Generator:
+        """This worker's random stream (a data worker gets one torch thread)."""
         info = torch.utils.data.get_worker_info()
         if info is not None:
             torch.set_num_threads(1)
         worker = 0 if info is None else int(info.id)
-        rng = np.random.default_rng([cfg.seed, self.rank, worker, self.start_step, self.SALT])
+        return np.random.default_rng([self.cfg.seed, self.rank, worker, self.start_step, self.SALT])
+
+    def __iter__(self) -> Iterator[Any]:
+        cfg = self.cfg
+        rng = self.stream_rng()
         objects = resolve_objects(cfg.data, cfg.seed)
         for items in scene_items(cfg, objects, cfg.scene_config(), rng, lambda sample: self.make(sample, rng)):
             yield from items

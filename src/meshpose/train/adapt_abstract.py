@@ -1,0 +1,235 @@
+"""Adaptation of the ``abstract`` descriptor network to a user's unlabeled images (``meshpose adapt abstract``).
+
+The seed paper trains its descriptors on pairs whose frame A is a photoreal synthetic frame *or an unlabeled real
+frame whose object poses were found by the pipeline itself* with high confidence. This module is that second source:
+
+* **Frames A from the user's images.** Each image's detections (their masks) with the *pseudo poses* the teacher gave
+  them (:mod:`meshpose.run.adapt`: ``picopose`` + ``pseudo_refine``, scored by render-and-compare; never a
+  ground-truth pose) make a view (:func:`~meshpose.train.cached_scenes.view_from_masks`): the detection masks are the
+  instance map, and only the best-scored ``pseudo_share`` of the pseudo poses (at least ``min_score``) are items — the
+  other detections still count as foreground, and everything outside every detection is background (the known-object
+  case: clutter maps to 0, as with :mod:`meshpose.train.abstract`'s distractors). The items are cut exactly as for
+  synthetic views (:func:`~meshpose.train.abstract_data.make_pairs`): frame B is the object rendered alone, the
+  correspondences are A's pixels inside its detection mask *and* the silhouette at the pseudo pose, projected into B.
+* **Synthetic scenes of the same meshes** keep the rest of the draws (``1 − real_share``): GL scenes of the user's
+  objects with distractors drawn on the fly, so that the network keeps what it learned where the pseudo poses are
+  wrong.
+* **Held out.** A share ``val_share`` of the *images* is never trained on; their items (at fixed crops) measure the
+  run: ``match`` (match@0.1d against the pseudo poses, :func:`~meshpose.train.abstract.validate_pairs`) chooses
+  ``best.pt``. No label anywhere.
+
+The loss, the network and the run folder are those of ``meshpose train abstract`` (:mod:`meshpose.train.abstract`),
+and ``RUN/model.pt`` is a descriptor checkpoint: ``--config '{"weights": "RUN/model.pt"}'`` for the refiner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meshpose.io.bop import BopDataset
+from meshpose.io.detections import DetectionsByImage, read_detections
+from meshpose.nets.descriptor import METHOD, DescriptorNet, load_descriptor_net
+from meshpose.synth import SyntheticSample
+from meshpose.train.abstract import abstract_losses, pair_batches, validate_pairs
+from meshpose.train.abstract_config import AbstractAdaptConfig
+from meshpose.train.abstract_data import AbstractPairStream, make_pairs
+from meshpose.train.adapt import split_images
+from meshpose.train.adapt_config import PseudoPose
+from meshpose.train.cached_scenes import view_from_masks
+from meshpose.train.common import (
+    adamw,
+    batch_to_device,
+    initial_weights,
+    lazy_validation,
+    loop_config,
+    method_task,
+    resolve_objects,
+    resume_config,
+    scene_items,
+    training_process,
+    with_weights,
+)
+from meshpose.train.loop import LoopResult, train_loop
+from meshpose.types import ObjectModel, Pose
+
+__all__ = ["AbstractAdaptConfig", "PseudoViews", "train_adapt_abstract", "validation_items"]
+
+log = logging.getLogger(__name__)
+
+ImageKey = tuple[int, int]
+
+
+class PseudoViews:
+    """The user's images as training views with their pseudo poses (module docstring).
+
+    Args:
+        cfg: the run's options (``data``, ``split``, ``detections``, ``pseudo_share``, ``min_score``,
+            ``val_share``, ``seed``).
+        pseudo: the pseudo poses of the detections.
+
+    Raises:
+        ValueError: no pseudo pose left to train on, or one naming a detection the file does not hold.
+    """
+
+    def __init__(self, cfg: AbstractAdaptConfig, pseudo: Sequence[PseudoPose]) -> None:
+        self.cfg = cfg
+        self.bop = BopDataset(cfg.data, split=cfg.split)
+        self.dets: DetectionsByImage = read_detections(cfg.detections)
+        for p in pseudo:
+            found = self.dets.get(p.image, [])
+            if p.det_index >= len(found) or found[p.det_index].obj_id != p.obj_id or found[p.det_index].mask is None:
+                raise ValueError(
+                    f"pseudo pose of scene {p.scene_id} image {p.im_id} detection {p.det_index} (object {p.obj_id}) "
+                    f"has no such detection with a mask in {cfg.detections}"
+                )
+        held_out = split_images([p.image for p in pseudo], cfg.val_share, cfg.seed)
+        self.by_image: dict[ImageKey, list[PseudoPose]] = {}
+        for p in sorted(pseudo, key=lambda p: (p.scene_id, p.im_id, p.det_index)):
+            self.by_image.setdefault(p.image, []).append(p)
+        #: the items: the best-scored ``pseudo_share`` of each part's pseudo poses (at least ``min_score``)
+        self.items: set[tuple[int, int, int]] = set()
+        counts = {}
+        for part, keep in (("train", False), ("val", True)):
+            cands = [p for p in pseudo if (p.image in held_out) == keep and p.score >= cfg.min_score]
+            cands.sort(key=lambda p: -p.score)
+            chosen = cands[: int(np.ceil(cfg.pseudo_share * len(cands)))]
+            self.items |= {(p.scene_id, p.im_id, p.det_index) for p in chosen}
+            counts[part] = (len(chosen), len(cands))
+        self.train_images = sorted(k for k in self.by_image if k not in held_out and self._has_items(k))
+        self.val_images = sorted(k for k in self.by_image if k in held_out and self._has_items(k))
+        if not self.train_images:
+            raise ValueError(
+                f"no pseudo pose to train on ({len(pseudo)} given, {counts['train'][1]} on training images scored "
+                f"≥ min_score {cfg.min_score})"
+            )
+        self.objects: dict[int, ObjectModel] = self.bop.objects(sorted({p.obj_id for p in pseudo}))
+        log.info(
+            "adapt abstract: %d of %d pseudo poses are items on %d training image(s); %d of %d on %d held-out image(s)",
+            *counts["train"],
+            len(self.train_images),
+            *counts["val"],
+            len(self.val_images),
+        )
+
+    def _has_items(self, key: ImageKey) -> bool:
+        return any((p.scene_id, p.im_id, p.det_index) in self.items for p in self.by_image[key])
+
+    def view(self, key: ImageKey) -> SyntheticSample:
+        """The image ``key`` as a view: its detections with a pseudo pose as instances (their masks the instance
+        map); those that are not items get a visible fraction of 0, so that no item maker takes them."""
+        poses = self.by_image[key]
+        obs = self.bop.observation(*key, with_depth=False)
+        masks = [np.asarray(self.dets[key][p.det_index].mask, bool) for p in poses]
+        return view_from_masks(
+            obs.rgb,
+            None,
+            obs.camera,
+            [p.obj_id for p in poses],
+            [self.objects[p.obj_id] for p in poses],
+            Pose.stack([Pose(p.R, p.t) for p in poses]),
+            masks,
+            [1.0 if (p.scene_id, p.im_id, p.det_index) in self.items else 0.0 for p in poses],
+            {"renderer": "real", "pseudo_poses": True, "scene_id": key[0], "im_id": key[1]},
+        )
+
+    def endless(self, rng: np.random.Generator) -> Iterator[SyntheticSample]:
+        """The training images' views in random order, each once per pass."""
+        keys = self.train_images
+        while True:
+            for k in rng.permutation(len(keys)):
+                yield self.view(keys[int(k)])
+
+
+class PseudoPairStream(AbstractPairStream):
+    """Training pairs from the user's images (share ``real_share`` of the draws) and from synthetic scenes of the
+    same meshes (the rest); the stream depends only on ``(seed, rank, worker, start_step)``."""
+
+    SALT = 0xAB5A
+    cfg: AbstractAdaptConfig
+
+    def __init__(self, cfg: AbstractAdaptConfig, views: PseudoViews, rank: int = 0, start_step: int = 0) -> None:
+        super().__init__(cfg, rank, start_step)
+        self.views = views
+
+    def __iter__(self) -> Iterator[Any]:
+        cfg = self.cfg
+        rng = self.stream_rng()
+        real = self.views.endless(rng)
+        synth = None
+        if cfg.real_share < 1.0:
+            objects = resolve_objects(cfg.data, cfg.seed)
+            synth = scene_items(cfg, objects, cfg.scene_config(), rng, lambda sample: self.make(sample, rng))
+        while True:
+            if synth is None or rng.random() < cfg.real_share:
+                for _ in range(cfg.views_per_scene):
+                    yield from self.make(next(real), rng)
+            else:
+                yield from next(synth)
+
+
+def validation_items(cfg: AbstractAdaptConfig, views: PseudoViews) -> list[dict[str, Any]]:
+    """At most ``val_items`` pairs of the held-out images (fixed crops and B frames: seed ``cfg.seed + 1``)."""
+    rng = np.random.default_rng([cfg.seed + 1, 0xAB5B])
+    out: list[dict[str, Any]] = []
+    for key in views.val_images:
+        out.extend(make_pairs(views.view(key), rng, cfg))
+        if len(out) >= cfg.val_items:
+            break
+    log.info("validation: %d held-out pair(s) of %d image(s)", min(len(out), cfg.val_items), len(views.val_images))
+    return out[: cfg.val_items]
+
+
+def train_adapt_abstract(
+    cfg: AbstractAdaptConfig,
+    run_dir: str | Path,
+    pseudo: Sequence[PseudoPose],
+    *,
+    resume: bool = False,
+    steps: int | None = None,
+    max_steps: int | None = None,
+    progress: Callable[[int, dict[str, Any]], None] | None = None,
+) -> LoopResult:
+    """Adapt (or resume adapting) the descriptor network to unlabeled images; see the module docstring.
+
+    Args:
+        cfg: the run's options (on resume, the saved ones are used but for ``workers`` and ``threads``).
+        run_dir: the run folder (``last.pt``, ``best.pt``, ``model.pt``, ``config.json``, ``train_log.jsonl``).
+        pseudo: the pseudo poses of the detections (:mod:`meshpose.run.adapt` computes and caches them).
+        resume: continue from ``run_dir/last.pt``.
+        steps: the run's total length, overriding ``cfg.steps``.
+        max_steps: stop after this many steps in this call.
+        progress: called as ``progress(step, stats)`` at each log line.
+
+    Raises:
+        FileExistsError: ``run_dir`` holds a run and ``resume`` is false.
+        ValueError: nothing to train on (see :class:`PseudoViews`).
+    """
+    run = Path(run_dir)
+    cfg, ck = resume_config(cfg, run, METHOD, resume=resume, steps=steps)
+    cfg, start = initial_weights(cfg, ck, load_descriptor_net)
+    views = PseudoViews(cfg, pseudo)
+    with training_process(cfg, run) as ctx:
+        validate: Callable[[torch.nn.Module, int], dict[str, Any]] | None = None
+        if views.val_images:
+            validate = lazy_validation(lambda: validation_items(cfg, views), lambda m, val: validate_pairs(m, val, cfg))
+        elif cfg.val_every:
+            log.warning("no held-out image (val_share %.2f): best.pt is not written", cfg.val_share)
+        task = method_task(
+            cfg,
+            METHOD,
+            with_weights(DescriptorNet(cfg.net), start),
+            cfg.net.to_dict(),
+            data=lambda step, rank: pair_batches(cfg, PseudoPairStream(cfg, views, rank, step), rank, step),
+            loss=lambda m, batch: abstract_losses(m, batch, cfg),
+            to_device=batch_to_device,
+            validate=validate,
+            make_optimizer=adamw(cfg, decay_groups=True),
+        )
+        loop = loop_config(cfg, val_metric="match", floor=0.05)
+        return train_loop(task, loop, run, resume_from=ck, max_steps=max_steps, progress=progress, ctx=ctx)
