@@ -1,5 +1,5 @@
-"""``meshpose adapt`` benchmark: ADD(-S)@0.1d of a learned refiner (``--method genflow`` or ``abstract``) before and
-after self-supervised adaptation.
+"""``meshpose adapt`` benchmark: ADD(-S)@0.1d of a learned refiner (``--method genflow``, ``abstract`` or
+``deeprm``) before and after self-supervised adaptation.
 
 Protocol (issue 20): adapt on the images of ``--dataset`` with ``im_id`` in ``--adapt-range`` (unlabeled: ``adapt``
 never reads their poses), then measure on the images in ``--test-range``: every ground-truth pose there is
@@ -68,7 +68,8 @@ def _score(ds: BopDataset, path: Path) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", default="genflow", choices=("genflow", "abstract"), help="the refiner to adapt")
+    methods = ("genflow", "abstract", "deeprm")
+    ap.add_argument("--method", default="genflow", choices=methods, help="the refiner to adapt")
     ap.add_argument("--dataset", type=Path, default=Path("../shared/data/lmo"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--detections", default="gt", help="detections JSON with masks, or gt (stand-in, see above)")

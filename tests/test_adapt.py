@@ -90,8 +90,8 @@ def test_refuses_detections_without_masks_and_other_methods(unlabeled: Unlabeled
     boxes.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="no mask"):
         adapt("genflow", unlabeled.root, boxes, tmp_path / "run")
-    with pytest.raises(ValueError, match=r"'deeprm' is not supported yet \(supported: genflow, abstract\)"):
-        adapt("deeprm", unlabeled.root, unlabeled.dets, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"'contour' cannot be adapted \(supported: genflow, abstract, deeprm\)"):
+        adapt("contour", unlabeled.root, unlabeled.dets, tmp_path / "run")
 
 
 def _pseudo_from_truth(unlabeled: Unlabeled) -> list[PseudoPose]:

@@ -21,8 +21,9 @@ from meshpose.io.detections import read_detections
 from meshpose.nets.descriptor import load_descriptor_net
 from meshpose.run.adapt import PSEUDO_FILE, adapt, adapt_config, teacher_config
 from meshpose.train.abstract_config import AbstractAdaptConfig
-from meshpose.train.adapt_abstract import PseudoPairStream, PseudoViews, validation_items
+from meshpose.train.adapt_abstract import PseudoPairStream, validation_items
 from meshpose.train.adapt_config import PseudoPose
+from meshpose.train.pseudo_views import PseudoViews
 
 runner = CliRunner()
 
@@ -165,7 +166,7 @@ def test_adapt_abstract_runs_resumes_and_changes_the_weights(unlabeled: Unlabele
     assert again.step == 3 and est.calls == 4  # the pseudo poses come from the cache
     # the command line: a method it cannot adapt is refused with the list
     res_cli = runner.invoke(
-        app, ["adapt", "deeprm", "--images", str(unlabeled.root), "--detections", str(unlabeled.dets), "--out",
+        app, ["adapt", "icp", "--images", str(unlabeled.root), "--detections", str(unlabeled.dets), "--out",
               str(tmp_path / "r2")],
     )  # fmt: skip
-    assert res_cli.exit_code == 2 and "supported: genflow, abstract" in res_cli.output
+    assert res_cli.exit_code == 2 and "supported: genflow, abstract, deeprm" in res_cli.output

@@ -26,7 +26,7 @@ def _range(text: str | None) -> tuple[int, int] | None:
 
 
 def adapt(
-    method: Annotated[str, typer.Argument(help="Learned refiner to adapt: genflow or abstract.")],
+    method: Annotated[str, typer.Argument(help="Learned refiner to adapt: genflow, abstract or deeprm.")],
     images: Annotated[Path, typer.Option(help="The user's BOP dataset: images, cameras and meshes (no labels).")],
     detections: Annotated[Path, typer.Option(help="BOP default-detections JSON with masks (COCO RLE).")],
     out: Annotated[
@@ -37,7 +37,8 @@ def adapt(
     config: Annotated[
         str | None,
         typer.Option(
-            help="Adaptation options as JSON (AdaptConfig fields; abstract: AbstractAdaptConfig), "
+            help="Adaptation options as JSON (AdaptConfig fields; abstract: AbstractAdaptConfig; deeprm: "
+            "DeepRMAdaptConfig), "
             'e.g. \'{"lr": 1e-5, "val_share": 0.3}\'.'
         ),
     ] = None,
@@ -58,9 +59,9 @@ def adapt(
 ) -> None:
     """Adapt a learned refiner to your camera and lighting from unlabeled images: pseudo poses from picopose +
     genflow + contour (cached), then training toward them — genflow: its own flow and pose loss and self-supervised
-    render-and-compare (colour + mask IoU, + geometry with depth), confident detections first; abstract: its
-    descriptor loss on pairs whose frame A is your image at its confident pseudo poses, mixed with synthetic scenes
-    of your meshes — a held-out share of the images choosing best.pt.
+    render-and-compare (colour + mask IoU, + geometry with depth), confident detections first; abstract and deeprm:
+    their training loss on items cut from your images at the confident pseudo poses, mixed with synthetic scenes of
+    your meshes — a held-out share of the images choosing best.pt.
     Ground-truth poses are never read. Use the result with ``--config '{"weights": "OUT/model.pt"}'``."""
     setup_logging(verbose)
     from meshpose.run.adapt import adapt as run_adapt
@@ -68,27 +69,16 @@ def adapt(
     def show_pseudo(done: int, total: int, key: tuple[int, int]) -> None:
         log.info("pseudo poses: %d/%d (scene %d image %d)", done, total, key[0], key[1])
 
+    #: what a log line shows, by the keys the method's loss reports (genflow's are the default)
+    shown = {
+        "pos_dist": ("loss", "pos_dist", "neg_dist", "hard_ok"),  # abstract: the descriptor loss
+        "dpml": ("loss", "dpml", "pm_init", "pm_last"),  # deeprm: point matching toward the pseudo poses
+    }
+
     def show(step: int, stats: dict[str, float]) -> None:
-        if "pos_dist" in stats:  # abstract: the descriptor loss
-            log.info(
-                "step %d loss %.4f pos %.3f neg %.3f hard_ok %.3f %.2f items/s",
-                step,
-                stats.get("loss", float("nan")),
-                stats.get("pos_dist", float("nan")),
-                stats.get("neg_dist", float("nan")),
-                stats.get("hard_ok", float("nan")),
-                stats.get("items_per_s", float("nan")),
-            )
-            return
-        log.info(
-            "step %d loss %.5f start→last %.5f→%.5f iou %.3f %.2f items/s",
-            step,
-            stats.get("loss", float("nan")),
-            stats.get("loss_start", float("nan")),
-            stats.get("loss_last", float("nan")),
-            stats.get("iou", float("nan")),
-            stats.get("items_per_s", float("nan")),
-        )
+        keys = next((v for k, v in shown.items() if k in stats), ("loss", "loss_start", "loss_last", "iou"))
+        text = " ".join(f"{k} {stats.get(k, float('nan')):.4f}" for k in keys)
+        log.info("step %d %s %.2f items/s", step, text, stats.get("items_per_s", float("nan")))
 
     try:
         set_threads(threads)

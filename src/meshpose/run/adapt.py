@@ -1,7 +1,8 @@
 """``meshpose adapt``: self-supervised adaptation of a learned refiner to the user's unlabeled images.
 
-What a run does (:func:`adapt`), for ``genflow`` (:mod:`meshpose.train.adapt`) and ``abstract``
-(:mod:`meshpose.train.adapt_abstract`):
+What a run does (:func:`adapt`), for ``genflow`` (:mod:`meshpose.train.adapt`), ``abstract``
+(:mod:`meshpose.train.adapt_abstract`) and ``deeprm`` (:func:`meshpose.train.deeprm.train_deeprm` on the user's
+images, :mod:`meshpose.train.pseudo_views`):
 
 1. open the user's BOP dataset (``--images``) and refuse it when its split holds no images; read the detections
    (``--detections``) and keep those with a mask of an object the dataset has a mesh of — a file with none is refused;
@@ -13,7 +14,8 @@ What a run does (:func:`adapt`), for ``genflow`` (:mod:`meshpose.train.adapt`) a
    :func:`~meshpose.run.estimate_job.process_estimate`). They are cached in ``RUN/pseudo_poses.json``
    after every image, so a stopped run goes on where it was;
 3. adapt the network (:func:`meshpose.train.adapt.train_adapt`,
-   :func:`meshpose.train.adapt_abstract.train_adapt_abstract`) — resumable with ``resume``.
+   :func:`meshpose.train.adapt_abstract.train_adapt_abstract`, :func:`meshpose.train.deeprm.train_deeprm`) —
+   resumable with ``resume``.
 
 Nothing reads a ground-truth pose: the dataset is read through its cameras, images and meshes only.
 """
@@ -41,6 +43,7 @@ from meshpose.run.estimate_job import (
 )
 from meshpose.train.abstract_config import AbstractAdaptConfig
 from meshpose.train.adapt_config import AdaptConfig, PseudoPose
+from meshpose.train.deeprm_config import DeepRMAdaptConfig
 from meshpose.train.loop import LoopResult
 
 __all__ = [
@@ -57,12 +60,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: methods ``meshpose adapt`` can adapt, and the options class of their runs
-CONFIGS: dict[str, type[AdaptConfig] | type[AbstractAdaptConfig]] = {
+CONFIGS: dict[str, type[AdaptConfig] | type[AbstractAdaptConfig] | type[DeepRMAdaptConfig]] = {
     "genflow": AdaptConfig,
     "abstract": AbstractAdaptConfig,
+    "deeprm": DeepRMAdaptConfig,
 }
 SUPPORTED = tuple(CONFIGS)
-AnyAdaptConfig = AdaptConfig | AbstractAdaptConfig
+AnyAdaptConfig = AdaptConfig | AbstractAdaptConfig | DeepRMAdaptConfig
 #: the pseudo-pose cache of a run folder
 PSEUDO_FILE = "pseudo_poses.json"
 
@@ -185,7 +189,7 @@ def compute_pseudo_poses(
         refiner: a ready refiner instead of ``cfg.pseudo_refine`` (tests).
         estimator_config: ``picopose`` options.
         progress: called as ``progress(done, total, key)`` after each image.
-        method: the adapted method (``"genflow"`` or ``"abstract"``).
+        method: the adapted method (``"genflow"``, ``"abstract"`` or ``"deeprm"``).
 
     Raises:
         ValueError: the cache was made with other settings.
@@ -261,7 +265,8 @@ def adapt_config(
 ) -> AnyAdaptConfig:
     """The options of a new run of ``method``: the defaults, ``options`` (``--config`` JSON: fields of
     :class:`~meshpose.train.adapt_config.AdaptConfig` or
-    :class:`~meshpose.train.adapt_abstract.AbstractAdaptConfig`, ``net`` excepted) and the command's arguments.
+    :class:`~meshpose.train.abstract_config.AbstractAdaptConfig` or
+    :class:`~meshpose.train.deeprm_config.DeepRMAdaptConfig`, ``net`` excepted) and the command's arguments.
 
     Raises:
         ValueError: unknown options.
@@ -301,14 +306,15 @@ def adapt(
     """Adapt ``method``'s network to the images of a BOP dataset from their detections, without labels.
 
     Args:
-        method: the learned preset (``"genflow"`` or ``"abstract"``).
+        method: the learned preset (``"genflow"``, ``"abstract"`` or ``"deeprm"``).
         images: the user's BOP dataset (images, cameras, meshes; ground truth is never read).
         detections: a BOP default-detections JSON with masks.
         out: the run folder (``pseudo_poses.json``, ``last.pt``, ``best.pt``, ``model.pt``, ``config.json``,
             ``train_log.jsonl``).
         split: the dataset's split.
         options: :class:`~meshpose.train.adapt_config.AdaptConfig` (``abstract``:
-            :class:`~meshpose.train.adapt_abstract.AbstractAdaptConfig`) fields (a new run only).
+            :class:`~meshpose.train.abstract_config.AbstractAdaptConfig`; ``deeprm``:
+            :class:`~meshpose.train.deeprm_config.DeepRMAdaptConfig`) fields (a new run only).
         steps: the run's total length (overrides ``options``; on resume, a new length).
         max_steps: stop after this many steps in this call.
         resume: continue the run in ``out`` (its saved options are used; ``images``, ``detections`` and
@@ -326,7 +332,7 @@ def adapt(
         FileExistsError: ``out`` holds a run and ``resume`` is false.
     """
     if method not in SUPPORTED:
-        raise ValueError(f"adapt: method '{method}' is not supported yet (supported: {', '.join(SUPPORTED)})")
+        raise ValueError(f"adapt: method '{method}' cannot be adapted (supported: {', '.join(SUPPORTED)})")
     run = Path(out)
     saved = run / "config.json"
     if (run / "last.pt").is_file() and not resume:
@@ -360,6 +366,10 @@ def adapt(
     )
     if not pseudo:
         raise ValueError(f"no detection of {cfg.data} gave a pseudo pose: nothing to adapt to")
+    if isinstance(cfg, DeepRMAdaptConfig):
+        from meshpose.train.deeprm import train_deeprm
+
+        return train_deeprm(cfg, run, resume=resume, steps=steps, max_steps=max_steps, progress=progress, pseudo=pseudo)
     if isinstance(cfg, AbstractAdaptConfig):
         from meshpose.train.adapt_abstract import train_adapt_abstract
 

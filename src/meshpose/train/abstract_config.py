@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from meshpose.nets.descriptor import DescriptorNet, DescriptorNetConfig
-from meshpose.train.adapt_config import check_images_range, images_range_from_json
+from meshpose.train.adapt_config import PseudoFrameOptions, images_range_from_json
 from meshpose.train.common import TrainOptions
 
-__all__ = ["AbstractAdaptConfig", "AbstractTrainConfig"]
+__all__ = ["AbstractAdaptConfig", "AbstractTrainConfig", "known_object_scenes"]
 
 
 def _no_distractors() -> dict[str, Any]:
@@ -112,29 +112,17 @@ class AbstractTrainConfig(TrainOptions):
             raise ValueError("need positives ≥ 1 and negatives ≥ 1")
 
 
-def _known_object_scenes() -> dict[str, Any]:
+def known_object_scenes() -> dict[str, Any]:
+    """The synthetic scenes of known-object adaptation: 2–6 distractors (background to the known objects)."""
     return {"distractors_per_scene": [2, 6]}
 
 
 @dataclass(frozen=True)
-class AbstractAdaptConfig(AbstractTrainConfig):
-    """A ``meshpose adapt abstract`` run: the options of :class:`~meshpose.train.abstract_config.AbstractTrainConfig`
-    (``data`` is the user's BOP dataset, whose meshes also make the synthetic scenes; ``batch_size`` pairs per step)
-    and these.
-
-    Args:
-        split: the dataset's split.
-        detections: the detections file (BOP default-detections JSON with masks).
-        images_range: use only images with ``im_id`` in ``[A, B)`` (``None``: all).
-        use_depth: the teacher uses the images' depth when they have it (the descriptors see colour only).
-        init_weights: the descriptor weights to adapt (``"package"``, ``"package:lmo"``, a ``model.pt``).
-        pseudo_refine: the refiner (or chain) that turns each detection's ``picopose`` estimate into its pseudo
-            pose — the teacher (an ``abstract`` member runs ``init_weights``; the others their defaults).
-        pseudo_share: the best-scored share of the pseudo poses (of the training images) that are items.
-        min_score: pseudo poses scored below this are never items.
-        real_share: share of the draws (of ``views_per_scene`` views each) taken from the user's images; the others
-            are synthetic scenes of the same meshes.
-        val_share: share of the user's *images* kept out of training; their items choose ``best.pt``.
+class AbstractAdaptConfig(PseudoFrameOptions, AbstractTrainConfig):
+    """A ``meshpose adapt abstract`` run: the options of :class:`AbstractTrainConfig` (``data`` is the user's BOP
+    dataset, whose meshes also make the synthetic scenes; ``batch_size`` pairs per step), those of
+    :class:`~meshpose.train.adapt_config.PseudoFrameOptions` and ``init_weights``, the descriptor weights to adapt
+    (``"package"``, ``"package:lmo"``, a ``model.pt``).
 
     The synthetic scenes have 2–6 distractors (``scene``): for known objects, anything else is background.
     """
@@ -145,29 +133,15 @@ class AbstractAdaptConfig(AbstractTrainConfig):
     warmup: int = 50
     val_every: int = 250
     val_items: int = 64
-    split: str = "test"
-    detections: str = ""
-    images_range: tuple[int, int] | None = None
-    use_depth: bool = True
     init_weights: str | None = "package"
-    pseudo_refine: str = "genflow+contour"
-    pseudo_share: float = 0.5
-    min_score: float = 0.0
-    real_share: float = 0.5
-    val_share: float = 0.2
-    scene: dict[str, Any] = field(default_factory=_known_object_scenes)
+    scene: dict[str, Any] = field(default_factory=known_object_scenes)
 
     given_frames: ClassVar[str | None] = "adapt abstract"
     tuple_options: ClassVar[tuple[str, ...]] = ("image_size", "padding", "distance_range")
 
     def check(self) -> None:
         super().check()
-        for name in ("pseudo_share", "real_share", "val_share"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"{name} is a share in [0, 1], got {getattr(self, name)}")
-        if self.pseudo_share <= 0.0:
-            raise ValueError("pseudo_share must be > 0 (the run needs items)")
-        check_images_range(self.images_range)
+        self.check_pseudo()
 
     @classmethod
     def convert(cls, d: dict[str, Any]) -> dict[str, Any]:

@@ -32,16 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from meshpose.io.bop import BopDataset
-from meshpose.io.detections import DetectionsByImage, read_detections
 from meshpose.nets.descriptor import METHOD, DescriptorNet, load_descriptor_net
-from meshpose.synth import SyntheticSample
 from meshpose.train.abstract import abstract_losses, pair_batches, validate_pairs
 from meshpose.train.abstract_config import AbstractAdaptConfig
 from meshpose.train.abstract_data import AbstractPairStream, make_pairs
-from meshpose.train.adapt import split_images
 from meshpose.train.adapt_config import PseudoPose
-from meshpose.train.cached_scenes import view_from_masks
 from meshpose.train.common import (
     adamw,
     batch_to_device,
@@ -49,101 +44,16 @@ from meshpose.train.common import (
     lazy_validation,
     loop_config,
     method_task,
-    resolve_objects,
     resume_config,
-    scene_items,
     training_process,
     with_weights,
 )
 from meshpose.train.loop import LoopResult, train_loop
-from meshpose.types import ObjectModel, Pose
+from meshpose.train.pseudo_views import PseudoViews, mixed_items
 
 __all__ = ["AbstractAdaptConfig", "PseudoViews", "train_adapt_abstract", "validation_items"]
 
 log = logging.getLogger(__name__)
-
-ImageKey = tuple[int, int]
-
-
-class PseudoViews:
-    """The user's images as training views with their pseudo poses (module docstring).
-
-    Args:
-        cfg: the run's options (``data``, ``split``, ``detections``, ``pseudo_share``, ``min_score``,
-            ``val_share``, ``seed``).
-        pseudo: the pseudo poses of the detections.
-
-    Raises:
-        ValueError: no pseudo pose left to train on, or one naming a detection the file does not hold.
-    """
-
-    def __init__(self, cfg: AbstractAdaptConfig, pseudo: Sequence[PseudoPose]) -> None:
-        self.cfg = cfg
-        self.bop = BopDataset(cfg.data, split=cfg.split)
-        self.dets: DetectionsByImage = read_detections(cfg.detections)
-        for p in pseudo:
-            found = self.dets.get(p.image, [])
-            if p.det_index >= len(found) or found[p.det_index].obj_id != p.obj_id or found[p.det_index].mask is None:
-                raise ValueError(
-                    f"pseudo pose of scene {p.scene_id} image {p.im_id} detection {p.det_index} (object {p.obj_id}) "
-                    f"has no such detection with a mask in {cfg.detections}"
-                )
-        held_out = split_images([p.image for p in pseudo], cfg.val_share, cfg.seed)
-        self.by_image: dict[ImageKey, list[PseudoPose]] = {}
-        for p in sorted(pseudo, key=lambda p: (p.scene_id, p.im_id, p.det_index)):
-            self.by_image.setdefault(p.image, []).append(p)
-        #: the items: the best-scored ``pseudo_share`` of each part's pseudo poses (at least ``min_score``)
-        self.items: set[tuple[int, int, int]] = set()
-        counts = {}
-        for part, keep in (("train", False), ("val", True)):
-            cands = [p for p in pseudo if (p.image in held_out) == keep and p.score >= cfg.min_score]
-            cands.sort(key=lambda p: -p.score)
-            chosen = cands[: int(np.ceil(cfg.pseudo_share * len(cands)))]
-            self.items |= {(p.scene_id, p.im_id, p.det_index) for p in chosen}
-            counts[part] = (len(chosen), len(cands))
-        self.train_images = sorted(k for k in self.by_image if k not in held_out and self._has_items(k))
-        self.val_images = sorted(k for k in self.by_image if k in held_out and self._has_items(k))
-        if not self.train_images:
-            raise ValueError(
-                f"no pseudo pose to train on ({len(pseudo)} given, {counts['train'][1]} on training images scored "
-                f"≥ min_score {cfg.min_score})"
-            )
-        self.objects: dict[int, ObjectModel] = self.bop.objects(sorted({p.obj_id for p in pseudo}))
-        log.info(
-            "adapt abstract: %d of %d pseudo poses are items on %d training image(s); %d of %d on %d held-out image(s)",
-            *counts["train"],
-            len(self.train_images),
-            *counts["val"],
-            len(self.val_images),
-        )
-
-    def _has_items(self, key: ImageKey) -> bool:
-        return any((p.scene_id, p.im_id, p.det_index) in self.items for p in self.by_image[key])
-
-    def view(self, key: ImageKey) -> SyntheticSample:
-        """The image ``key`` as a view: its detections with a pseudo pose as instances (their masks the instance
-        map); those that are not items get a visible fraction of 0, so that no item maker takes them."""
-        poses = self.by_image[key]
-        obs = self.bop.observation(*key, with_depth=False)
-        masks = [np.asarray(self.dets[key][p.det_index].mask, bool) for p in poses]
-        return view_from_masks(
-            obs.rgb,
-            None,
-            obs.camera,
-            [p.obj_id for p in poses],
-            [self.objects[p.obj_id] for p in poses],
-            Pose.stack([Pose(p.R, p.t) for p in poses]),
-            masks,
-            [1.0 if (p.scene_id, p.im_id, p.det_index) in self.items else 0.0 for p in poses],
-            {"renderer": "real", "pseudo_poses": True, "scene_id": key[0], "im_id": key[1]},
-        )
-
-    def endless(self, rng: np.random.Generator) -> Iterator[SyntheticSample]:
-        """The training images' views in random order, each once per pass."""
-        keys = self.train_images
-        while True:
-            for k in rng.permutation(len(keys)):
-                yield self.view(keys[int(k)])
 
 
 class PseudoPairStream(AbstractPairStream):
@@ -158,19 +68,9 @@ class PseudoPairStream(AbstractPairStream):
         self.views = views
 
     def __iter__(self) -> Iterator[Any]:
-        cfg = self.cfg
         rng = self.stream_rng()
-        real = self.views.endless(rng)
-        synth = None
-        if cfg.real_share < 1.0:
-            objects = resolve_objects(cfg.data, cfg.seed)
-            synth = scene_items(cfg, objects, cfg.scene_config(), rng, lambda sample: self.make(sample, rng))
-        while True:
-            if synth is None or rng.random() < cfg.real_share:
-                for _ in range(cfg.views_per_scene):
-                    yield from self.make(next(real), rng)
-            else:
-                yield from next(synth)
+        for items in mixed_items(self.cfg, self.views, rng, lambda sample: self.make(sample, rng)):
+            yield from items
 
 
 def validation_items(cfg: AbstractAdaptConfig, views: PseudoViews) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import numpy as np
 from meshpose.nets.genflow import STRIDE, GenFlowNetConfig
 from meshpose.train.common import TrainOptions
 
-__all__ = ["AdaptConfig", "PseudoPose", "check_images_range", "images_range_from_json"]
+__all__ = ["AdaptConfig", "PseudoFrameOptions", "PseudoPose", "check_images_range", "images_range_from_json"]
 
 
 @dataclass(frozen=True)
@@ -197,3 +197,45 @@ def images_range_from_json(d: dict[str, Any]) -> dict[str, Any]:
     if d.get("images_range") is not None:
         d["images_range"] = tuple(int(v) for v in d["images_range"])
     return d
+
+
+@dataclass(frozen=True)
+class PseudoFrameOptions:
+    """The options of an adaptation run whose training views are the user's images at their pseudo poses, mixed with
+    synthetic scenes of the same meshes (``meshpose adapt abstract`` and ``deeprm``,
+    :mod:`meshpose.train.pseudo_views`): a mixin put before the method's training options.
+
+    Args:
+        split: the dataset's split.
+        detections: the detections file (BOP default-detections JSON with masks).
+        images_range: use only images with ``im_id`` in ``[A, B)`` (``None``: all).
+        use_depth: the teacher uses the images' depth when they have it.
+        pseudo_refine: the refiner (or chain) that turns each detection's ``picopose`` estimate into its pseudo
+            pose — the teacher (a member that is the adapted method runs the starting weights, the others their
+            defaults).
+        pseudo_share: the best-scored share of the pseudo poses (of the training images; of the held-out ones) that
+            are items.
+        min_score: pseudo poses scored below this are never items.
+        real_share: share of the draws (of ``views_per_scene`` views each) taken from the user's images; the others
+            are synthetic scenes of the same meshes.
+        val_share: share of the user's *images* kept out of training; their items choose ``best.pt``.
+    """
+
+    split: str = "test"
+    detections: str = ""
+    images_range: tuple[int, int] | None = None
+    use_depth: bool = True
+    pseudo_refine: str = "genflow+contour"
+    pseudo_share: float = 0.5
+    min_score: float = 0.0
+    real_share: float = 0.5
+    val_share: float = 0.2
+
+    def check_pseudo(self) -> None:
+        """Refuse shares outside ``[0, 1]``, no items (``pseudo_share`` 0) and an empty ``images_range``."""
+        for name in ("pseudo_share", "real_share", "val_share"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} is a share in [0, 1], got {getattr(self, name)}")
+        if self.pseudo_share <= 0.0:
+            raise ValueError("pseudo_share must be > 0 (the run needs items)")
+        check_images_range(self.images_range)

@@ -30,7 +30,7 @@ Running: single process (:mod:`meshpose.train.loop`; ``torchrun`` works, each ra
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from meshpose.nets.deeprm import (
 )
 from meshpose.nets.genflow import project_points
 from meshpose.render.base import Lighting, Renderer, render_alone
+from meshpose.train.adapt_config import PseudoPose
 from meshpose.train.common import (
     batch_to_device,
     initial_weights,
@@ -65,6 +66,7 @@ from meshpose.train.deeprm_config import DeepRMTrainConfig
 from meshpose.train.deeprm_data import batches, collate, validation_items
 from meshpose.train.loop import LoopResult, train_loop
 from meshpose.train.losses import disentangled_point_matching_loss, multiscale_epe, point_matching_loss, sample_nearest
+from meshpose.train.pseudo_views import PseudoViews
 from meshpose.types import Pose
 
 __all__ = [
@@ -294,6 +296,7 @@ def train_deeprm(
     steps: int | None = None,
     max_steps: int | None = None,
     progress: Callable[[int, dict[str, Any]], None] | None = None,
+    pseudo: Sequence[PseudoPose] | None = None,
 ) -> LoopResult:
     """Train (or resume) a ``deeprm`` network; see the module docstring.
 
@@ -304,13 +307,19 @@ def train_deeprm(
         steps: the run's total length, overriding ``cfg.steps`` (on resume too: the schedule then spans it).
         max_steps: stop after this many steps in this call.
         progress: called as ``progress(step, stats)`` at each log line.
+        pseudo: ``meshpose adapt deeprm`` (``cfg`` a :class:`~meshpose.train.deeprm_config.DeepRMAdaptConfig`):
+            the pseudo poses of the user's detections; the items come from the user's images at the best-scored of
+            them mixed with synthetic scenes, and validation from the held-out images
+            (:mod:`meshpose.train.pseudo_views`).
 
     Raises:
         FileExistsError: ``run_dir`` holds a run and ``resume`` is false.
+        ValueError: ``pseudo`` leaves nothing to train on.
     """
     run = Path(run_dir)
     cfg, ck = resume_config(cfg, run, METHOD, resume=resume, steps=steps)
     cfg, start = initial_weights(cfg, ck, load_deeprm_model)
+    views = PseudoViews(cfg, pseudo) if pseudo is not None else None
     with training_process(cfg, run) as ctx:
         net = with_weights(DeepRMNet(cfg.net), start)
         if net.encoder is not None and start is None and ck is None and cfg.encoder_init is not None:
@@ -328,12 +337,14 @@ def train_deeprm(
             METHOD,
             net,
             cfg.net.to_dict(),
-            data=lambda start_step, rank: batches(cfg, rank, start_step),
+            data=lambda start_step, rank: batches(cfg, rank, start_step, views),
             loss=lambda m, batch: deeprm_losses(m, batch, cfg),
             to_device=batch_to_device,
             validate=lazy_validation(
-                lambda: validation_items(cfg), lambda m, val: validate_items(m, val, cfg.val_iterations)
-            ),
+                lambda: validation_items(cfg, views), lambda m, val: validate_items(m, val, cfg.val_iterations)
+            )
+            if views is None or views.val_images
+            else None,
         )
         loop = loop_config(cfg, val_metric="pm_mean", higher_is_better=False)
         return train_loop(task, loop, run, resume_from=ck, max_steps=max_steps, progress=progress, ctx=ctx)

@@ -1,4 +1,5 @@
-"""Options of a ``meshpose train deeprm`` run: :class:`DeepRMTrainConfig`."""
+"""Options of a ``meshpose train deeprm`` run, :class:`DeepRMTrainConfig`, and of a ``meshpose adapt deeprm`` run,
+:class:`DeepRMAdaptConfig`."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from meshpose.nets.deeprm import DeepRMNetConfig
+from meshpose.train.abstract_config import known_object_scenes
+from meshpose.train.adapt_config import PseudoFrameOptions, images_range_from_json
 from meshpose.train.common import TrainOptions
 from meshpose.train.genflow_config import PerturbRegime, read_regimes
 
-__all__ = ["FLOW_SCALE_WEIGHTS", "DeepRMTrainConfig"]
+__all__ = ["FLOW_SCALE_WEIGHTS", "DeepRMAdaptConfig", "DeepRMTrainConfig"]
 
 #: weights of the flow decoder's scales, coarse (stride 32) to fine (stride 4); FlowNet weighs the finer more
 FLOW_SCALE_WEIGHTS = (0.05, 0.1, 0.25, 0.6)
@@ -97,3 +100,33 @@ class DeepRMTrainConfig(TrainOptions):
         if "regimes" in d:
             d["regimes"] = read_regimes(d["regimes"])
         return d
+
+
+@dataclass(frozen=True)
+class DeepRMAdaptConfig(PseudoFrameOptions, DeepRMTrainConfig):
+    """A ``meshpose adapt deeprm`` run: the options of :class:`DeepRMTrainConfig` (``data`` is the user's BOP
+    dataset, whose meshes also make the synthetic scenes), those of
+    :class:`~meshpose.train.adapt_config.PseudoFrameOptions` and ``init_weights``, the ``deeprm`` weights to adapt
+    (``"package"``, ``"package:lmo"``, a ``model.pt``). The items' "truth" is the pseudo pose; validation measures
+    the point-matching error against the held-out images' pseudo poses (``pm_mean`` chooses ``best.pt``).
+
+    The synthetic scenes have 2–6 distractors (``scene``): for known objects, anything else is background.
+    """
+
+    data: str = ""
+    steps: int = 500
+    lr: float = 1e-4
+    warmup: int = 25
+    val_every: int = 100
+    init_weights: str | None = "package"
+    scene: dict[str, Any] = field(default_factory=known_object_scenes)
+
+    given_frames: ClassVar[str | None] = "adapt deeprm"
+
+    def check(self) -> None:
+        super().check()
+        self.check_pseudo()
+
+    @classmethod
+    def convert(cls, d: dict[str, Any]) -> dict[str, Any]:
+        return images_range_from_json(super().convert(d))

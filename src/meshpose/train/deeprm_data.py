@@ -23,6 +23,7 @@ from meshpose.train.common import draw_held_out, scene_items
 from meshpose.train.deeprm_config import DeepRMTrainConfig
 from meshpose.train.genflow_config import GenFlowTrainConfig, PerturbRegime, training_scene_config
 from meshpose.train.genflow_data import make_items, pad_symmetries, random_lighting
+from meshpose.train.pseudo_views import PseudoViews, mixed_items
 from meshpose.types import Camera, Pose
 
 __all__ = [
@@ -122,19 +123,27 @@ def collate(items: list[dict[str, Any]], lighting: Lighting | None = None) -> di
     }
 
 
-def batches(cfg: DeepRMTrainConfig, rank: int = 0, start_step: int = 0) -> Iterator[dict[str, Any]]:
+def batches(
+    cfg: DeepRMTrainConfig, rank: int = 0, start_step: int = 0, views: PseudoViews | None = None
+) -> Iterator[dict[str, Any]]:
     """Endless :func:`collate` batches of ``cfg.batch_size`` items from synthetic scenes of ``cfg.data`` (and, for a
-    share ``cfg.cached_share`` of the views, from the pre-rendered split ``cfg.cached``).
+    share ``cfg.cached_share`` of the views, from the pre-rendered split ``cfg.cached``) — or, given the user's
+    ``views`` (``meshpose adapt deeprm``), from them and synthetic scenes mixed (:func:`~meshpose.train.pseudo_views.
+    mixed_items`).
 
     The stream depends only on ``(cfg.seed, rank, start_step)``: a resumed run draws new data.
     """
     torch.set_num_threads(max(1, cfg.threads))
     rng = np.random.default_rng([cfg.seed, rank, start_step, 0xDE])
     icfg = item_config(cfg)
-    objects = resolve_objects(cfg.data, cfg.seed)
     pending: list[dict[str, Any]] = []
     hold = max(cfg.batch_size, cfg.mix_items)
-    for items in scene_items(cfg, objects, training_scene_config(icfg), rng, lambda s: deeprm_items(s, rng, cfg, icfg)):
+    make = lambda s: deeprm_items(s, rng, cfg, icfg)  # noqa: E731
+    if views is None:
+        draws = scene_items(cfg, resolve_objects(cfg.data, cfg.seed), training_scene_config(icfg), rng, make)
+    else:
+        draws = mixed_items(cfg, views, rng, make)
+    for items in draws:
         pending.extend(items)
         while len(pending) >= hold:
             # shuffle across the images in hand so that a batch mixes scenes
@@ -144,15 +153,24 @@ def batches(cfg: DeepRMTrainConfig, rank: int = 0, start_step: int = 0) -> Itera
             yield collate(batch, random_lighting(rng))
 
 
-def validation_items(cfg: DeepRMTrainConfig) -> list[dict[str, Any]]:
+def validation_items(cfg: DeepRMTrainConfig, views: PseudoViews | None = None) -> list[dict[str, Any]]:
     """Held-out items (``cfg.val_items`` of them) of ``cfg.val_objects`` at exactly ``cfg.val_rot_deg`` /
     ``cfg.val_trans_frac``, crop padding ``cfg.val_padding``, a fixed light and no brightness change; the same
     for every call with one config (drawn with seed ``cfg.seed + 1``), from GL scenes drawn for it or from the
-    pre-rendered split ``cfg.val_cached``."""
+    pre-rendered split ``cfg.val_cached`` — or, given the user's ``views``, from their held-out images."""
     pad = (cfg.val_padding, cfg.val_padding)
     regime = PerturbRegime(1.0, (cfg.val_rot_deg, cfg.val_rot_deg), (cfg.val_trans_frac, cfg.val_trans_frac), pad)
-    vcfg = DeepRMTrainConfig.from_dict({**cfg.to_dict(), "data": cfg.val_objects, "brightness": [1.0, 1.0]})
+    data = cfg.val_objects if views is None else cfg.data
+    vcfg = DeepRMTrainConfig.from_dict({**cfg.to_dict(), "data": data, "brightness": [1.0, 1.0]})
     icfg = item_config(vcfg, (regime,))
+    if views is not None:
+        rng = np.random.default_rng([cfg.seed + 1, 0xDE, 2])
+        out: list[dict[str, Any]] = []
+        for key in views.val_images:
+            if len(out) >= cfg.val_items:
+                break
+            out.extend(deeprm_items(views.view(key), rng, vcfg, icfg))
+        return out[: cfg.val_items]
     # with cfg.val_cached: held-out pre-rendered scenes (e.g. photoreal ones of the training objects)
     return draw_held_out(
         cfg, cfg.val_items, training_scene_config(icfg), lambda smp, rng: deeprm_items(smp, rng, vcfg, icfg)
