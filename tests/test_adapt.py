@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tests.support.unlabeled import Identity, NearTruth, Unlabeled, make_unlabeled
+from tests.support.unlabeled import Identity, NearTruth, Unlabeled, forbid_labels, make_unlabeled, pseudo_from_truth
 from typer.testing import CliRunner
 
 from meshpose.cli import app
@@ -28,7 +28,6 @@ from meshpose.run.adapt import PSEUDO_FILE, adapt
 from meshpose.train.adapt import (
     AdaptConfig,
     AdaptData,
-    PseudoPose,
     curriculum_share,
     selfsup_terms,
     split_images,
@@ -60,10 +59,7 @@ def unlabeled(tmp_path_factory: pytest.TempPathFactory) -> Unlabeled:
 
 @pytest.fixture(autouse=True)
 def no_labels(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*_: Any, **__: Any) -> None:
-        raise AssertionError("adapt read a ground-truth pose")
-
-    monkeypatch.setattr(BopDataset, "gt", refuse)
+    forbid_labels(monkeypatch)
 
 
 def test_refuses_a_dataset_without_images(unlabeled: Unlabeled, tmp_path: Path) -> None:
@@ -94,21 +90,9 @@ def test_refuses_detections_without_masks_and_other_methods(unlabeled: Unlabeled
         adapt("contour", unlabeled.root, unlabeled.dets, tmp_path / "run")
 
 
-def _pseudo_from_truth(unlabeled: Unlabeled) -> list[PseudoPose]:
-    out = []
-    for (s, i), items in sorted(unlabeled.truth.items()):
-        for k, (_, pose) in enumerate(items):
-            R, t = pose.numpy()
-            out.append(PseudoPose(s, i, k, -1, R, t, 1.0))
-    return out
-
-
 def test_loss_is_lower_near_the_true_pose(unlabeled: Unlabeled) -> None:
     ds = BopDataset(unlabeled.root, "test")
-    from meshpose.io.detections import read_detections
-
-    dets = read_detections(unlabeled.dets)
-    pseudo = [dataclasses.replace(p, obj_id=dets[p.image][p.det_index].obj_id) for p in _pseudo_from_truth(unlabeled)]
+    pseudo = pseudo_from_truth(unlabeled)
     cfg = AdaptConfig(
         data=str(ds.root), detections=str(unlabeled.dets), val_share=0.0, rot_deg=(0.0, 0.0), trans_frac=(0.0, 0.0),
         **{k: v for k, v in TINY.items() if k not in ("val_share",)},
@@ -180,12 +164,10 @@ def test_adapt_runs_resumes_and_changes_the_weights(unlabeled: Unlabeled, tmp_pa
 
 
 def test_pseudo_label_term_points_to_the_pseudo_pose_and_trains(unlabeled: Unlabeled, tmp_path: Path) -> None:
-    from meshpose.io.detections import read_detections
     from meshpose.nets.batch import load_genflow_model as load
     from meshpose.train.adapt import adapt_losses
 
-    dets = read_detections(unlabeled.dets)
-    pseudo = [dataclasses.replace(p, obj_id=dets[p.image][p.det_index].obj_id) for p in _pseudo_from_truth(unlabeled)]
+    pseudo = pseudo_from_truth(unlabeled)
     cfg = AdaptConfig(
         data=str(unlabeled.root), detections=str(unlabeled.dets), val_share=0.0, rot_deg=(8.0, 8.0),
         trans_frac=(0.05, 0.05), pseudo_weight=1.0, **{k: v for k, v in TINY.items() if k not in ("val_share",)},

@@ -12,17 +12,22 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tests.support.unlabeled import Identity, NearTruth, Unlabeled, make_unlabeled
+from tests.support.unlabeled import (
+    Identity,
+    NearTruth,
+    Unlabeled,
+    forbid_labels,
+    make_unlabeled,
+    pseudo_from_truth,
+)
 from typer.testing import CliRunner
 
 from meshpose.cli import app
-from meshpose.io.bop import BopDataset
 from meshpose.io.detections import read_detections
 from meshpose.nets.descriptor import load_descriptor_net
 from meshpose.run.adapt import PSEUDO_FILE, adapt, adapt_config, teacher_config
 from meshpose.train.abstract_config import AbstractAdaptConfig
 from meshpose.train.adapt_abstract import PseudoPairStream, validation_items
-from meshpose.train.adapt_config import PseudoPose
 from meshpose.train.pseudo_views import PseudoViews
 
 runner = CliRunner()
@@ -52,21 +57,7 @@ def unlabeled(tmp_path_factory: pytest.TempPathFactory) -> Unlabeled:
 
 @pytest.fixture(autouse=True)
 def no_labels(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*_: Any, **__: Any) -> None:
-        raise AssertionError("adapt read a ground-truth pose")
-
-    monkeypatch.setattr(BopDataset, "gt", refuse)
-
-
-def _pseudo(unlabeled: Unlabeled) -> list[PseudoPose]:
-    """The true poses as pseudo poses, scored by their order (the test's own stand-in for a teacher)."""
-    dets = read_detections(unlabeled.dets)
-    out = []
-    for (s, i), items in sorted(unlabeled.truth.items()):
-        for k, (_, pose) in enumerate(items):
-            R, t = pose.numpy()
-            out.append(PseudoPose(s, i, k, dets[(s, i)][k].obj_id, R, t, 0.1 * len(out)))
-    return out
+    forbid_labels(monkeypatch)
 
 
 def _cfg(unlabeled: Unlabeled, **over: Any) -> AbstractAdaptConfig:
@@ -95,7 +86,7 @@ def test_options_are_checked(unlabeled: Unlabeled) -> None:
 
 
 def test_views_hold_the_confident_pseudo_poses_and_hold_images_out(unlabeled: Unlabeled) -> None:
-    pseudo = _pseudo(unlabeled)
+    pseudo = pseudo_from_truth(unlabeled, lambda n: 0.1 * n)
     cfg = _cfg(unlabeled, pseudo_share=0.5, val_share=0.25)
     views = PseudoViews(cfg, pseudo)
     assert len(views.val_images) == 1 and set(views.train_images).isdisjoint(views.val_images)
@@ -124,10 +115,10 @@ def test_pairs_of_real_views_correspond(unlabeled: Unlabeled) -> None:
     """Pairs cut from the user's images at (here, true) pseudo poses: their corresponding pixels show the same
     object points in A and B, and a stream with ``real_share`` 1 gives only such pairs."""
     cfg = _cfg(unlabeled, pseudo_share=1.0, val_share=0.0, real_share=1.0, same_orientation_probability=1.0)
-    views = PseudoViews(cfg, _pseudo(unlabeled))
+    views = PseudoViews(cfg, pseudo_from_truth(unlabeled, lambda n: 0.1 * n))
     stream = iter(PseudoPairStream(cfg, views))
     items = [next(stream) for _ in range(4)]
-    known = {p.obj_id for p in _pseudo(unlabeled)}
+    known = {p.obj_id for p in pseudo_from_truth(unlabeled, lambda n: 0.1 * n)}
     for it in items:
         assert it["obj_id"] in known and it["a_rgb"].shape == (64, 64, 3)
         ok = it["pos_ok"]
@@ -138,7 +129,7 @@ def test_pairs_of_real_views_correspond(unlabeled: Unlabeled) -> None:
         assert np.median(err) < 0.05 * float(it["diameter"])
     # held-out pairs are fixed
     cfg_v = dataclasses.replace(cfg, val_share=0.25)
-    v = PseudoViews(cfg_v, _pseudo(unlabeled))
+    v = PseudoViews(cfg_v, pseudo_from_truth(unlabeled, lambda n: 0.1 * n))
     a, b = validation_items(cfg_v, v), validation_items(cfg_v, v)
     assert a and all(np.array_equal(x["pos_a"], y["pos_a"]) for x, y in zip(a, b, strict=True))
 

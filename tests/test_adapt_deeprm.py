@@ -11,13 +11,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tests.support.unlabeled import Identity, NearTruth, Unlabeled, make_unlabeled
+from tests.support.unlabeled import (
+    Identity,
+    NearTruth,
+    Unlabeled,
+    forbid_labels,
+    make_unlabeled,
+    pseudo_from_truth,
+)
 
-from meshpose.io.bop import BopDataset
-from meshpose.io.detections import read_detections
 from meshpose.nets.deeprm import load_deeprm_model
 from meshpose.run.adapt import PSEUDO_FILE, adapt, adapt_config
-from meshpose.train.adapt_config import PseudoPose
 from meshpose.train.deeprm_config import DeepRMAdaptConfig
 from meshpose.train.deeprm_data import batches, validation_items
 from meshpose.train.pseudo_views import PseudoViews
@@ -47,27 +51,14 @@ def unlabeled(tmp_path_factory: pytest.TempPathFactory) -> Unlabeled:
 
 @pytest.fixture(autouse=True)
 def no_labels(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*_: Any, **__: Any) -> None:
-        raise AssertionError("adapt read a ground-truth pose")
-
-    monkeypatch.setattr(BopDataset, "gt", refuse)
-
-
-def _pseudo(unlabeled: Unlabeled) -> list[PseudoPose]:
-    dets = read_detections(unlabeled.dets)
-    out = []
-    for (s, i), items in sorted(unlabeled.truth.items()):
-        for k, (_, pose) in enumerate(items):
-            R, t = pose.numpy()
-            out.append(PseudoPose(s, i, k, dets[(s, i)][k].obj_id, R, t, 1.0))
-    return out
+    forbid_labels(monkeypatch)
 
 
 def test_items_of_the_users_images_target_the_pseudo_poses(unlabeled: Unlabeled) -> None:
     cfg = adapt_config(unlabeled.root, unlabeled.dets, options={**TINY, "real_share": 1.0}, method="deeprm")
     assert isinstance(cfg, DeepRMAdaptConfig) and cfg.init_weights == "package"
     assert DeepRMAdaptConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    pseudo = _pseudo(unlabeled)
+    pseudo = pseudo_from_truth(unlabeled)
     views = PseudoViews(cfg, pseudo)
     batch = next(batches(cfg, views=views))
     targets = np.stack([p.t for p in pseudo])

@@ -18,6 +18,7 @@ from meshpose.geometry.lie import perturb_pose
 from meshpose.io.bop import BopDataset
 from meshpose.io.detections import write_detections
 from meshpose.synth import SceneConfig, SynthConfig, synthesize
+from meshpose.train.adapt_config import PseudoPose
 from meshpose.types import Detection, EstimateResult, ObjectModel, Observation, Pose, PoseEstimate
 
 #: per image, in detection order: (the detection's mask, the true pose of its instance)
@@ -120,3 +121,28 @@ class Identity:
 
         n = len(objects)
         return make_result([init, init], np.ones(n), timer=StageTimer(), converged=np.ones(n, bool), failure=[None] * n)
+
+
+def forbid_labels(monkeypatch: Any) -> None:
+    """Make ``BopDataset.gt`` fail for the rest of a test (``monkeypatch``: pytest's), so that any pose label read
+    by the code under test is an error."""
+    from meshpose.io.bop import BopDataset
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("adapt read a ground-truth pose")
+
+    monkeypatch.setattr(BopDataset, "gt", refuse)
+
+
+def pseudo_from_truth(unlabeled: Unlabeled, scores: Callable[[int], float] = lambda n: 1.0) -> list[PseudoPose]:
+    """The kept true poses of ``unlabeled`` as pseudo poses (the tests' stand-in for a teacher), in image and
+    detection order, with the detections' object ids; the ``n``-th scored ``scores(n)``."""
+    from meshpose.io.detections import read_detections
+
+    dets = read_detections(unlabeled.dets)
+    out = []
+    for (s, i), items in sorted(unlabeled.truth.items()):
+        for k, (_, pose) in enumerate(items):
+            R, t = pose.numpy()
+            out.append(PseudoPose(s, i, k, dets[(s, i)][k].obj_id, R, t, scores(len(out))))
+    return out
