@@ -51,7 +51,7 @@ from meshpose.train.common import (
 from meshpose.train.loop import LoopResult, train_loop
 from meshpose.train.pseudo_views import PseudoViews, mixed_items
 
-__all__ = ["AbstractAdaptConfig", "PseudoViews", "train_adapt_abstract", "validation_items"]
+__all__ = ["AbstractAdaptConfig", "PseudoPairStream", "train_adapt_abstract", "validation_items"]
 
 log = logging.getLogger(__name__)
 
