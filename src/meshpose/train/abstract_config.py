@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from meshpose.nets.descriptor import DescriptorNet, DescriptorNetConfig
-from meshpose.train.adapt_config import PseudoFrameOptions, images_range_from_json
+from meshpose.train.adapt_config import PseudoFrameOptions, images_range_from_json, known_object_scenes
 from meshpose.train.common import TrainOptions
 
-__all__ = ["AbstractAdaptConfig", "AbstractTrainConfig", "known_object_scenes"]
+__all__ = ["AbstractAdaptConfig", "AbstractTrainConfig"]
 
 
 def _no_distractors() -> dict[str, Any]:
@@ -112,11 +112,6 @@ class AbstractTrainConfig(TrainOptions):
             raise ValueError("need positives ≥ 1 and negatives ≥ 1")
 
 
-def known_object_scenes() -> dict[str, Any]:
-    """The synthetic scenes of known-object adaptation: 2–6 distractors (background to the known objects)."""
-    return {"distractors_per_scene": [2, 6]}
-
-
 @dataclass(frozen=True)
 class AbstractAdaptConfig(PseudoFrameOptions, AbstractTrainConfig):
     """A ``meshpose adapt abstract`` run: the options of :class:`AbstractTrainConfig` (``data`` is the user's BOP
@@ -137,7 +132,6 @@ class AbstractAdaptConfig(PseudoFrameOptions, AbstractTrainConfig):
     scene: dict[str, Any] = field(default_factory=known_object_scenes)
 
     given_frames: ClassVar[str | None] = "adapt abstract"
-    tuple_options: ClassVar[tuple[str, ...]] = ("image_size", "padding", "distance_range")
 
     def check(self) -> None:
         super().check()

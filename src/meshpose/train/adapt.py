@@ -62,7 +62,7 @@ from meshpose.nets.batch import METHOD, CropBatch, load_genflow_model, make_crop
 from meshpose.nets.genflow import GenFlowNet, GenFlowOutput
 from meshpose.nets.jointloss_batch import mask_points, valid_depth
 from meshpose.render.base import Lighting, Renderer, render_alone
-from meshpose.train.adapt_config import AdaptConfig, PseudoPose
+from meshpose.train.adapt_config import AdaptConfig, PseudoPose, check_pseudo_detections
 from meshpose.train.common import (
     batch_to_device,
     initial_weights,
@@ -136,13 +136,7 @@ class AdaptData:
         self.bop = BopDataset(cfg.data, split=cfg.split)
         self.dets: DetectionsByImage = read_detections(cfg.detections)
         usable = [p for p in pseudo if p.score >= cfg.min_score]
-        for p in usable:
-            found = self.dets.get(p.image, [])
-            if p.det_index >= len(found) or found[p.det_index].obj_id != p.obj_id or found[p.det_index].mask is None:
-                raise ValueError(
-                    f"pseudo pose of scene {p.scene_id} image {p.im_id} detection {p.det_index} (object {p.obj_id}) "
-                    f"has no such detection with a mask in {cfg.detections}"
-                )
+        check_pseudo_detections(usable, self.dets, cfg.detections)
         held_out = split_images([p.image for p in usable], cfg.val_share, cfg.seed)
         self.val = [p for p in usable if p.image in held_out]
         train = [p for p in usable if p.image not in held_out]

@@ -24,7 +24,6 @@ and ``RUN/model.pt`` is a descriptor checkpoint: ``--config '{"weights": "RUN/mo
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,8 +52,6 @@ from meshpose.train.pseudo_views import PseudoViews, mixed_items
 
 __all__ = ["AbstractAdaptConfig", "PseudoPairStream", "train_adapt_abstract", "validation_items"]
 
-log = logging.getLogger(__name__)
-
 
 class PseudoPairStream(AbstractPairStream):
     """Training pairs from the user's images (share ``real_share`` of the draws) and from synthetic scenes of the
@@ -76,13 +73,7 @@ class PseudoPairStream(AbstractPairStream):
 def validation_items(cfg: AbstractAdaptConfig, views: PseudoViews) -> list[dict[str, Any]]:
     """At most ``val_items`` pairs of the held-out images (fixed crops and B frames: seed ``cfg.seed + 1``)."""
     rng = np.random.default_rng([cfg.seed + 1, 0xAB5B])
-    out: list[dict[str, Any]] = []
-    for key in views.val_images:
-        out.extend(make_pairs(views.view(key), rng, cfg))
-        if len(out) >= cfg.val_items:
-            break
-    log.info("validation: %d held-out pair(s) of %d image(s)", min(len(out), cfg.val_items), len(views.val_images))
-    return out[: cfg.val_items]
+    return views.held_out_items(lambda view: make_pairs(view, rng, cfg), cfg.val_items)
 
 
 def train_adapt_abstract(
@@ -118,8 +109,6 @@ def train_adapt_abstract(
         validate: Callable[[torch.nn.Module, int], dict[str, Any]] | None = None
         if views.val_images:
             validate = lazy_validation(lambda: validation_items(cfg, views), lambda m, val: validate_pairs(m, val, cfg))
-        elif cfg.val_every:
-            log.warning("no held-out image (val_share %.2f): best.pt is not written", cfg.val_share)
         task = method_task(
             cfg,
             METHOD,

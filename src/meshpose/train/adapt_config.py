@@ -3,15 +3,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from meshpose.nets.genflow import STRIDE, GenFlowNetConfig
 from meshpose.train.common import TrainOptions
 
-__all__ = ["AdaptConfig", "PseudoFrameOptions", "PseudoPose", "check_images_range", "images_range_from_json"]
+if TYPE_CHECKING:
+    from meshpose.io.detections import DetectionsByImage
+
+__all__ = [
+    "AdaptConfig",
+    "PseudoFrameOptions",
+    "PseudoPose",
+    "check_images_range",
+    "check_pseudo_detections",
+    "images_range_from_json",
+    "known_object_scenes",
+]
 
 
 @dataclass(frozen=True)
@@ -186,6 +198,21 @@ class AdaptConfig(TrainOptions):
         return images_range_from_json(d)
 
 
+def check_pseudo_detections(pseudo: Iterable[PseudoPose], dets: DetectionsByImage, source: str) -> None:
+    """Refuse a pseudo pose whose detection (image, index, object, mask) is not in ``dets`` (read from ``source``).
+
+    Raises:
+        ValueError: the first such pseudo pose, named.
+    """
+    for p in pseudo:
+        found = dets.get(p.image, [])
+        if p.det_index >= len(found) or found[p.det_index].obj_id != p.obj_id or found[p.det_index].mask is None:
+            raise ValueError(
+                f"pseudo pose of scene {p.scene_id} image {p.im_id} detection {p.det_index} (object {p.obj_id}) "
+                f"has no such detection with a mask in {source}"
+            )
+
+
 def check_images_range(images_range: tuple[int, int] | None) -> None:
     """Refuse an empty ``[A, B)`` range of image ids (``None``: all images)."""
     if images_range is not None and not images_range[0] < images_range[1]:
@@ -197,6 +224,11 @@ def images_range_from_json(d: dict[str, Any]) -> dict[str, Any]:
     if d.get("images_range") is not None:
         d["images_range"] = tuple(int(v) for v in d["images_range"])
     return d
+
+
+def known_object_scenes() -> dict[str, Any]:
+    """The synthetic scenes of known-object adaptation: 2–6 distractors (background to the known objects)."""
+    return {"distractors_per_scene": [2, 6]}
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from meshpose.nets.deeprm import DeepRMNetConfig
-from meshpose.train.abstract_config import known_object_scenes
-from meshpose.train.adapt_config import PseudoFrameOptions, images_range_from_json
+from meshpose.train.adapt_config import PseudoFrameOptions, images_range_from_json, known_object_scenes
 from meshpose.train.common import TrainOptions
 from meshpose.train.genflow_config import PerturbRegime, read_regimes
 

@@ -165,12 +165,7 @@ def validation_items(cfg: DeepRMTrainConfig, views: PseudoViews | None = None) -
     icfg = item_config(vcfg, (regime,))
     if views is not None:
         rng = np.random.default_rng([cfg.seed + 1, 0xDE, 2])
-        out: list[dict[str, Any]] = []
-        for key in views.val_images:
-            if len(out) >= cfg.val_items:
-                break
-            out.extend(deeprm_items(views.view(key), rng, vcfg, icfg))
-        return out[: cfg.val_items]
+        return views.held_out_items(lambda view: deeprm_items(view, rng, vcfg, icfg), cfg.val_items)
     # with cfg.val_cached: held-out pre-rendered scenes (e.g. photoreal ones of the training objects)
     return draw_held_out(
         cfg, cfg.val_items, training_scene_config(icfg), lambda smp, rng: deeprm_items(smp, rng, vcfg, icfg)

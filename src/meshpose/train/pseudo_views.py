@@ -22,7 +22,7 @@ from meshpose.io.bop import BopDataset
 from meshpose.io.detections import DetectionsByImage, read_detections
 from meshpose.synth import SyntheticSample
 from meshpose.train.adapt import split_images
-from meshpose.train.adapt_config import PseudoPose
+from meshpose.train.adapt_config import PseudoPose, check_pseudo_detections
 from meshpose.train.cached_scenes import view_from_masks
 from meshpose.train.common import resolve_objects, scene_items
 from meshpose.types import ObjectModel, Pose
@@ -51,13 +51,7 @@ class PseudoViews:
         self.cfg = cfg
         self.bop = BopDataset(cfg.data, split=cfg.split)
         self.dets: DetectionsByImage = read_detections(cfg.detections)
-        for p in pseudo:
-            found = self.dets.get(p.image, [])
-            if p.det_index >= len(found) or found[p.det_index].obj_id != p.obj_id or found[p.det_index].mask is None:
-                raise ValueError(
-                    f"pseudo pose of scene {p.scene_id} image {p.im_id} detection {p.det_index} (object {p.obj_id}) "
-                    f"has no such detection with a mask in {cfg.detections}"
-                )
+        check_pseudo_detections(pseudo, self.dets, cfg.detections)
         held_out = split_images([p.image for p in pseudo], cfg.val_share, cfg.seed)
         self.by_image: dict[ImageKey, list[PseudoPose]] = {}
         for p in sorted(pseudo, key=lambda p: (p.scene_id, p.im_id, p.det_index)):
@@ -86,6 +80,8 @@ class PseudoViews:
             *counts["val"],
             len(self.val_images),
         )
+        if not self.val_images and cfg.val_every:
+            log.warning("no held-out image with items (val_share %.2f): best.pt is not written", cfg.val_share)
 
     def _has_items(self, key: ImageKey) -> bool:
         return any((p.scene_id, p.im_id, p.det_index) in self.items for p in self.by_image[key])
@@ -107,6 +103,17 @@ class PseudoViews:
             [1.0 if (p.scene_id, p.im_id, p.det_index) in self.items else 0.0 for p in poses],
             {"renderer": "real", "pseudo_poses": True, "scene_id": key[0], "im_id": key[1]},
         )
+
+    def held_out_items(self, make: Callable[[SyntheticSample], Sequence[I]], count: int) -> list[I]:
+        """At most ``count`` items ``make`` cuts from the held-out images' views, image after image (fixed when
+        ``make`` draws from a freshly seeded generator)."""
+        out: list[I] = []
+        for key in self.val_images:
+            if len(out) >= count:
+                break
+            out.extend(make(self.view(key)))
+        log.info("validation: %d held-out item(s) of %d image(s)", min(len(out), count), len(self.val_images))
+        return out[:count]
 
     def endless(self, rng: np.random.Generator) -> Iterator[SyntheticSample]:
         """The training images' views in random order, each once per pass."""
